@@ -1,0 +1,80 @@
+"""Wiring: turn validated settings into a ready client and sweeper (no work done here)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+
+import httpx
+
+from sweeper.api import (
+    Clock,
+    ClockCheck,
+    PlatformClient,
+    RateLimiter,
+    RequestObserver,
+    build_http_client,
+    utc_now,
+)
+from sweeper.policy import Window
+from sweeper.settings import Settings
+from sweeper.sweep import SweepConfig, Sweeper
+
+
+def sweep_config(settings: Settings) -> SweepConfig:
+    sweep = settings.sweep
+    return SweepConfig(
+        rules=sweep.build_rules(),
+        page_size=sweep.page_size,
+        max_steps=sweep.max_steps,
+        recheck=sweep.recheck,
+        deadline=sweep.deadline,
+        organizations=frozenset(sweep.organizations),
+        exclude_organizations=frozenset(sweep.exclude_organizations),
+        dry_run=sweep.dry_run,
+        max_concurrency=settings.api.max_concurrency,
+        host=socket.gethostname(),
+    )
+
+
+def http_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    api = settings.api
+    verify: bool | ssl.SSLContext = True
+    if api.ca_bundle is not None:
+        verify = ssl.create_default_context(cafile=str(api.ca_bundle))
+    return build_http_client(
+        api.base_url,
+        settings.token(),
+        timeout=api.timeout,
+        # Writes in flight, plus room for the listing and re-reads.
+        max_connections=api.max_concurrency + 2,
+        verify=verify,
+        transport=transport,
+    )
+
+
+def build_sweeper(
+    settings: Settings,
+    http: httpx.AsyncClient,
+    *,
+    stop: asyncio.Event,
+    clock: Clock = utc_now,
+    observer: RequestObserver | None = None,
+    outages: Callable[[], Sequence[Window]] = tuple,
+) -> Sweeper:
+    api = settings.api
+    client = PlatformClient(
+        http,
+        max_attempts=api.max_attempts,
+        max_retry_after=api.max_retry_after,
+        limiter=RateLimiter(api.max_rate),
+        clock_check=ClockCheck(settings.sweep.max_clock_skew, clock),
+        clock=clock,
+        stop=stop,
+        observer=observer,
+    )
+    return Sweeper(client, sweep_config(settings), clock=clock, stop=stop, outages=outages)

@@ -1,0 +1,241 @@
+"""Commands, flags and exit codes; the only module that calls sys.exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+import structlog
+
+from sweeper import __version__
+from sweeper.errors import ConfigError
+from sweeper.model import StepStatus
+from sweeper.report import ExitCode, SweepReport, write_report
+
+log = structlog.get_logger("sweeper.cli")
+
+
+def _global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # Accepted before or after the command; after it, only when given.
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        metavar="PATH",
+        help="TOML configuration file (also SWEEPER_CONFIG)",
+    )
+    parser.add_argument("--log-format", choices=("json", "console", "auto"), default=default)
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        type=str.lower,
+        default=default,
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _error_code(text: str) -> str:
+    if not 1 <= len(text) <= 64:
+        raise argparse.ArgumentTypeError("must be 1 to 64 characters")
+    return text
+
+
+def _message(text: str) -> str:
+    from sweeper.policy import MESSAGE_FIELDS
+
+    try:
+        text.format(**dict.fromkeys(MESSAGE_FIELDS, ""))
+    except (KeyError, IndexError, ValueError):
+        raise argparse.ArgumentTypeError(
+            "may use only {idle}, {stale_after}, {status}, {rule} (write {{ for a brace)"
+        ) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sweeper", description="Find zombie workflow steps and mark them FAILED or CANCELLED."
+    )
+    parser.add_argument("--version", action="version", version=f"sweeper {__version__}")
+    _global_flags(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, suppress=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="sweep on the schedule, or once")
+    run.add_argument("--once", action="store_true", help="one sweep, then exit with its code")
+    run.add_argument("--dry-run", action="store_true", help="decide and report, write nothing")
+    run.add_argument(
+        "--max-steps", type=_positive, metavar="N", help="override sweep.max_steps for this run"
+    )
+    run.add_argument("--report", type=Path, metavar="PATH", help="write the outcome as JSON")
+    run.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="with --once: write Prometheus metrics to this file",
+    )
+
+    commands.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate the configuration and print it, token redacted",
+    )
+
+    mark = commands.add_parser("mark", parents=[common], help="mark one step by hand")
+    mark.add_argument("step_id", metavar="STEP_ID")
+    mark.add_argument("--org", required=True, metavar="ORG", help="the step's organization")
+    mark.add_argument("--status", choices=("FAILED", "CANCELLED"), type=str.upper)
+    mark.add_argument("--error-code", type=_error_code, metavar="C")
+    mark.add_argument("--message", type=_message, metavar="M")
+    mark.add_argument("--dry-run", action="store_true")
+    mark.add_argument("--report", type=Path, metavar="PATH")
+
+    from sweeper.devserver.cli import add_commands  # small module: no server imports
+
+    add_commands(commands, common)
+    return parser
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("dev-server", "demo"):
+        from sweeper.devserver.cli import run_command
+
+        return run_command(args)
+    if args.command == "run" and args.metrics_file and not args.once:
+        parser.error("--metrics-file goes with --once")
+    return _configured_command(args)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "dry_run", False):
+        overrides.setdefault("sweep", {})["dry_run"] = True
+    if getattr(args, "max_steps", None) is not None:
+        overrides.setdefault("sweep", {})["max_steps"] = args.max_steps
+    if args.log_format:
+        overrides.setdefault("log", {})["format"] = args.log_format
+    if args.log_level:
+        overrides.setdefault("log", {})["level"] = args.log_level
+    return overrides
+
+
+def _configured_command(args: argparse.Namespace) -> int:
+    from sweeper.logs import configure_logging
+    from sweeper.settings import load_settings
+
+    try:
+        settings, warnings = load_settings(args.config, _overrides(args))
+    except ConfigError as exc:
+        configure_logging(args.log_format or "auto", args.log_level or "info")
+        log.error("config.invalid", error=str(exc))
+        return ExitCode.CONFIG
+    configure_logging(settings.log.format, settings.log.level, secrets=[settings.token()])
+    for warning in warnings:
+        log.warning("config.warning", detail=warning)
+
+    if args.command == "check-config":
+        print(json.dumps(settings.redacted(), indent=2))
+        return ExitCode.OK
+    if args.command == "mark":
+        return _finish(asyncio.run(_mark(settings, args)), args)
+    if args.once:
+        return _finish(asyncio.run(_once(settings)), args)
+    return asyncio.run(_daemon(settings))
+
+
+def _finish(report: SweepReport, args: argparse.Namespace) -> int:
+    if args.report:
+        try:
+            write_report(report, args.report)
+        except OSError as exc:
+            log.error("report.unwritable", path=str(args.report), error=exc.strerror)
+    return int(report.exit_code)
+
+
+async def _once(settings: Any) -> SweepReport:
+    from sweeper.app import build_sweeper, http_client
+    from sweeper.schedule import SHUTDOWN_GRACE_SECONDS, drain, install_stop_handlers
+
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
+    async with http_client(settings) as http:
+        sweeper = build_sweeper(settings, http, stop=stop)
+        report = sweeper.new_report()
+        task = asyncio.ensure_future(sweeper.run(report))
+        await drain(task, stop, SHUTDOWN_GRACE_SECONDS)
+    return report
+
+
+async def _mark(settings: Any, args: argparse.Namespace) -> SweepReport:
+    from sweeper.app import build_sweeper, http_client
+    from sweeper.policy import manual_rule
+    from sweeper.schedule import SHUTDOWN_GRACE_SECONDS, drain, install_stop_handlers
+
+    rule = manual_rule(
+        StepStatus(args.status or settings.sweep.status),
+        args.error_code or settings.sweep.error_code,
+        args.message,
+    )
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
+    async with http_client(settings) as http:
+        sweeper = build_sweeper(settings, http, stop=stop)
+        report = sweeper.new_report()
+        task = asyncio.ensure_future(sweeper.mark(args.step_id, args.org, rule, report))
+        await drain(task, stop, SHUTDOWN_GRACE_SECONDS)
+    return report
+
+
+async def _daemon(settings: Any) -> int:
+    from sweeper.app import build_sweeper, http_client
+    from sweeper.schedule import DaemonState, cron_trigger, install_stop_handlers, run_daemon
+
+    schedule = settings.schedule
+    if schedule.cron:
+        trigger = cron_trigger(schedule.cron, schedule.timezone, schedule.jitter)
+        misfire = schedule.jitter + timedelta(minutes=5)
+    else:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        interval = schedule.effective_interval
+        trigger = IntervalTrigger(
+            seconds=interval.total_seconds(),
+            timezone="UTC",
+            jitter=int(schedule.jitter.total_seconds()) or None,
+        )
+        misfire = interval
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
+    state = DaemonState()
+    async with http_client(settings) as http:
+        sweeper = build_sweeper(settings, http, stop=stop)
+
+        def new_sweep() -> tuple[SweepReport, Any]:
+            report = sweeper.new_report()
+            return report, sweeper.run(report)
+
+        await run_daemon(new_sweep, stop=stop, trigger=trigger, misfire_grace=misfire, state=state)
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    sys.exit(run_cli(argv))

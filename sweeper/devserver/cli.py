@@ -1,0 +1,92 @@
+"""The `dev-server` and `demo` commands: their flags here, their work imported only when run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import timedelta
+from typing import Any
+
+from sweeper.durations import parse_duration
+
+DEFAULT_TOKEN = "dev-token"
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _signed_duration(text: str) -> timedelta:
+    if text.startswith("-"):
+        return -_duration(text[1:])
+    return _duration(text.removeprefix("+"))
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
+
+
+def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    dev = commands.add_parser(
+        "dev-server", parents=[common], help="run the local stand-in of the platform API"
+    )
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=_count, default=8700)
+    dev.add_argument(
+        "--token",
+        default=os.environ.get("SWEEPER_DEV_TOKEN", DEFAULT_TOKEN),
+        help="bearer token to accept (default dev-token, also SWEEPER_DEV_TOKEN)",
+    )
+    dev.add_argument("--zombies", type=_count, default=25)
+    dev.add_argument("--live", type=_count, default=10)
+    dev.add_argument("--latency", type=_duration, default=timedelta(0), metavar="DURATION")
+    dev.add_argument("--error-rate", type=_fraction, default=0.0, metavar="FRACTION")
+    dev.add_argument(
+        "--clock-skew", type=_signed_duration, default=timedelta(0), metavar="DURATION"
+    )
+    dev.add_argument("--seed", default="0", metavar="S")
+    commands.add_parser(
+        "demo", parents=[common], help="sweep a local stand-in platform once and show what happened"
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from sweeper.devserver.demo import run_demo
+
+        return run_demo()
+    import asyncio
+
+    from sweeper.devserver.app import Faults
+    from sweeper.devserver.server import serve_forever
+    from sweeper.devserver.state import PlatformState
+
+    state = PlatformState()
+    state.seed(args.zombies, args.live, args.seed)
+    faults = Faults(
+        latency=args.latency,
+        error_rate=args.error_rate,
+        clock_skew=args.clock_skew,
+        seed=args.seed,
+    )
+    try:
+        asyncio.run(serve_forever(state, args.token, args.host, args.port, faults))
+    except OSError as exc:
+        print(f"sweeper dev-server: cannot listen on {args.host}:{args.port}: {exc.strerror}")
+        return 75
+    return 0

@@ -1,0 +1,93 @@
+"""The sweeper's error tree: every failure above `api.py` is one of these.
+
+    SweeperError
+     ├── ConfigError                 the configuration is wrong: exit 78
+     ├── GuardRefused                a guard refused the sweep: exit 3
+     │    └── ClockSkewRefused       the platform's clock is too far from ours
+     ├── Interrupted                 SIGTERM/SIGINT stopped the work
+     └── PlatformError               anything the platform answered or failed to
+          ├── PlatformUnavailable    transient failures, after every try: exit 75
+          ├── InvalidAnswer          an answer that breaks the contract
+          └── PlatformRefused        a 4xx the platform meant
+               ├── TokenRefused      401/403: stop everything, exit 77
+               ├── StepNotFound      404
+               ├── StepConflict      409
+               └── BodyRejected      400/422 (and any other refusal)
+
+No message built here ever includes the token: callers pass only statuses,
+URL paths and the platform's own error text.
+"""
+
+from __future__ import annotations
+
+
+class SweeperError(Exception):
+    """Base of every error the sweeper raises on purpose."""
+
+
+class ConfigError(SweeperError):
+    """The configuration is invalid; the message names every wrong key."""
+
+
+class GuardRefused(SweeperError):
+    """A safety guard refused to let the sweep write anything."""
+
+    def __init__(self, guard: str, message: str, **figures: object) -> None:
+        super().__init__(message)
+        self.guard = guard
+        self.figures = figures
+
+
+class ClockSkewRefused(GuardRefused):
+    """The platform's Date header is further from our clock than allowed."""
+
+    def __init__(self, skew_seconds: float, max_skew_seconds: float) -> None:
+        super().__init__(
+            "clock_skew",
+            f"platform clock differs from ours by {skew_seconds:+.1f}s "
+            f"(allowed {max_skew_seconds:.0f}s)",
+            skew_seconds=round(skew_seconds, 3),
+            max_clock_skew_seconds=max_skew_seconds,
+        )
+        self.skew_seconds = skew_seconds
+
+
+class Interrupted(SweeperError):
+    """A stop was requested (SIGTERM/SIGINT) before this work started."""
+
+
+class PlatformError(SweeperError):
+    """The platform did not answer the way the contract says."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.attempts = attempts
+
+
+class PlatformUnavailable(PlatformError):
+    """Connect errors, timeouts, 408/429/5xx: still failing after every try."""
+
+
+class InvalidAnswer(PlatformError):
+    """A 2xx that is not JSON, lacks `success: true`, is too large or misshapen."""
+
+
+class PlatformRefused(PlatformError):
+    """A deliberate refusal (4xx) of one request."""
+
+
+class TokenRefused(PlatformRefused):
+    """401/403: the token is missing, wrong or not allowed."""
+
+
+class StepNotFound(PlatformRefused):
+    """404: no such step in that organization."""
+
+
+class StepConflict(PlatformRefused):
+    """409: the step's state conflicts with the write (already finished)."""
+
+
+class BodyRejected(PlatformRefused):
+    """400/422 or another refusal: the platform did not accept the request."""

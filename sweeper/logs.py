@@ -1,0 +1,116 @@
+"""Structured logging: one JSON object per line (or console lines on a terminal), redacted.
+
+Only the entry point calls `configure_logging`; modules take lazy loggers from
+structlog. Library records (httpx, APScheduler, uvicorn) go through the same
+renderer, and every rendered line is scrubbed of the secrets it is given, which
+covers tracebacks and messages we did not write ourselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+REDACTED = "[REDACTED]"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+class Redactor:
+    """Replaces every known secret in a rendered line; the set can grow after start-up."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = tuple(s for s in secrets if s)
+
+    def add(self, secret: str) -> None:
+        if secret and secret not in self._secrets:
+            self._secrets = (*self._secrets, secret)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+
+def _redacting(render: Processor, redactor: Redactor) -> Processor:
+    def render_and_scrub(logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        rendered = render(logger, name, event_dict)
+        return redactor(rendered if isinstance(rendered, str) else str(rendered))
+
+    return render_and_scrub
+
+
+def configure_logging(
+    fmt: str = "auto",
+    level: str = "info",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> Redactor:
+    """Set up structlog and the standard library's root logger; returns the redactor."""
+    out = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    redactor = Redactor(secrets)
+    level_number = _LEVELS.get(level.lower(), logging.INFO)
+
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    renderer: Processor
+    if use_json:
+        renderer = structlog.processors.JSONRenderer()
+        # Frame locals could hold the token: tracebacks never show them.
+        exceptions: Processor = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+        exceptions = _passthrough
+    final = _redacting(renderer, redactor)
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            timestamper,
+            exceptions,
+            final,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level_number),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                exceptions,
+                final,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level_number)
+    # httpx narrates every request at INFO; our own events say what matters.
+    for noisy in ("httpx", "httpcore", "apscheduler.scheduler", "apscheduler.executors.default"):
+        logging.getLogger(noisy).setLevel(max(level_number, logging.WARNING))
+    return redactor
+
+
+def _passthrough(
+    logger: WrappedLogger, name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    return event_dict

@@ -1,0 +1,231 @@
+"""The pure decision core: is this step a zombie, and what should it become?
+
+Everything here is a function of its arguments: no I/O, no clock, no settings
+object. `now` and the outage windows are passed in, so tests are plain tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from fnmatch import fnmatchcase
+from typing import Any
+
+from sweeper.durations import humanize
+from sweeper.model import Step, StepStatus, format_timestamp
+
+DEFAULT_RULE_NAME = "default"
+DEFAULT_ERROR_CODE = "ZOMBIE_STEP_TIMEOUT"
+DEFAULT_ERROR_MESSAGE = (
+    "No sign of life from this step for {idle} (limit {stale_after}): "
+    "marked {status} by the zombie-step sweeper (rule {rule})."
+)
+MANUAL_RULE_NAME = "manual"
+MANUAL_ERROR_MESSAGE = (
+    "Marked {status} by hand with the zombie-step sweeper after {idle} without a sign of life."
+)
+#: The placeholders an error message template may use.
+MESSAGE_FIELDS = ("idle", "stale_after", "status", "rule")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What makes a matching step a zombie and what it becomes.
+
+    `stale_after=None` means never: matching steps are never marked.
+    """
+
+    name: str
+    stale_after: timedelta | None
+    status: StepStatus
+    error_code: str
+    error_message: str
+    match: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def fits(self, step: Step) -> bool:
+        """Every listed field must fit one of its globs; a field the step lacks never fits."""
+        for wire_name, patterns in self.match.items():
+            value = step.field(wire_name)
+            if value is None or not any(fnmatchcase(value, p) for p in patterns):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Ordered overrides, then the default rule built from `[sweep]`."""
+
+    overrides: tuple[Rule, ...]
+    default: Rule
+
+    def rule_for(self, step: Step) -> Rule:
+        for rule in self.overrides:
+            if rule.fits(step):
+                return rule
+        return self.default
+
+    @property
+    def smallest_stale_after(self) -> timedelta:
+        """The listing filter: no rule can call a step younger than this stale."""
+        limits = [r.stale_after for r in (*self.overrides, self.default) if r.stale_after]
+        return min(limits) if limits else self.default.stale_after or timedelta(0)
+
+
+class Spared(StrEnum):
+    """Why a listed RUNNING step is not a zombie."""
+
+    NOT_STALE = "not_stale"
+    EXEMPT = "exempt"
+
+
+class SkipReason(StrEnum):
+    """Why a zombie was left alone (the `reason` of `step.skipped`)."""
+
+    GONE = "gone"
+    FINISHED = "finished"
+    ALIVE = "alive"
+    CONFLICT = "conflict"
+    DEADLINE = "deadline"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A step judged a zombie, with everything the write needs to say about it."""
+
+    step: Step
+    rule: str
+    status: StepStatus
+    error_code: str
+    error_message: str
+    idle: timedelta
+    stale_after: timedelta
+    last_sign_of_life_field: str
+    last_sign_of_life_at: datetime
+    outage_discount: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True, slots=True)
+class StepUpdate:
+    """The fields the sweeper writes on a zombie; nothing else is ever sent."""
+
+    organization_id: str
+    status: StepStatus
+    completed_at: str
+    error_code: str
+    error_message: str
+    error_details: dict[str, Any]
+
+
+Window = tuple[datetime, datetime]
+
+
+def manual_rule(status: StepStatus, error_code: str, error_message: str | None) -> Rule:
+    """The rule of `sweeper mark`: an operator decided, so any RUNNING step qualifies."""
+    return Rule(
+        name=MANUAL_RULE_NAME,
+        stale_after=timedelta(0),
+        status=status,
+        error_code=error_code,
+        error_message=error_message or MANUAL_ERROR_MESSAGE,
+    )
+
+
+def outage_overlap(since: datetime, now: datetime, outages: Sequence[Window]) -> timedelta:
+    """How much of (since, now] fell inside windows when the platform was unreachable."""
+    total = timedelta(0)
+    for start, end in outages:
+        lo, hi = max(start, since), min(end, now)
+        if hi > lo:
+            total += hi - lo
+    return total
+
+
+def decide(
+    step: Step, now: datetime, rules: Rules, outages: Sequence[Window] = ()
+) -> Decision | Spared:
+    """Judge one step: a Decision to mark it, or why it is spared.
+
+    Idle time is measured from the step's last sign of life; time in which the
+    platform itself was unreachable does not count (workers could not report).
+    """
+    rule = rules.rule_for(step)
+    if rule.stale_after is None:
+        return Spared.EXEMPT
+    field_name, last_seen = step.last_sign_of_life
+    discount = outage_overlap(last_seen, now, outages)
+    idle = now - last_seen - discount
+    if idle <= rule.stale_after:
+        return Spared.NOT_STALE
+    message = rule.error_message.format(
+        idle=humanize(idle),
+        stale_after=humanize(rule.stale_after),
+        status=rule.status.value,
+        rule=rule.name,
+    )
+    return Decision(
+        step=step,
+        rule=rule.name,
+        status=rule.status,
+        error_code=rule.error_code,
+        error_message=message,
+        idle=idle,
+        stale_after=rule.stale_after,
+        last_sign_of_life_field=field_name,
+        last_sign_of_life_at=last_seen,
+        outage_discount=discount,
+    )
+
+
+def recheck(
+    listed: Step,
+    current: Step | None,
+    now: datetime,
+    rules: Rules,
+    outages: Sequence[Window] = (),
+) -> Decision | SkipReason:
+    """Judge a zombie again from a fresh read, right before writing it.
+
+    A step that finished, moved, or is no longer stale keeps its real state.
+    """
+    if current is None:
+        return SkipReason.GONE
+    if current.status != StepStatus.RUNNING:
+        return SkipReason.FINISHED
+    if current.last_sign_of_life[1] > listed.last_sign_of_life[1]:
+        return SkipReason.ALIVE
+    verdict = decide(current, now, rules, outages)
+    if isinstance(verdict, Spared):
+        return SkipReason.ALIVE
+    return verdict
+
+
+def build_update(
+    decision: Decision, completed_at: datetime, sweep_id: str, host: str, version: str
+) -> StepUpdate:
+    """The PATCH fields for a decided zombie, stamped at the moment of the write."""
+    step = decision.step
+    details: dict[str, Any] = {
+        "sweepId": sweep_id,
+        "rule": decision.rule,
+        "idleSeconds": int(decision.idle.total_seconds()),
+        "staleAfterSeconds": int(decision.stale_after.total_seconds()),
+        "lastSignOfLifeField": decision.last_sign_of_life_field,
+        "lastSignOfLifeAt": format_timestamp(decision.last_sign_of_life_at),
+        "sweeperVersion": version,
+        "sweptBy": host,
+    }
+    if step.retry_count is not None:
+        details["retryCount"] = step.retry_count
+    if decision.outage_discount > timedelta(0):
+        details["outageDiscountSeconds"] = int(decision.outage_discount.total_seconds())
+    return StepUpdate(
+        organization_id=step.organization_id,
+        status=decision.status,
+        completed_at=format_timestamp(completed_at),
+        error_code=decision.error_code,
+        error_message=decision.error_message,
+        error_details=details,
+    )

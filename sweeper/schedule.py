@@ -1,0 +1,154 @@
+"""The daemon: APScheduler 3 wiring, the stop signal, and draining writes in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from sweeper.report import SweepReport
+
+#: After a stop request, writes in flight get this long to finish.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+log = structlog.get_logger("sweeper.schedule")
+
+_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def cron_trigger(expr: str, timezone: str, jitter: timedelta = timedelta(0)) -> Any:
+    """A CronTrigger that reads weekday numbers as crontab does (0 and 7 are Sunday).
+
+    APScheduler 3's own `from_crontab` counts 0 as Monday, a known 3.x mistake.
+    """
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"expected 5 fields, got {len(fields)}")
+    minute, hour, day, month, weekday = fields
+
+    def name_day(match: re.Match[str]) -> str:
+        number = int(match.group(0))
+        if number > 7:
+            raise ValueError(f"day of week {number} is out of range 0-7")
+        return _CRON_WEEKDAYS[number]
+
+    weekday = re.sub(r"(?<![/\d])\d+", name_day, weekday)
+    return CronTrigger(
+        minute=minute,
+        hour=hour,
+        day=day,
+        month=month,
+        day_of_week=weekday,
+        timezone=timezone,
+        jitter=int(jitter.total_seconds()) or None,
+    )
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set the stop event; a second one changes nothing."""
+    loop = asyncio.get_running_loop()
+
+    def request_stop(signum: int) -> None:
+        if not stop.is_set():
+            log.warning("shutdown.requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, request_stop, signum)
+
+
+async def drain(task: asyncio.Task[Any], stop: asyncio.Event, grace: float) -> None:
+    """Wait for the task; once a stop is requested, give it `grace` seconds, then cancel it."""
+    stop_waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_waiter.cancel()
+    if task.done():
+        return
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        log.error("shutdown.grace_exceeded", grace_seconds=grace)
+        task.cancel()
+        await asyncio.wait({task})
+
+
+@dataclass
+class DaemonState:
+    """What the daemon knows between sweeps (health and metrics read it)."""
+
+    running: bool = False
+    sweeps: int = 0
+    current: asyncio.Task[SweepReport] | None = None
+    last_report: SweepReport | None = None
+    last_success_at: datetime | None = None
+    listeners: list[Callable[[SweepReport], None]] = field(default_factory=list)
+
+
+async def run_daemon(
+    new_sweep: Callable[[], tuple[SweepReport, Awaitable[SweepReport]]],
+    *,
+    stop: asyncio.Event,
+    trigger: Any,
+    misfire_grace: timedelta,
+    state: DaemonState | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> DaemonState:
+    """Sweep on the trigger until `stop` is set; the first sweep runs at start."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    state = state or DaemonState()
+
+    async def sweep_job() -> None:
+        if stop.is_set():
+            return
+        report, work = new_sweep()
+        state.last_report = report
+        state.current = asyncio.ensure_future(work)
+        try:
+            # Shielded: the scheduler's shutdown must not cancel writes in flight.
+            await asyncio.shield(state.current)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # one failed sweep never kills the daemon
+            log.exception("sweep.crashed", sweep_id=report.sweep_id, error=type(exc).__name__)
+        finally:
+            state.sweeps += 1
+            if report.exit_code in (0, 1):
+                state.last_success_at = clock()
+            for listener in state.listeners:
+                listener(report)
+
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    scheduler.add_job(
+        sweep_job,
+        trigger,
+        id="sweep",
+        name="sweep",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(1, int(misfire_grace.total_seconds())),
+        next_run_time=clock(),
+    )
+    scheduler.start()
+    state.running = True
+    log.info("daemon.started", next_sweep="now")
+    try:
+        await stop.wait()
+    finally:
+        state.running = False
+        scheduler.pause()
+        if state.current is not None and not state.current.done():
+            await drain(state.current, stop, SHUTDOWN_GRACE_SECONDS)
+        scheduler.shutdown(wait=False)
+        last = state.last_report.summary() if state.last_report else None
+        log.info("daemon.stopped", sweeps=state.sweeps, last_sweep=last)
+    return state

@@ -1,0 +1,435 @@
+"""Configuration: TOML file under environment variables under flags, validated once.
+
+`load_settings` is the only way in; it raises ConfigError with one message that
+names every wrong key and never echoes a value (the token could be one).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+import zoneinfo
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from sweeper.durations import format_duration, parse_duration
+from sweeper.errors import ConfigError
+from sweeper.model import MATCHABLE_FIELDS, StepStatus
+from sweeper.policy import (
+    DEFAULT_ERROR_CODE,
+    DEFAULT_ERROR_MESSAGE,
+    DEFAULT_RULE_NAME,
+    MESSAGE_FIELDS,
+    Rule,
+    Rules,
+)
+
+CREDENTIAL_NAME = "api-token"
+ENV_PREFIX = "SWEEPER_"
+REDACTED = "**********"
+
+
+class KeyProblem(ValueError):
+    """A check that spans a section names the keys it is about."""
+
+    def __init__(self, keys: tuple[str, ...], reason: str) -> None:
+        super().__init__(f"{', '.join(keys)}: {reason}")
+        self.keys = keys
+        self.reason = reason
+
+
+def _parse_stale_after(value: object) -> timedelta | None:
+    if isinstance(value, str) and value.strip().lower() == "never":
+        return None
+    return parse_duration(value)
+
+
+def _print_stale_after(value: timedelta | None) -> str:
+    return "never" if value is None else format_duration(value)
+
+
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]
+StaleAfter = Annotated[
+    timedelta | None,
+    BeforeValidator(_parse_stale_after),
+    PlainSerializer(_print_stale_after, return_type=str),
+]
+FinalStatus = Literal[StepStatus.FAILED, StepStatus.CANCELLED]
+ErrorCode = Annotated[str, Field(min_length=1, max_length=64)]
+
+_STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=True)
+
+
+def _check_template(template: str) -> str:
+    try:
+        template.format(**dict.fromkeys(MESSAGE_FIELDS, ""))
+    except (KeyError, IndexError, ValueError) as exc:
+        allowed = ", ".join("{" + f + "}" for f in MESSAGE_FIELDS)
+        raise ValueError(f"bad placeholder {exc}; only {allowed} may be used") from None
+    return template
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiSettings(BaseModel):
+    model_config = _STRICT
+
+    base_url: str
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    ca_bundle: Path | None = None
+    timeout: Duration = timedelta(seconds=10)
+    max_concurrency: int = Field(default=8, ge=1, le=1024)
+    max_rate: float = Field(default=20, ge=0)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    max_retry_after: Duration = timedelta(seconds=60)
+    allow_insecure_http: bool = False
+
+    @model_validator(mode="after")
+    def _check_url(self) -> ApiSettings:
+        try:
+            url = httpx.URL(self.base_url)
+        except httpx.InvalidURL:
+            raise KeyProblem(("base_url",), "not a URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise KeyProblem(("base_url",), "must be http(s)://host[:port]")
+        if url.scheme == "http" and not self.allow_insecure_http and not is_loopback(url.host):
+            raise KeyProblem(
+                ("base_url",),
+                "plain http:// is refused except to a loopback host; "
+                "use https:// or set api.allow_insecure_http = true",
+            )
+        if self.ca_bundle is not None and not self.ca_bundle.is_file():
+            raise KeyProblem(("ca_bundle",), f"{self.ca_bundle} is not a readable file")
+        return self
+
+
+class ScheduleSettings(BaseModel):
+    model_config = _STRICT
+
+    interval: Duration | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    jitter: Duration = timedelta(0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not a known time zone") from None
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _check_interval(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleSettings:
+        if self.interval is not None and self.cron is not None:
+            raise KeyProblem(("interval", "cron"), "set at most one of them")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger  # imported only when used
+
+            try:
+                CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+            except ValueError as exc:
+                raise KeyProblem(("cron",), f"not a five-field cron expression ({exc})") from None
+        return self
+
+    @property
+    def effective_interval(self) -> timedelta:
+        return self.interval or timedelta(minutes=5)
+
+
+class RuleSettings(BaseModel):
+    model_config = _STRICT
+
+    name: str = Field(min_length=1)
+    match: dict[str, list[Annotated[str, Field(min_length=1)]]] = Field(default_factory=dict)
+    stale_after: StaleAfter | Literal["inherit"] = "inherit"
+    status: FinalStatus | None = None
+    error_code: ErrorCode | None = None
+    error_message: str | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _check_match(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key, patterns in value.items():
+            if key not in MATCHABLE_FIELDS:
+                raise ValueError(
+                    f"{key!r} is not a step field; use one of {list(MATCHABLE_FIELDS)}"
+                )
+            if not patterns:
+                raise ValueError(f"{key}: give at least one pattern")
+        return value
+
+    @field_validator("error_message")
+    @classmethod
+    def _check_message(cls, value: str | None) -> str | None:
+        return None if value is None else _check_template(value)
+
+
+class SweepSettings(BaseModel):
+    model_config = _STRICT
+
+    stale_after: Duration = timedelta(hours=2)
+    status: FinalStatus = StepStatus.FAILED
+    error_code: ErrorCode = DEFAULT_ERROR_CODE
+    error_message: str = DEFAULT_ERROR_MESSAGE
+    page_size: int = Field(default=200, ge=1, le=1000)
+    max_steps: int = Field(default=500, ge=0)
+    recheck: bool = True
+    max_clock_skew: Duration = timedelta(minutes=2)
+    deadline: Duration = timedelta(minutes=4)
+    organizations: list[str] = Field(default_factory=list)
+    exclude_organizations: list[str] = Field(default_factory=list)
+    dry_run: bool = False
+    rules: list[RuleSettings] = Field(default_factory=list)
+
+    @field_validator("error_message")
+    @classmethod
+    def _check_message(cls, value: str) -> str:
+        return _check_template(value)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, value: list[RuleSettings]) -> list[RuleSettings]:
+        names = [r.name for r in value]
+        duplicates = sorted(
+            {n for n in names if names.count(n) > 1} | ({DEFAULT_RULE_NAME} & set(names))
+        )
+        if duplicates:
+            raise ValueError(
+                f"rule names must be unique and not {DEFAULT_RULE_NAME!r}: {duplicates}"
+            )
+        return value
+
+    def build_rules(self) -> Rules:
+        default = Rule(
+            name=DEFAULT_RULE_NAME,
+            stale_after=self.stale_after,
+            status=StepStatus(self.status),
+            error_code=self.error_code,
+            error_message=self.error_message,
+        )
+        overrides = tuple(
+            Rule(
+                name=r.name,
+                stale_after=default.stale_after if r.stale_after == "inherit" else r.stale_after,
+                status=StepStatus(r.status or default.status),
+                error_code=r.error_code or default.error_code,
+                error_message=r.error_message or default.error_message,
+                match={k: tuple(v) for k, v in r.match.items()},
+            )
+            for r in self.rules
+        )
+        return Rules(overrides=overrides, default=default)
+
+
+class LogSettings(BaseModel):
+    model_config = _STRICT
+
+    format: Literal["json", "console", "auto"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class ServerSettings(BaseModel):
+    model_config = _STRICT
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:9108")
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        assert self.listen is not None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class Settings(BaseSettings):
+    """The whole configuration; build it with `load_settings`, never at import."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    api: ApiSettings
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    sweep: SweepSettings = Field(default_factory=SweepSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    def token(self) -> str:
+        assert self.api.token is not None, "load_settings resolves the token"
+        return self.api.token.get_secret_value()
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings for display: secrets masked, durations spelled."""
+        shown: dict[str, Any] = self.model_dump(mode="json")
+        if shown["api"].get("token") is not None:
+            shown["api"]["token"] = REDACTED
+        return shown
+
+
+def load_settings(
+    config_path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> tuple[Settings, list[str]]:
+    """Build the settings from file, environment and flags; also return warnings to log.
+
+    Raises ConfigError naming every wrong key. Nothing here calls the platform.
+    """
+    env = os.environ if environ is None else environ
+    if config_path is None and env.get(f"{ENV_PREFIX}CONFIG"):
+        config_path = Path(env[f"{ENV_PREFIX}CONFIG"])
+    warnings: list[str] = []
+    file_data = _read_config_file(config_path, warnings) if config_path else {}
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # Flags over environment over the TOML file.
+            return init_settings, env_settings, InitSettingsSource(settings_cls, file_data)
+
+    try:
+        settings: Settings = _Loaded(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    _resolve_token(settings, env, warnings)
+    return settings, warnings
+
+
+def _read_config_file(path: Path, warnings: list[str]) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"--config: {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"--config: {path} cannot be read ({exc.strerror})") from None
+    _warn_if_shared(path, "config file", warnings)
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
+
+
+def _resolve_token(settings: Settings, env: Any, warnings: list[str]) -> None:
+    api = settings.api
+    if api.token is not None and api.token_file is not None:
+        raise ConfigError("api.token, api.token_file: set exactly one of them, not both")
+    if api.token is not None:
+        token = api.token.get_secret_value().strip()
+        source = "api.token"
+    else:
+        path = api.token_file
+        source = "api.token_file"
+        if path is None and env.get("CREDENTIALS_DIRECTORY"):
+            path = Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
+            source = f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"
+        if path is None:
+            raise ConfigError(
+                "api.token: required: set api.token or api.token_file "
+                f"(or provide $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME})"
+            )
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"{source}: {path} cannot be read ({reason})") from None
+        _warn_if_shared(path, "token file", warnings)
+    if not token:
+        raise ConfigError(f"{source}: the token is empty")
+    if any(ch.isspace() or not ch.isprintable() for ch in token):
+        raise ConfigError(f"{source}: the token contains whitespace or control characters")
+    api.token = SecretStr(token)
+    api.token_file = None if source != "api.token_file" else api.token_file
+
+
+def _warn_if_shared(path: Path, what: str, warnings: list[str]) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.append(f"{what} {path} is readable by group or others (mode {mode & 0o777:o})")
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per wrong key, named by its dotted path; values are never echoed."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, KeyProblem):
+            keys = ", ".join(f"{loc}.{key}" if loc else key for key in cause.keys)
+            lines.append(f"{keys}: {cause.reason}")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required"
+        lines.append(f"{loc}: {message}" if loc else message)
+    return "invalid configuration: " + "; ".join(lines)
