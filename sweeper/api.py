@@ -63,7 +63,11 @@ def utc_now() -> datetime:
 
 def step_url(step_id: str) -> str:
     """The step's URL path; the id is one percent-encoded segment, whatever it holds."""
-    return f"{STEPS_PATH}/{quote(step_id, safe='')}"
+    segment = quote(step_id, safe="")
+    if segment in (".", ".."):
+        # Dot segments would be resolved away by URL normalization.
+        segment = segment.replace(".", "%2E")
+    return f"{STEPS_PATH}/{segment}"
 
 
 @dataclass(frozen=True, slots=True)

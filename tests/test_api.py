@@ -1,0 +1,504 @@
+"""The platform client against httpx.MockTransport: every row of the answer table."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from sweeper.api import (
+    MAX_ANSWER_BYTES,
+    ClockCheck,
+    PlatformClient,
+    RateLimiter,
+    build_http_client,
+    step_url,
+)
+from sweeper.errors import (
+    BodyRejected,
+    ClockSkewRefused,
+    Interrupted,
+    InvalidAnswer,
+    PlatformRefused,
+    PlatformUnavailable,
+    StepConflict,
+    StepNotFound,
+    TokenRefused,
+)
+from sweeper.model import StepStatus
+from sweeper.policy import StepUpdate
+from tests.helpers import NOW, TOKEN, FakeClock, FakePlatform, record
+
+T = TypeVar("T")
+UPDATE = StepUpdate(
+    organization_id="org-a",
+    status=StepStatus.FAILED,
+    completed_at="2026-05-23T12:00:00.000Z",
+    error_code="ZOMBIE_STEP_TIMEOUT",
+    error_message="gone quiet",
+    error_details={"sweepId": "x"},
+)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+class Recorder:
+    """A sleep that only remembers how long it was asked to wait."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def client_for(
+    handler: Callable[[httpx.Request], httpx.Response],
+    clock: FakeClock | None = None,
+    **kwargs: Any,
+) -> tuple[PlatformClient, Recorder]:
+    sleep = Recorder()
+    clock = clock or FakeClock()
+    http = build_http_client(
+        "https://platform.test",
+        TOKEN,
+        timeout=timedelta(seconds=5),
+        max_connections=4,
+        transport=httpx.MockTransport(handler),
+    )
+    kwargs.setdefault("max_attempts", 4)
+    return PlatformClient(http, clock=clock, sleep=sleep, **kwargs), sleep
+
+
+def answers(*responses: httpx.Response | Exception) -> Callable[[httpx.Request], httpx.Response]:
+    """A handler that gives these answers in order (the last one repeats)."""
+    queue = list(responses)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    handler.seen = seen  # type: ignore[attr-defined]
+    return handler
+
+
+OK = httpx.Response(200, json={"success": True, "data": {"stepId": "s1", "status": "FAILED"}})
+
+
+def test_patch_sends_exactly_the_seed_fields() -> None:
+    """The body is organizationId, status, completedAt, errorCode, errorMessage, errorDetails."""
+    handler = answers(OK)
+    client, _ = client_for(handler)
+    data = run(client.patch_step("s1", UPDATE))
+    (request,) = handler.seen  # type: ignore[attr-defined]
+    assert request.method == "PATCH"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert json.loads(request.content) == {
+        "organizationId": "org-a",
+        "status": "FAILED",
+        "completedAt": "2026-05-23T12:00:00.000Z",
+        "errorCode": "ZOMBIE_STEP_TIMEOUT",
+        "errorMessage": "gone quiet",
+        "errorDetails": {"sweepId": "x"},
+    }
+    assert data == {"stepId": "s1", "status": "FAILED"}
+
+
+@pytest.mark.parametrize(
+    ("step_id", "raw"),
+    [
+        ("plain", "plain"),
+        ("a/b", "a%2Fb"),
+        ("a?b#c", "a%3Fb%23c"),
+        ("50%", "50%25"),
+        ("with space", "with%20space"),
+        ("ünï/çødé", "%C3%BCn%C3%AF%2F%C3%A7%C3%B8d%C3%A9"),
+        ("..", "%2E%2E"),
+        (".", "%2E"),
+        ("a..b", "a..b"),
+    ],
+)
+def test_step_id_is_one_percent_encoded_segment(step_id: str, raw: str) -> None:
+    """/ ? # % and spaces in a step id never split or end the path."""
+    handler = answers(OK)
+    client, _ = client_for(handler)
+    run(client.patch_step(step_id, UPDATE))
+    (request,) = handler.seen  # type: ignore[attr-defined]
+    assert request.url.raw_path == f"/api/data-platform/workflow-run-steps/{raw}".encode()
+    assert step_url(step_id).endswith("/" + raw)
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, BodyRejected),
+        (422, BodyRejected),
+        (401, TokenRefused),
+        (403, TokenRefused),
+        (404, StepNotFound),
+        (409, StepConflict),
+        (418, PlatformRefused),
+        (301, PlatformRefused),
+    ],
+)
+def test_refusals_are_not_retried(status: int, error: type[Exception]) -> None:
+    """4xx answers (and redirects, never followed) are final after one try."""
+    headers = {"Location": "https://elsewhere.test/"} if status == 301 else {}
+    handler = answers(
+        httpx.Response(
+            status, headers=headers, json={"success": False, "error": {"message": "nope"}}
+        )
+    )
+    client, sleep = client_for(handler)
+    with pytest.raises(error) as caught:
+        run(client.patch_step("s1", UPDATE))
+    assert len(handler.seen) == 1  # type: ignore[attr-defined]
+    assert sleep.waits == []
+    assert caught.value.http_status == status  # type: ignore[attr-defined]
+
+
+def test_rejection_carries_the_platforms_message() -> None:
+    """400's error.message is kept for the log."""
+    handler = answers(
+        httpx.Response(400, json={"success": False, "error": {"message": "errorCode too long"}})
+    )
+    client, _ = client_for(handler)
+    with pytest.raises(BodyRejected, match="errorCode too long"):
+        run(client.patch_step("s1", UPDATE))
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_transient_statuses_are_retried_then_succeed(status: int) -> None:
+    """408, 429 and 5xx are retried with backoff, and a later success counts."""
+    handler = answers(httpx.Response(status), httpx.Response(status), OK)
+    client, sleep = client_for(handler)
+    run(client.patch_step("s1", UPDATE))
+    assert len(handler.seen) == 3  # type: ignore[attr-defined]
+    assert len(sleep.waits) == 2
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.ConnectTimeout("slow"),
+        httpx.RemoteProtocolError("reset"),
+    ],
+)
+def test_transport_errors_are_retried(exc: Exception) -> None:
+    """Connect errors and timeouts are transient too."""
+    handler = answers(exc, OK)
+    client, sleep = client_for(handler)
+    run(client.patch_step("s1", UPDATE))
+    assert len(handler.seen) == 2  # type: ignore[attr-defined]
+    assert len(sleep.waits) == 1
+
+
+def test_transient_failure_gives_up_after_max_attempts() -> None:
+    """After api.max_attempts tries the request is unavailable, with the count."""
+    handler = answers(httpx.Response(503))
+    client, sleep = client_for(handler, max_attempts=3)
+    with pytest.raises(PlatformUnavailable) as caught:
+        run(client.patch_step("s1", UPDATE))
+    assert caught.value.attempts == 3
+    assert caught.value.http_status == 503
+    assert len(handler.seen) == 3  # type: ignore[attr-defined]
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    """Waits grow but never pass the cap, and vary between tries (jitter)."""
+    handler = answers(httpx.Response(500))
+    client, sleep = client_for(handler, max_attempts=12, backoff_initial=1.0, backoff_max=8.0)
+    with pytest.raises(PlatformUnavailable):
+        run(client.patch_step("s1", UPDATE))
+    assert len(sleep.waits) == 11
+    assert all(0 <= w <= 8.0 for w in sleep.waits)
+    assert len(set(sleep.waits)) > 1
+
+
+def test_retry_after_in_seconds_is_honoured() -> None:
+    """Retry-After: 7 waits exactly 7 seconds."""
+    handler = answers(httpx.Response(429, headers={"Retry-After": "7"}), OK)
+    client, sleep = client_for(handler)
+    run(client.patch_step("s1", UPDATE))
+    assert sleep.waits == [7.0]
+
+
+def test_retry_after_as_http_date_is_honoured(clock: FakeClock) -> None:
+    """Retry-After as an HTTP date waits until then, by our clock."""
+    later = email.utils.format_datetime(NOW + timedelta(seconds=12), usegmt=True)
+    handler = answers(httpx.Response(503, headers={"Retry-After": later}), OK)
+    client, sleep = client_for(handler, clock)
+    run(client.patch_step("s1", UPDATE))
+    assert sleep.waits == [12.0]
+
+
+def test_retry_after_longer_than_allowed_ends_the_tries() -> None:
+    """A Retry-After past api.max_retry_after is not waited for: the request failed."""
+    handler = answers(httpx.Response(429, headers={"Retry-After": "3600"}), OK)
+    client, sleep = client_for(handler, max_retry_after=timedelta(seconds=60))
+    with pytest.raises(PlatformUnavailable, match="max_retry_after") as caught:
+        run(client.patch_step("s1", UPDATE))
+    assert sleep.waits == []
+    assert caught.value.attempts == 1
+
+
+def test_unparseable_retry_after_falls_back_to_backoff() -> None:
+    """A Retry-After we cannot read is ignored, not trusted."""
+    handler = answers(httpx.Response(503, headers={"Retry-After": "soon"}), OK)
+    client, sleep = client_for(handler, backoff_max=2.0)
+    run(client.patch_step("s1", UPDATE))
+    assert len(sleep.waits) == 1 and sleep.waits[0] <= 2.0
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(200, content=b"<html>ok</html>"),
+        httpx.Response(200, json={"data": {}}),
+        httpx.Response(200, json={"success": "true", "data": {}}),
+        httpx.Response(201, json=[1, 2]),
+        httpx.Response(204),
+    ],
+)
+def test_2xx_without_success_true_is_not_a_success(response: httpx.Response) -> None:
+    """A 2xx whose body is not JSON or lacks success: true is an invalid answer, not retried."""
+    handler = answers(response)
+    client, sleep = client_for(handler)
+    with pytest.raises(InvalidAnswer):
+        run(client.patch_step("s1", UPDATE))
+    assert len(handler.seen) == 1  # type: ignore[attr-defined]
+
+
+def test_token_refusal_stops_every_later_call() -> None:
+    """After a 401 the client sends nothing more with that token."""
+    handler = answers(httpx.Response(401), OK)
+    client, _ = client_for(handler)
+    with pytest.raises(TokenRefused):
+        run(client.patch_step("s1", UPDATE))
+    with pytest.raises(TokenRefused):
+        run(client.get_step("s2", "org-a"))
+    assert len(handler.seen) == 1  # type: ignore[attr-defined]
+
+
+def test_oversized_answer_is_refused_unread() -> None:
+    """A Content-Length beyond the limit is refused before the body is read."""
+    big = httpx.Response(200, headers={"Content-Length": str(MAX_ANSWER_BYTES + 1)}, content=b"{}")
+    client, _ = client_for(answers(big))
+    with pytest.raises(InvalidAnswer, match="refused unread"):
+        run(client.get_step("s1", "org-a"))
+
+
+def test_oversized_streamed_answer_is_cut_off() -> None:
+    """An answer without Content-Length is read only up to the limit."""
+
+    def stream() -> Any:
+        chunk = b" " * (1024 * 1024)
+        for _ in range(MAX_ANSWER_BYTES // len(chunk) + 2):
+            yield chunk
+
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            for chunk in stream():
+                yield chunk
+
+    client, _ = client_for(lambda request: httpx.Response(200, stream=Endless()))
+    with pytest.raises(InvalidAnswer, match="answer over"):
+        run(client.get_step("s1", "org-a"))
+
+
+def test_listing_follows_cursors_to_the_last_page(platform: FakePlatform) -> None:
+    """Pages are read with status, startedBefore, limit and the previous cursor."""
+    platform.add(*(record(f"s{n:02d}") for n in range(5)))
+    client, _ = client_for(platform.handle)
+
+    async def all_pages() -> list[Any]:
+        return [p async for p in client.list_running(NOW - timedelta(hours=1), 2)]
+
+    pages = run(all_pages())
+    assert [len(p.records) for p in pages] == [2, 2, 1]
+    first, second, _ = platform.requests
+    assert first.url.params["status"] == "RUNNING"
+    assert first.url.params["startedBefore"] == "2026-05-23T11:00:00.000Z"
+    assert first.url.params["limit"] == "2"
+    assert "cursor" not in first.url.params
+    assert second.url.params["cursor"] == pages[0].next_cursor
+
+
+def test_listing_reports_broken_records_and_keeps_the_rest(platform: FakePlatform) -> None:
+    """A record missing a field or with a bad time is returned as invalid, not fatal."""
+    good = record("good")
+    page = {
+        "success": True,
+        "nextCursor": None,
+        "data": [
+            good,
+            {"stepId": "no-org", "status": "RUNNING", "startedAt": good["startedAt"]},
+            {**good, "stepId": "bad-time", "startedAt": "yesterday"},
+            {**good, "stepId": "naive-time", "startedAt": "2026-05-23T10:00:00"},
+            {**good, "stepId": 12},
+            {**good, "stepId": "neg", "retryCount": -1},
+            "not an object",
+            {**good, "stepId": "extra", "somethingNew": {"ok": True}},
+        ],
+    }
+    client, _ = client_for(answers(httpx.Response(200, json=page)))
+
+    async def first_page() -> Any:
+        return [p async for p in client.list_running(NOW, 10)][0]
+
+    records = run(first_page()).records
+    valid = [r.step_id for r in records if hasattr(r, "started_at")]
+    invalid = [r for r in records if not hasattr(r, "started_at")]
+    assert valid == ["good", "extra"]
+    assert [r.step_id for r in invalid] == ["no-org", "bad-time", "naive-time", None, "neg", None]
+    assert "organizationId" in invalid[0].problems
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        {"success": True, "data": {"not": "a list"}},
+        {"success": True, "data": [], "nextCursor": 5},
+        {"success": False, "data": []},
+    ],
+)
+def test_broken_listing_pages_are_invalid_answers(page: dict[str, Any]) -> None:
+    """A page that breaks the envelope cannot be swept."""
+    client, _ = client_for(answers(httpx.Response(200, json=page)))
+
+    async def read() -> None:
+        async for _ in client.list_running(NOW, 10):
+            pass
+
+    with pytest.raises(InvalidAnswer):
+        run(read())
+
+
+def test_get_step_returns_none_when_gone() -> None:
+    """404 on the re-read means the step is not there."""
+    client, _ = client_for(answers(httpx.Response(404)))
+    assert run(client.get_step("s1", "org-a")) is None
+
+
+def test_get_step_with_broken_record_is_invalid() -> None:
+    """A re-read whose step breaks the contract is an invalid answer."""
+    client, _ = client_for(answers(httpx.Response(200, json={"success": True, "data": {}})))
+    with pytest.raises(InvalidAnswer, match="re-read"):
+        run(client.get_step("s1", "org-a"))
+
+
+@pytest.mark.parametrize(
+    ("skew", "refused"),
+    [
+        (timedelta(0), False),
+        (timedelta(seconds=119), False),
+        (timedelta(seconds=-119), False),
+        (timedelta(minutes=3), True),
+        (timedelta(minutes=-3), True),
+    ],
+)
+def test_clock_skew_is_checked_on_every_answer(
+    platform: FakePlatform, clock: FakeClock, skew: timedelta, refused: bool
+) -> None:
+    """A Date header further than max_clock_skew, ahead or behind, refuses."""
+    platform.add(record("s1"))
+    platform.date_skew = skew
+    check = ClockCheck(timedelta(minutes=2), clock)
+    client, _ = client_for(platform.handle, clock, clock_check=check)
+    if refused:
+        with pytest.raises(ClockSkewRefused):
+            run(client.get_step("s1", "org-a"))
+    else:
+        assert run(client.get_step("s1", "org-a")) is not None
+
+
+def test_missing_date_is_warned_once_per_sweep(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """Without a Date header skew cannot be checked: one warning per sweep."""
+    platform.add(record("s1"))
+    platform.send_date = False
+    client, _ = client_for(
+        platform.handle, clock, clock_check=ClockCheck(timedelta(minutes=2), clock)
+    )
+    for _ in range(3):
+        run(client.get_step("s1", "org-a"))
+    client.begin_sweep()
+    run(client.get_step("s1", "org-a"))
+    assert [e["event"] for e in logs] == ["platform.date_missing", "platform.date_missing"]
+
+
+def test_unreadable_date_header_is_an_invalid_answer(clock: FakeClock) -> None:
+    """A Date header that is not an HTTP date cannot be trusted."""
+    handler = answers(httpx.Response(200, headers={"Date": "tomorrow"}, json={"success": True}))
+    client, _ = client_for(handler, clock, clock_check=ClockCheck(timedelta(minutes=2), clock))
+    with pytest.raises(InvalidAnswer, match="Date"):
+        run(client.patch_step("s1", UPDATE))
+
+
+def test_stop_prevents_new_requests_and_cuts_backoff_short() -> None:
+    """Once stop is set no request is sent, and a pending retry is abandoned."""
+    stop = asyncio.Event()
+    handler = answers(OK)
+    client, _ = client_for(handler, stop=stop)
+    stop.set()
+    with pytest.raises(Interrupted):
+        run(client.patch_step("s1", UPDATE))
+    assert handler.seen == []  # type: ignore[attr-defined]
+
+
+def test_rate_limiter_spaces_requests_evenly() -> None:
+    """At max_rate N, the k-th immediate request waits (k-1)/N seconds."""
+    now = [0.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(round(seconds, 6))
+
+    limiter = RateLimiter(4, monotonic=lambda: now[0], sleep=sleep)
+
+    async def burst() -> None:
+        for _ in range(4):
+            await limiter.acquire()
+
+    run(burst())
+    assert waits == [0.25, 0.5, 0.75]
+    now[0] = 10.0
+    run(limiter.acquire())
+    assert waits == [0.25, 0.5, 0.75]  # idle long enough: no wait
+
+
+def test_rate_limit_zero_means_no_limit() -> None:
+    """max_rate = 0 never waits."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    limiter = RateLimiter(0, sleep=sleep)
+    run(limiter.acquire())
+    assert waits == []
+
+
+def test_redirects_are_never_followed() -> None:
+    """A 302 is answered as a refusal; the Location is not fetched (token would follow)."""
+    handler = answers(httpx.Response(302, headers={"Location": "https://evil.test/steal"}))
+    client, _ = client_for(handler)
+    with pytest.raises(PlatformRefused):
+        run(client.get_step("s1", "org-a"))
+    assert [r.url.host for r in handler.seen] == ["platform.test"]  # type: ignore[attr-defined]
