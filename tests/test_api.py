@@ -211,7 +211,7 @@ def test_transport_errors_are_retried(exc: Exception) -> None:
 def test_transient_failure_gives_up_after_max_attempts() -> None:
     """After api.max_attempts tries the request is unavailable, with the count."""
     handler = answers(httpx.Response(503))
-    client, sleep = client_for(handler, max_attempts=3)
+    client, _sleep = client_for(handler, max_attempts=3)
     with pytest.raises(PlatformUnavailable) as caught:
         run(client.patch_step("s1", UPDATE))
     assert caught.value.attempts == 3
@@ -262,7 +262,8 @@ def test_unparseable_retry_after_falls_back_to_backoff() -> None:
     handler = answers(httpx.Response(503, headers={"Retry-After": "soon"}), OK)
     client, sleep = client_for(handler, backoff_max=2.0)
     run(client.patch_step("s1", UPDATE))
-    assert len(sleep.waits) == 1 and sleep.waits[0] <= 2.0
+    assert len(sleep.waits) == 1
+    assert sleep.waits[0] <= 2.0
 
 
 @pytest.mark.parametrize(
@@ -278,7 +279,7 @@ def test_unparseable_retry_after_falls_back_to_backoff() -> None:
 def test_2xx_without_success_true_is_not_a_success(response: httpx.Response) -> None:
     """A 2xx whose body is not JSON or lacks success: true is an invalid answer, not retried."""
     handler = answers(response)
-    client, sleep = client_for(handler)
+    client, _sleep = client_for(handler)
     with pytest.raises(InvalidAnswer):
         run(client.patch_step("s1", UPDATE))
     assert len(handler.seen) == 1  # type: ignore[attr-defined]
@@ -359,7 +360,9 @@ def test_listing_reports_broken_records_and_keeps_the_rest(platform: FakePlatfor
     client, _ = client_for(answers(httpx.Response(200, json=page)))
 
     async def first_page() -> Any:
-        return [p async for p in client.list_running(NOW, 10)][0]
+        async for page in client.list_running(NOW, 10):
+            return page
+        raise AssertionError("no page")
 
     records = run(first_page()).records
     valid = [r.step_id for r in records if hasattr(r, "started_at")]

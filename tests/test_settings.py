@@ -44,7 +44,8 @@ def test_defaults_match_operations_md(tmp_path: Path) -> None:
     assert (api.max_concurrency, api.max_rate, api.max_attempts) == (8, 20, 5)
     assert api.max_retry_after == timedelta(seconds=60)
     assert api.allow_insecure_http is False
-    assert schedule.interval is None and schedule.cron is None
+    assert schedule.interval is None
+    assert schedule.cron is None
     assert schedule.effective_interval == timedelta(minutes=5)
     assert (schedule.timezone, schedule.jitter) == ("UTC", timedelta(0))
     assert sweep.stale_after == timedelta(hours=2)
@@ -207,7 +208,8 @@ def test_all_errors_are_reported_in_one_message(tmp_path: Path) -> None:
     message = config_error(
         tmp_path, BASE + '[sweep]\nstale_after = "x"\npage_size = 0\n[log]\nlevel = "loud"\n'
     )
-    assert "sweep.stale_after" in message and "sweep.page_size" in message
+    assert "sweep.stale_after" in message
+    assert "sweep.page_size" in message
     assert "log.level" in message
 
 
@@ -234,7 +236,8 @@ def test_all_errors_are_reported_in_one_message(tmp_path: Path) -> None:
         ),
         (f'token = "{TOKEN}"\n', "api.base_url: required"),
         (
-            f'base_url = "https://p.example.test"\ntoken = "{TOKEN}"\nca_bundle = "/nonexistent.pem"\n',
+            f'base_url = "https://p.example.test"\ntoken = "{TOKEN}"\n'
+            'ca_bundle = "/nonexistent.pem"\n',
             "api.ca_bundle",
         ),
     ],
@@ -259,14 +262,17 @@ def test_plain_http_is_allowed_to_loopback(tmp_path: Path, host: str) -> None:
 
 def test_plain_http_elsewhere_needs_the_opt_in(tmp_path: Path) -> None:
     """api.allow_insecure_http = true lets http:// reach another host."""
-    text = f'[api]\nbase_url = "http://p.example.test"\ntoken = "{TOKEN}"\nallow_insecure_http = true\n'
+    text = (
+        f'[api]\nbase_url = "http://p.example.test"\ntoken = "{TOKEN}"\n'
+        "allow_insecure_http = true\n"
+    )
     settings, _ = load_settings(write(tmp_path, text))
     assert settings.api.allow_insecure_http
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
     """--config naming a file that does not exist is a config error naming --config."""
-    with pytest.raises(ConfigError, match="--config: .* does not exist"):
+    with pytest.raises(ConfigError, match=r"--config: .* does not exist"):
         load_settings(tmp_path / "absent.toml")
 
 

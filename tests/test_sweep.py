@@ -102,7 +102,8 @@ def test_zombies_are_marked_and_live_steps_left(
         assert e["sweep_id"] == report.sweep_id
         assert {"organization_id", "status", "error_code", "rule", "idle_seconds"} <= e.keys()
     finished = events(logs, "sweep.finished")[0]
-    assert finished["marked"] == 2 and "duration_ms" in finished
+    assert finished["marked"] == 2
+    assert "duration_ms" in finished
     assert finished["failed"] == 0  # every outcome is counted, zeros too
 
 
@@ -130,7 +131,9 @@ def test_the_write_follows_the_seed(platform: FakePlatform, clock: FakeClock) ->
     assert details["sweptBy"] == "test-host"
     assert details["sweeperVersion"] == "1.2.3"
     assert details["idleSeconds"] == 3 * 3600
-    assert "logs" not in body and "output" not in body and "retryCount" not in body
+    assert "logs" not in body
+    assert "output" not in body
+    assert "retryCount" not in body
 
 
 def test_listing_asks_for_the_smallest_threshold(platform: FakePlatform, clock: FakeClock) -> None:
@@ -203,7 +206,8 @@ def test_clock_jump_mid_sweep_stops_the_writes(platform: FakePlatform, clock: Fa
     platform.before.append(jump)
     report = sweep(platform, clock, max_concurrency=1)
     assert len(platform.patches) == 2  # the second answer carried the jump
-    assert report.result is Result.REFUSED and report.guard == "clock_skew"
+    assert report.result is Result.REFUSED
+    assert report.guard == "clock_skew"
     assert report.counts["marked"] == 1
     # The write whose answer carried the jump is unconfirmed: refused, like the 3 untried.
     assert report.counts["refused"] == 4
@@ -237,7 +241,8 @@ def test_a_step_that_changed_after_the_listing_is_left_alone(
     assert platform.patches == []
     assert report.exit_code is ExitCode.OK
     (skipped,) = events(logs, "step.skipped")
-    assert skipped["reason"] == reason and skipped["step_id"] == "z"
+    assert skipped["reason"] == reason
+    assert skipped["step_id"] == "z"
     assert report.counts[f"skipped_{reason}"] == 1
 
 
@@ -330,7 +335,8 @@ def test_invalid_records_are_logged_and_the_page_still_swept(
     platform.add(broken)
     report = sweep(platform, clock)
     (invalid,) = events(logs, "record.invalid")
-    assert invalid["step_id"] == "bad" and "retryCount" in invalid["problems"]
+    assert invalid["step_id"] == "bad"
+    assert "retryCount" in invalid["problems"]
     assert report.counts["invalid"] == 1
     assert report.counts["marked"] == 2
     assert report.exit_code is ExitCode.OK
