@@ -78,6 +78,11 @@ class PlatformState:
 
     # -- content -------------------------------------------------------------
 
+    def reset(self) -> None:
+        self.steps.clear()
+        self._running.clear()
+        self.patches.clear()
+
     def add(self, record: dict[str, Any]) -> None:
         step_id = record["stepId"]
         if step_id in self.steps:
