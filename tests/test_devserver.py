@@ -227,11 +227,10 @@ def test_every_answer_has_a_date_shifted_by_the_skew() -> None:
 
 def test_error_rate_answers_503_or_429_with_retry_after() -> None:
     """--error-rate 1 fails every request, half 503, half 429 with Retry-After."""
-    with serve_in_thread(PlatformState(), TOKEN, faults=Faults(error_rate=1.0, seed=1)) as server:
-        with httpx.Client(
-            base_url=server.base_url, headers={"Authorization": f"Bearer {TOKEN}"}
-        ) as client:
-            answers = [client.get(STEPS) for _ in range(40)]
+    faults = Faults(error_rate=1.0, seed=1)
+    with serve_in_thread(PlatformState(), TOKEN, faults=faults) as server:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        answers = [httpx.get(server.base_url + STEPS, headers=auth) for _ in range(40)]
     statuses = {a.status_code for a in answers}
     assert statuses == {429, 503}
     assert all(a.headers["retry-after"] == "1" for a in answers if a.status_code == 429)
