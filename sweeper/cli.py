@@ -21,6 +21,20 @@ from sweeper.report import ExitCode, SweepReport, write_report
 log = structlog.get_logger("sweeper.cli")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that stray arguments are not echoed: one could be a token."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            words = message.removeprefix(prefix).split()
+            flags = [w.split("=", 1)[0] for w in words if w.startswith("-")]
+            others = len(words) - len(flags)
+            shown = " ".join(flags) + (f" (and {others} other value(s))" if others else "")
+            message = prefix + shown.strip()
+        super().error(message)
+
+
 def _global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     # Accepted before or after the command; after it, only when given.
     default = argparse.SUPPRESS if suppress else None
@@ -69,7 +83,7 @@ def _message(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sweeper", description="Find zombie workflow steps and mark them FAILED or CANCELLED."
     )
     parser.add_argument("--version", action="version", version=f"sweeper {__version__}")

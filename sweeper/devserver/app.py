@@ -7,6 +7,7 @@ import email.utils
 import hmac
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -43,9 +44,13 @@ class Faults:
 
 @dataclass
 class Counters:
+    """What the stand-in saw: requests by method, faults injected, and arrivals in order."""
+
     requests: int = 0
     by_method: dict[str, int] = field(default_factory=dict)
     faults: int = 0
+    arrivals: list[tuple[float, str, str]] = field(default_factory=list)
+    keep_arrivals: bool = False
 
 
 def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -80,6 +85,8 @@ def create_app(
     async def answer(request: Request, handle: Callable[[], dict[str, Any]]) -> Response:
         counters.requests += 1
         counters.by_method[request.method] = counters.by_method.get(request.method, 0) + 1
+        if counters.keep_arrivals:
+            counters.arrivals.append((time.time(), request.method, request.url.path))
         if faults.latency:
             await asyncio.sleep(faults.latency.total_seconds())
         response = await _answer(request, handle)

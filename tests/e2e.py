@@ -1,0 +1,161 @@
+"""End-to-end harness: the stand-in platform on loopback and the real `sweeper` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sweeper.devserver.server import RunningServer, serve_in_thread
+from sweeper.devserver.state import PlatformState
+from tests.helpers import TOKEN
+
+Hook = Callable[[Request], Awaitable[Response | None]]
+
+
+@dataclass
+class Platform:
+    """A running stand-in whose behaviour tests can change between runs."""
+
+    server: RunningServer
+    hooks: list[Hook] = field(default_factory=list)
+
+    @property
+    def state(self) -> PlatformState:
+        return self.server.state
+
+    @property
+    def faults(self) -> Any:
+        return self.server.app.state.faults
+
+    @property
+    def counters(self) -> Any:
+        return self.server.app.state.counters
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def arrivals(self, method: str) -> list[float]:
+        return [t for t, m, _ in self.counters.arrivals if m == method]
+
+    def reset(self) -> None:
+        from datetime import timedelta
+
+        self.state.reset()
+        self.hooks.clear()
+        self.faults.latency = timedelta(0)
+        self.faults.error_rate = 0.0
+        self.faults.clock_skew = timedelta(0)
+        self.counters.arrivals.clear()
+        self.counters.requests = self.counters.faults = 0
+        self.counters.by_method.clear()
+        self.counters.keep_arrivals = True
+
+
+def start_platform() -> Platform:
+    hooks: list[Hook] = []
+
+    async def intercept(request: Request) -> Response | None:
+        for hook in hooks:
+            answer = await hook(request)
+            if answer is not None:
+                return answer
+        return None
+
+    server = serve_in_thread(PlatformState(), TOKEN, intercept=intercept)
+    return Platform(server, hooks)
+
+
+def write_config(tmp_path: Path, base_url: str, extra: str = "", token: str = TOKEN) -> Path:
+    token_file = tmp_path / "api-token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    token_file.chmod(0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[api]
+base_url = "{base_url}"
+token_file = "{token_file}"
+max_rate = 0
+max_attempts = 1
+timeout = "5s"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    config.chmod(0o600)
+    return config
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.stderr.splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPER_")}
+    env.pop("CREDENTIALS_DIRECTORY", None)
+    env.update(extra)
+    return env
+
+
+def sweeper(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
+    """Run the real CLI to completion; JSON logs on stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper", "--log-format", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or environment(),
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def start_sweeper(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweeper", "--log-format", "json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    """Poll a condition another process makes true (not a sleep standing in for time)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def signal_and_collect(proc: subprocess.Popen[str], signum: int = signal.SIGTERM) -> Result:
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=30)
+    return Result(proc.returncode, stdout, stderr)

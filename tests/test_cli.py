@@ -1,0 +1,335 @@
+"""The real CLI against the stand-in platform: every exit code, signals, and no token leaks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tests.e2e import (
+    Platform,
+    signal_and_collect,
+    start_platform,
+    start_sweeper,
+    sweeper,
+    wait_for,
+    write_config,
+)
+from tests.helpers import TOKEN, record
+
+
+@pytest.fixture(name="shared_platform", scope="module")
+def _shared_platform() -> Iterator[Platform]:
+    platform = start_platform()
+    yield platform
+    platform.server.stop()
+
+
+@pytest.fixture(name="platform")
+def _platform(shared_platform: Platform) -> Platform:
+    shared_platform.reset()
+    return shared_platform
+
+
+def seed_zombies(platform: Platform, n: int, prefix: str = "z") -> None:
+    now = datetime.now(UTC)
+    for i in range(n):
+        platform.state.add(record(f"{prefix}{i:03d}", now=now, started=timedelta(hours=5)))
+
+
+def test_exit_0_marks_zombies_and_logs_json(platform: Platform, tmp_path: Path) -> None:
+    """A clean sweep: zombies FAILED, live steps untouched, JSON events, report, exit 0."""
+    platform.state.seed(zombies=6, live=3, seed=1)
+    config = write_config(tmp_path, platform.base_url)
+    report = tmp_path / "report.json"
+    result = sweeper("--config", str(config), "run", "--once", "--report", str(report))
+    assert result.code == 0, result.stderr
+    statuses = [s["status"] for s in platform.state.steps.values()]
+    assert statuses.count("RUNNING") == 3
+    assert len(platform.state.patches) == 6
+    for event in result.events:
+        assert {"timestamp", "level", "event"} <= event.keys()
+        assert event["timestamp"].endswith("Z")
+    assert len(result.named("step.marked")) == 6
+    data = json.loads(report.read_text())
+    assert data["summary"]["exitCode"] == 0
+    assert len(data["steps"]) == 6
+
+
+def test_python_dash_m_and_console_script_are_the_same_program() -> None:
+    """`sweeper --version` and `python -m sweeper --version` agree."""
+    import subprocess
+    import sys
+
+    from sweeper import __version__
+
+    out = subprocess.run(
+        [sys.executable, "-m", "sweeper", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"sweeper {__version__}"
+    script = Path(sys.executable).parent / "sweeper"
+    out2 = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
+    assert out2.stdout == out.stdout
+
+
+def test_exit_1_when_a_step_is_refused(platform: Platform, tmp_path: Path) -> None:
+    """One write refused with 400: the others are marked, exit 1, step.failed logged."""
+    seed_zombies(platform, 3)
+
+    async def refuse_one(request: Request) -> Response | None:
+        if request.method == "PATCH" and request.url.path.endswith("/z001"):
+            return JSONResponse({"success": False, "error": {"message": "bad"}}, status_code=400)
+        return None
+
+    platform.hooks.append(refuse_one)
+    result = sweeper("--config", str(write_config(tmp_path, platform.base_url)), "run", "--once")
+    assert result.code == 1
+    (failed,) = result.named("step.failed")
+    assert (failed["step_id"], failed["reason"], failed["http_status"]) == ("z001", "rejected", 400)
+    assert len(result.named("step.marked")) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--bogus"],
+        ["mark", "s1"],  # --org is required
+        ["mark", "s1", "--org", "o", "--status", "SUCCEEDED"],
+        ["mark", "s1", "--org", "o", "--error-code", "X" * 65],
+        ["run", "--max-steps", "-1"],
+        ["run", "--metrics-file", "/tmp/m.prom"],  # only with --once
+        ["run", "--token", TOKEN],  # the token is never a flag
+        [],
+    ],
+)
+def test_exit_2_on_wrong_usage(args: list[str]) -> None:
+    """Command-line mistakes exit 2 with argparse's message, before anything else."""
+    result = sweeper(*args)
+    assert result.code == 2
+    assert "usage:" in result.stderr
+    assert TOKEN not in result.stderr
+
+
+def test_exit_3_when_too_many_zombies(platform: Platform, tmp_path: Path) -> None:
+    """--max-steps lower than the zombies found: nothing written, exit 3."""
+    seed_zombies(platform, 5)
+    config = write_config(tmp_path, platform.base_url)
+    result = sweeper("--config", str(config), "run", "--once", "--max-steps", "4")
+    assert result.code == 3
+    assert platform.state.patches == []
+    (refused,) = result.named("sweep.refused")
+    assert refused["guard"] == "max_steps"
+
+
+def test_exit_3_on_clock_skew(platform: Platform, tmp_path: Path) -> None:
+    """The platform's clock 10 minutes behind: nothing written, exit 3."""
+    seed_zombies(platform, 2)
+    platform.faults.clock_skew = timedelta(minutes=-10)
+    result = sweeper("--config", str(write_config(tmp_path, platform.base_url)), "run", "--once")
+    assert result.code == 3
+    assert platform.state.patches == []
+    assert result.named("sweep.refused")[0]["guard"] == "clock_skew"
+
+
+def test_exit_75_when_the_platform_is_unreachable(tmp_path: Path) -> None:
+    """Nothing listening on the port: exit 75 after all tries."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = write_config(tmp_path, f"http://127.0.0.1:{port}")
+    result = sweeper("--config", str(config), "run", "--once")
+    assert result.code == 75
+    assert result.named("sweep.aborted")[0]["result"] == "unavailable"
+
+
+def test_exit_75_when_sigterm_stops_a_once_run(platform: Platform, tmp_path: Path) -> None:
+    """SIGTERM mid-writes: the writes in flight complete, none starts after, exit 75."""
+    seed_zombies(platform, 30)
+    platform.faults.latency = timedelta(milliseconds=150)
+    config = write_config(tmp_path, platform.base_url, "max_concurrency = 3\n")
+    proc = start_sweeper("--config", str(config), "run", "--once")
+    wait_for(lambda: len(platform.state.patches) >= 2)
+    signalled_at = time.time()
+    result = signal_and_collect(proc)
+    assert result.code == 75
+    late = [t for t in platform.arrivals("PATCH") if t > signalled_at + 0.05]
+    assert late == []
+    sent = platform.arrivals("PATCH")
+    assert len(platform.state.patches) == len(sent) < 30  # every write sent was completed
+    finished = result.named("sweep.finished")[0]
+    assert finished["result"] == "interrupted"
+    assert finished["marked"] == len(sent)
+    assert finished["skipped_shutdown"] == 30 - len(sent)
+
+
+def test_daemon_stops_cleanly_on_sigterm(platform: Platform, tmp_path: Path) -> None:
+    """The daemon sweeps at start; SIGTERM mid-sweep finishes in-flight writes and exits 0."""
+    seed_zombies(platform, 30)
+    platform.faults.latency = timedelta(milliseconds=150)
+    config = write_config(tmp_path, platform.base_url, '[schedule]\ninterval = "1h"\n').read_text()
+    config = config.replace("[api]", "[api]").replace(
+        'timeout = "5s"', 'timeout = "5s"\nmax_concurrency = 2'
+    )
+    path = tmp_path / "daemon.toml"
+    path.write_text(config)
+    path.chmod(0o600)
+    proc = start_sweeper("--config", str(path), "run")
+    wait_for(lambda: len(platform.state.patches) >= 2)
+    signalled_at = time.time()
+    result = signal_and_collect(proc, signal.SIGINT)
+    assert result.code == 0
+    assert [t for t in platform.arrivals("PATCH") if t > signalled_at + 0.05] == []
+    assert len(platform.state.patches) == len(platform.arrivals("PATCH"))
+    assert result.named("sweep.finished")[0]["result"] == "interrupted"
+    assert result.named("daemon.stopped")[0]["sweeps"] == 1
+
+
+def test_daemon_survives_a_failed_sweep(platform: Platform, tmp_path: Path) -> None:
+    """A sweep that cannot reach the platform is logged; the daemon keeps running."""
+    platform.faults.error_rate = 1.0
+    config = write_config(tmp_path, platform.base_url, '[schedule]\ninterval = "1h"\n')
+    proc = start_sweeper("--config", str(config), "run")
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # read until the failed sweep has ended
+        seen.append(line)
+        if '"sweep.finished"' in line:
+            break
+    result = signal_and_collect(proc)
+    # A daemon that died with its sweep would not exit 0 nor log daemon.stopped.
+    assert result.code == 0
+    assert '"result": "unavailable"' in seen[-1]
+    assert result.named("daemon.stopped")[0]["sweeps"] == 1
+
+
+def test_exit_77_when_the_token_is_refused(platform: Platform, tmp_path: Path) -> None:
+    """A wrong token: one request, exit 77."""
+    seed_zombies(platform, 3)
+    config = write_config(tmp_path, platform.base_url, token="not-the-token")
+    result = sweeper("--config", str(config), "run", "--once")
+    assert result.code == 77
+    assert platform.counters.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("bogus = 1\n", "api.bogus"),
+        ('[sweep]\nstale_after = "forever"\n', "sweep.stale_after"),
+        ('[schedule]\ninterval = "5m"\ncron = "* * * * *"\n', "schedule.interval"),
+        ('[sweep]\nerror_code = "' + "E" * 65 + '"\n', "sweep.error_code"),
+    ],
+)
+def test_exit_78_on_bad_configuration(
+    platform: Platform, tmp_path: Path, extra: str, key: str
+) -> None:
+    """An invalid configuration exits 78, names the key, and calls no platform."""
+    config = write_config(tmp_path, platform.base_url, extra)
+    for command in (["run", "--once"], ["run"], ["check-config"], ["mark", "s", "--org", "o"]):
+        result = sweeper("--config", str(config), *command)
+        assert result.code == 78, command
+        (invalid,) = result.named("config.invalid")
+        assert key in invalid["error"]
+    assert platform.counters.requests == 0
+
+
+def test_exit_78_when_the_config_file_is_missing(tmp_path: Path) -> None:
+    """--config pointing nowhere is a configuration error."""
+    result = sweeper("--config", str(tmp_path / "nope.toml"), "run", "--once")
+    assert result.code == 78
+    assert "does not exist" in result.named("config.invalid")[0]["error"]
+
+
+def test_check_config_prints_settings_without_the_token(tmp_path: Path) -> None:
+    """check-config prints the effective settings as JSON, token redacted, exit 0."""
+    config = write_config(tmp_path, "https://platform.example.test")
+    config.write_text(config.read_text().replace("token_file", "# token_file"))
+    from tests.e2e import environment
+
+    result = sweeper(
+        "--config", str(config), "check-config", env=environment(SWEEPER_API__TOKEN=TOKEN)
+    )
+    assert result.code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["api"]["token"] == "**********"
+    assert shown["sweep"]["stale_after"] == "2h"
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_mark_by_hand(platform: Platform, tmp_path: Path) -> None:
+    """`mark` writes one RUNNING step with the given status, code and message."""
+    now = datetime.now(UTC)
+    platform.state.add(record("one/two", org="org-x", now=now, started=timedelta(minutes=3)))
+    config = write_config(tmp_path, platform.base_url)
+    result = sweeper(
+        "--config",
+        str(config),
+        "mark",
+        "one/two",
+        "--org",
+        "org-x",
+        "--status",
+        "CANCELLED",
+        "--error-code",
+        "OPS_CANCELLED",
+        "--message",
+        "stuck since {idle}",
+    )
+    assert result.code == 0, result.stderr
+    step = platform.state.steps["one/two"]
+    assert (step["status"], step["errorCode"]) == ("CANCELLED", "OPS_CANCELLED")
+    assert step["errorMessage"].startswith("stuck since 3m")
+    again = sweeper("--config", str(config), "mark", "one/two", "--org", "org-x")
+    assert again.code == 0
+    assert again.named("step.skipped")[0]["reason"] == "finished"
+    wrong_org = sweeper("--config", str(config), "mark", "one/two", "--org", "org-y")
+    assert wrong_org.named("step.skipped")[0]["reason"] == "gone"
+
+
+def test_dry_run_flag(platform: Platform, tmp_path: Path) -> None:
+    """--dry-run: would_mark events, no PATCH, exit 0."""
+    seed_zombies(platform, 2)
+    config = write_config(tmp_path, platform.base_url)
+    result = sweeper("--config", str(config), "run", "--once", "--dry-run")
+    assert result.code == 0
+    assert platform.counters.by_method.get("PATCH", 0) == 0
+    assert len(result.named("step.would_mark")) == 2
+
+
+def test_token_never_leaks_from_failing_runs(platform: Platform, tmp_path: Path) -> None:
+    """Refused token, 500s, bad config, crashes: the token is in no output or report."""
+    seed_zombies(platform, 3)
+    outputs: list[str] = []
+
+    async def explode(request: Request) -> Response | None:
+        return Response(f"internal error for Bearer {TOKEN}", status_code=500)
+
+    runs = [
+        ("run", "--once", "--report", str(tmp_path / "r1.json")),
+        ("--log-level", "debug", "run", "--once", "--report", str(tmp_path / "r2.json")),
+        ("mark", "z000", "--org", "org-a"),
+    ]
+    platform.hooks.append(explode)
+    for args in runs:
+        result = sweeper("--config", str(write_config(tmp_path, platform.base_url)), *args)
+        assert result.code in (1, 75)
+        outputs += [result.stdout, result.stderr]
+    platform.hooks.clear()
+    bad_token = write_config(tmp_path, platform.base_url, token=TOKEN + "-old")
+    outputs += [sweeper("--config", str(bad_token), "--log-level", "debug", "run", "--once").stderr]
+    broken = write_config(tmp_path, platform.base_url, 'timeout = "x"\n')
+    broken.write_text(broken.read_text().replace("token_file", f'token = "{TOKEN}"\n# '))
+    outputs += [sweeper("--config", str(broken), "run", "--once").stderr]
+    outputs += [p.read_text() for p in tmp_path.glob("r*.json")]
+    assert outputs
+    everything = "\n".join(outputs)
+    assert TOKEN not in everything
