@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,34 +18,60 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 log = structlog.get_logger("sweeper.schedule")
 
-_CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _weekday_number(text: str) -> int:
+    if text.lower() in _WEEKDAYS:
+        return _WEEKDAYS.index(text.lower())
+    if not text.isdigit() or int(text) > 7:
+        raise ValueError(f"day of week {text!r} is out of range 0-7")
+    return int(text) % 7
+
+
+def crontab_weekdays(field: str) -> str:
+    """A crontab day-of-week field as APScheduler 3 day names.
+
+    crontab counts 0 (and 7) as Sunday and steps from Sunday; APScheduler 3 counts
+    0 as Monday, a known 3.x mistake. Expanding to names sidesteps both.
+    """
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for item in field.split(","):
+        base, _, step_text = item.partition("/")
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise ValueError(f"day of week step {step_text!r} is not a positive number")
+        if base == "*":
+            first, last = 0, 6
+        elif "-" in base:
+            low, high = base.split("-", 1)
+            first = _weekday_number(low)
+            last = 7 if high == "7" else _weekday_number(high)
+        else:
+            first = _weekday_number(base)
+            last = 6 if step else first
+        if last < first:
+            raise ValueError(f"day of week range {base!r} runs backwards")
+        days.update(day % 7 for day in range(first, last + 1, step or 1))
+    return ",".join(_WEEKDAYS[day] for day in sorted(days))
 
 
 def cron_trigger(expr: str, timezone: str, jitter: timedelta = timedelta(0)) -> Any:
-    """A CronTrigger that reads weekday numbers as crontab does (0 and 7 are Sunday).
-
-    APScheduler 3's own `from_crontab` counts 0 as Monday, a known 3.x mistake.
-    """
+    """A CronTrigger for a five-field crontab expression, weekdays as crontab means them."""
     from apscheduler.triggers.cron import CronTrigger
 
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(f"expected 5 fields, got {len(fields)}")
     minute, hour, day, month, weekday = fields
-
-    def name_day(match: re.Match[str]) -> str:
-        number = int(match.group(0))
-        if number > 7:
-            raise ValueError(f"day of week {number} is out of range 0-7")
-        return _CRON_WEEKDAYS[number]
-
-    weekday = re.sub(r"(?<![/\d])\d+", name_day, weekday)
     return CronTrigger(
         minute=minute,
         hour=hour,
         day=day,
         month=month,
-        day_of_week=weekday,
+        day_of_week=crontab_weekdays(weekday),
         timezone=timezone,
         jitter=int(jitter.total_seconds()) or None,
     )

@@ -164,10 +164,10 @@ class ScheduleSettings(BaseModel):
         if self.interval is not None and self.cron is not None:
             raise KeyProblem(("interval", "cron"), "set at most one of them")
         if self.cron is not None:
-            from apscheduler.triggers.cron import CronTrigger  # imported only when used
+            from sweeper.schedule import cron_trigger  # loads APScheduler only when used
 
             try:
-                CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+                cron_trigger(self.cron, self.timezone)
             except ValueError as exc:
                 raise KeyProblem(("cron",), f"not a five-field cron expression ({exc})") from None
         return self

@@ -1,0 +1,148 @@
+"""Daemon wiring: crontab weekdays, draining on stop, and the scheduler's settings."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sweeper.report import Result, SweepReport
+from sweeper.schedule import DaemonState, cron_trigger, drain, run_daemon
+
+
+@pytest.mark.parametrize(
+    ("expr", "start", "expected"),
+    [
+        # 2026-05-23 is a Saturday.
+        ("0 3 * * 0", datetime(2026, 5, 23, 12, tzinfo=UTC), datetime(2026, 5, 24, 3, tzinfo=UTC)),
+        ("0 3 * * 7", datetime(2026, 5, 23, 12, tzinfo=UTC), datetime(2026, 5, 24, 3, tzinfo=UTC)),
+        ("0 3 * * 1", datetime(2026, 5, 23, 12, tzinfo=UTC), datetime(2026, 5, 25, 3, tzinfo=UTC)),
+        (
+            "0 3 * * 1-5",
+            datetime(2026, 5, 23, 12, tzinfo=UTC),
+            datetime(2026, 5, 25, 3, tzinfo=UTC),
+        ),
+        (
+            "*/15 * * * *",
+            datetime(2026, 5, 23, 12, 1, tzinfo=UTC),
+            datetime(2026, 5, 23, 12, 15, tzinfo=UTC),
+        ),
+        (
+            "0 */6 * * */2",
+            datetime(2026, 5, 23, 12, 1, tzinfo=UTC),
+            datetime(2026, 5, 23, 18, tzinfo=UTC),
+        ),
+    ],
+)
+def test_cron_weekdays_count_as_crontab_does(
+    expr: str, start: datetime, expected: datetime
+) -> None:
+    """0 and 7 are Sunday, 1 is Monday (APScheduler 3's from_crontab says 0 is Monday)."""
+    trigger = cron_trigger(expr, "UTC")
+    assert trigger.get_next_fire_time(None, start) == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "names"),
+    [
+        ("*", "*"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("5-7", "sun,fri,sat"),
+        ("*/2", "sun,tue,thu,sat"),
+        ("1/3", "mon,thu"),
+        ("sat,sun", "sun,sat"),
+        ("mon-wed", "mon,tue,wed"),
+    ],
+)
+def test_crontab_weekdays_are_translated(field: str, names: str) -> None:
+    """Every crontab weekday form comes out as explicit APScheduler day names."""
+    from sweeper.schedule import crontab_weekdays
+
+    assert crontab_weekdays(field) == names
+
+
+def test_cron_rejects_bad_weekdays_and_field_counts() -> None:
+    """Out-of-range weekdays and wrong field counts are errors."""
+    with pytest.raises(ValueError, match="out of range"):
+        cron_trigger("0 3 * * 8", "UTC")
+    with pytest.raises(ValueError, match="5 fields"):
+        cron_trigger("0 3 * *", "UTC")
+    with pytest.raises(ValueError, match="backwards"):
+        cron_trigger("0 3 * * 5-2", "UTC")
+    with pytest.raises(ValueError, match="step"):
+        cron_trigger("0 3 * * */x", "UTC")
+
+
+def test_cron_uses_the_configured_time_zone() -> None:
+    """schedule.timezone applies to cron: 03:00 in Berlin is 01:00 UTC in summer."""
+    trigger = cron_trigger("0 3 * * *", "Europe/Berlin")
+    after = datetime(2026, 5, 23, 12, tzinfo=UTC)
+    assert trigger.get_next_fire_time(None, after).astimezone(UTC) == datetime(
+        2026, 5, 24, 1, tzinfo=UTC
+    )
+
+
+def test_drain_waits_for_the_task_without_a_stop() -> None:
+    """Without a stop request the task runs to its end."""
+
+    async def main() -> str:
+        task = asyncio.ensure_future(asyncio.sleep(0, result="done"))
+        await drain(task, asyncio.Event(), grace=0.01)
+        return task.result()
+
+    assert asyncio.run(main()) == "done"
+
+
+def test_drain_cancels_after_the_grace_period() -> None:
+    """A task still running `grace` seconds after stop is cancelled."""
+
+    async def main() -> bool:
+        stop = asyncio.Event()
+        forever = asyncio.ensure_future(asyncio.Event().wait())
+        stop.set()
+        await drain(forever, stop, grace=0.01)
+        return forever.cancelled()
+
+    assert asyncio.run(main())
+
+
+def test_daemon_sweeps_at_start_with_explicit_scheduler_settings() -> None:
+    """The first sweep runs at start; the job has max_instances=1, coalesce and grace."""
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    seen: dict[str, Any] = {}
+
+    async def main() -> DaemonState:
+        stop = asyncio.Event()
+
+        def new_sweep() -> tuple[SweepReport, Any]:
+            report = SweepReport("id", datetime.now(UTC), dry_run=False)
+
+            async def work() -> SweepReport:
+                from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+                del AsyncIOScheduler
+                stop.set()
+                return report
+
+            return report, work()
+
+        state = DaemonState()
+        state.listeners.append(lambda r: seen.setdefault("report", r))
+        return await run_daemon(
+            new_sweep,
+            stop=stop,
+            trigger=IntervalTrigger(hours=1, timezone="UTC"),
+            misfire_grace=timedelta(minutes=5),
+            state=state,
+        )
+
+    state = asyncio.run(main())
+    assert state.sweeps == 1
+    assert seen["report"].result is Result.COMPLETED
+    assert state.last_success_at is not None
+    assert state.running is False
