@@ -22,8 +22,8 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml
 venv: $(VENV)/.installed
 
 lint: venv
-	$(BIN)/ruff check sweeper tests bench
-	$(BIN)/ruff format --check sweeper tests bench
+	$(BIN)/ruff check sweeper tests $(wildcard bench)
+	$(BIN)/ruff format --check sweeper tests $(wildcard bench)
 	$(BIN)/mypy --strict sweeper
 
 test: lint
