@@ -15,7 +15,7 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool):
-        raise ValueError("a duration must be like 90s, 5m, 2h, 1d or a number of seconds")
+        raise ValueError("not a duration: write it like 90s, 5m, 2h, 1d or a number of seconds")
     elif isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (match := _PATTERN.match(value)):

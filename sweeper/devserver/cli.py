@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from datetime import timedelta
 from typing import Any
 
@@ -84,6 +85,10 @@ def run_command(args: argparse.Namespace) -> int:
         clock_skew=args.clock_skew,
         seed=args.seed,
     )
+    # uvicorn handles SIGTERM/SIGINT while serving, then re-raises them under the
+    # handlers it found: with these, a clean stop exits 0 instead of dying by signal.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     try:
         asyncio.run(serve_forever(state, args.token, args.host, args.port, faults))
     except OSError as exc:
