@@ -27,7 +27,7 @@ lint: venv
 	$(BIN)/mypy --strict sweeper
 
 test: lint
-	$(BIN)/pytest --cov=sweeper --cov-branch --cov-report=term --cov-fail-under=85
+	$(BIN)/pytest --cov=sweeper --cov-branch --cov-report=term --cov-fail-under=95
 
 demo: venv
 	$(BIN)/sweeper demo

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -172,7 +172,7 @@ def _configured_command(args: argparse.Namespace) -> int:
     if args.command == "mark":
         return _finish(asyncio.run(_mark(settings, args)), args)
     if args.once:
-        return _finish(asyncio.run(_once(settings)), args)
+        return _finish(asyncio.run(_once(settings, args)), args)
     return asyncio.run(_daemon(settings))
 
 
@@ -185,17 +185,31 @@ def _finish(report: SweepReport, args: argparse.Namespace) -> int:
     return int(report.exit_code)
 
 
-async def _once(settings: Any) -> SweepReport:
+async def _once(settings: Any, args: argparse.Namespace) -> SweepReport:
     from sweeper.app import build_sweeper, http_client
     from sweeper.schedule import SHUTDOWN_GRACE_SECONDS, drain, install_stop_handlers
 
+    metrics = None
+    if args.metrics_file:
+        from prometheus_client import CollectorRegistry
+
+        from sweeper.ops import Metrics
+
+        metrics = Metrics(CollectorRegistry())
     stop = asyncio.Event()
     install_stop_handlers(stop)
     async with http_client(settings) as http:
-        sweeper = build_sweeper(settings, http, stop=stop)
+        observer = metrics.observe_request if metrics else None
+        sweeper = build_sweeper(settings, http, stop=stop, observer=observer)
         report = sweeper.new_report()
         task = asyncio.ensure_future(sweeper.run(report))
         await drain(task, stop, SHUTDOWN_GRACE_SECONDS)
+    if metrics is not None:
+        metrics.observe_sweep(report)
+        try:
+            metrics.write_textfile(str(args.metrics_file))
+        except OSError as exc:
+            log.error("metrics.unwritable", path=str(args.metrics_file), error=exc.strerror)
     return report
 
 
@@ -219,35 +233,79 @@ async def _mark(settings: Any, args: argparse.Namespace) -> SweepReport:
     return report
 
 
-async def _daemon(settings: Any) -> int:
-    from sweeper.app import build_sweeper, http_client
-    from sweeper.schedule import DaemonState, cron_trigger, install_stop_handlers, run_daemon
+def _trigger(settings: Any) -> tuple[Any, timedelta, timedelta]:
+    """The schedule's trigger, its misfire grace, and the gap between two sweeps."""
+    from sweeper.schedule import cron_trigger
 
     schedule = settings.schedule
     if schedule.cron:
         trigger = cron_trigger(schedule.cron, schedule.timezone, schedule.jitter)
-        misfire = schedule.jitter + timedelta(minutes=5)
-    else:
-        from apscheduler.triggers.interval import IntervalTrigger
+        first = trigger.get_next_fire_time(None, datetime.now(UTC))
+        second = trigger.get_next_fire_time(first, first + timedelta(seconds=1))
+        return trigger, schedule.jitter + timedelta(minutes=5), second - first
+    from apscheduler.triggers.interval import IntervalTrigger
 
-        interval = schedule.effective_interval
-        trigger = IntervalTrigger(
-            seconds=interval.total_seconds(),
-            timezone="UTC",
-            jitter=int(schedule.jitter.total_seconds()) or None,
-        )
-        misfire = interval
+    interval = schedule.effective_interval
+    trigger = IntervalTrigger(
+        seconds=interval.total_seconds(),
+        timezone="UTC",
+        jitter=int(schedule.jitter.total_seconds()) or None,
+    )
+    return trigger, interval, interval
+
+
+async def _daemon(settings: Any) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from sweeper.app import build_sweeper, http_client
+    from sweeper.notify import SystemdNotifier
+    from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
+    from sweeper.outages import OutageLog
+    from sweeper.schedule import DaemonState, install_stop_handlers, run_daemon
+
+    trigger, misfire, gap = _trigger(settings)
     stop = asyncio.Event()
     install_stop_handlers(stop)
     state = DaemonState()
-    async with http_client(settings) as http:
-        sweeper = build_sweeper(settings, http, stop=stop)
+    metrics = Metrics(CollectorRegistry())
+    state.listeners.append(metrics.observe_sweep)
+    outages = OutageLog(lambda: datetime.now(UTC))
+    ops = None
+    if settings.server.listen:
+        host, port = settings.server.host_port
+        health = Health(lambda: state.running, lambda: state.last_success_at, 3 * gap)
+        try:
+            ops = OpsServer(host, port, wsgi_app(metrics, health)).start()
+        except OSError as exc:
+            log.error("server.unavailable", listen=settings.server.listen, error=exc.strerror)
+            return ExitCode.UNAVAILABLE
+        log.info("server.listening", listen=f"{host}:{ops.port}")
 
-        def new_sweep() -> tuple[SweepReport, Any]:
-            report = sweeper.new_report()
-            return report, sweeper.run(report)
+    def observe(method: str, status: str) -> None:
+        metrics.observe_request(method, status)
+        outages.observe(method, status)
 
-        await run_daemon(new_sweep, stop=stop, trigger=trigger, misfire_grace=misfire, state=state)
+    try:
+        async with http_client(settings) as http:
+            sweeper = build_sweeper(
+                settings, http, stop=stop, observer=observe, outages=outages.windows
+            )
+
+            def new_sweep() -> tuple[SweepReport, Any]:
+                report = sweeper.new_report()
+                return report, sweeper.run(report)
+
+            await run_daemon(
+                new_sweep,
+                stop=stop,
+                trigger=trigger,
+                misfire_grace=misfire,
+                state=state,
+                notifier=SystemdNotifier(),
+            )
+    finally:
+        if ops is not None:
+            ops.stop()
     return ExitCode.OK
 
 

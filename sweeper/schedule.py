@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from sweeper.notify import SystemdNotifier
 from sweeper.report import SweepReport
 
 #: After a stop request, writes in flight get this long to finish.
@@ -126,11 +127,14 @@ async def run_daemon(
     misfire_grace: timedelta,
     state: DaemonState | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    notifier: SystemdNotifier | None = None,
 ) -> DaemonState:
     """Sweep on the trigger until `stop` is set; the first sweep runs at start."""
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
 
     state = state or DaemonState()
+    notifier = notifier or SystemdNotifier({})
 
     async def sweep_job() -> None:
         if stop.is_set():
@@ -163,12 +167,28 @@ async def run_daemon(
         misfire_grace_time=max(1, int(misfire_grace.total_seconds())),
         next_run_time=clock(),
     )
+    if notifier.watchdog_interval is not None:
+
+        async def watchdog() -> None:
+            # Runs on the scheduler's own loop: a wedged loop stops the pings.
+            notifier.watchdog()
+
+        scheduler.add_job(
+            watchdog,
+            IntervalTrigger(seconds=notifier.watchdog_interval.total_seconds(), timezone=UTC),
+            id="watchdog",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
     scheduler.start()
     state.running = True
-    log.info("daemon.started", next_sweep="now")
+    notifier.ready()
+    log.info("daemon.started", next_sweep="now", systemd_notify=notifier.enabled)
     try:
         await stop.wait()
     finally:
+        notifier.stopping()
         state.running = False
         scheduler.pause()
         if state.current is not None and not state.current.done():

@@ -333,3 +333,45 @@ def test_token_never_leaks_from_failing_runs(platform: Platform, tmp_path: Path)
     assert outputs
     everything = "\n".join(outputs)
     assert TOKEN not in everything
+
+
+def test_metrics_file_after_a_once_run(platform: Platform, tmp_path: Path) -> None:
+    """--metrics-file writes the sweep's metrics in Prometheus text format."""
+    seed_zombies(platform, 2)
+    target = tmp_path / "sweeper.prom"
+    config = write_config(tmp_path, platform.base_url)
+    result = sweeper("--config", str(config), "run", "--once", "--metrics-file", str(target))
+    assert result.code == 0
+    text = target.read_text()
+    assert 'sweeper_steps_total{outcome="marked",status="FAILED"} 2.0' in text
+    assert 'sweeper_http_requests_total{method="PATCH",status="200"} 2.0' in text
+    assert 'sweeper_sweeps_total{result="completed"} 1.0' in text
+
+
+def test_daemon_serves_metrics_health_and_readiness(platform: Platform, tmp_path: Path) -> None:
+    """With server.listen the daemon answers /metrics, /healthz and /readyz."""
+    import socket
+
+    import httpx
+
+    seed_zombies(platform, 2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    extra = f'[schedule]\ninterval = "1h"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def swept() -> bool:
+            try:
+                return "sweeper_zombies_found 2.0" in httpx.get(base + "/metrics").text
+            except httpx.TransportError:
+                return False
+
+        wait_for(swept)
+        assert httpx.get(base + "/healthz").status_code == 200
+        assert httpx.get(base + "/readyz").status_code == 200
+    finally:
+        result = signal_and_collect(proc)
+    assert result.code == 0

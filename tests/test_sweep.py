@@ -499,3 +499,18 @@ def test_times_are_judged_by_the_injected_clock(platform: FakePlatform) -> None:
     assert sweep(platform, clock).counts["not_stale"] == 1
     clock.advance(timedelta(hours=1))
     assert sweep(platform, clock).counts["marked"] == 1
+
+
+def test_outage_windows_are_discounted_in_the_sweep(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Time the platform was unreachable does not count; the write says how much was discounted."""
+    platform.add(record("short", started=3 * H), record("long", started=5 * H))
+    windows = [(NOW - 2 * H, NOW - 30 * timedelta(minutes=1))]
+    sweeper = make_sweeper(platform, clock)
+    sweeper.outages = lambda: windows
+    report = asyncio.run(sweeper.run())
+    assert report.counts["not_stale"] == 1
+    (body,) = platform.patch_bodies()
+    assert body["errorDetails"]["outageDiscountSeconds"] == 90 * 60
+    assert body["errorDetails"]["idleSeconds"] == 5 * 3600 - 90 * 60

@@ -1,0 +1,162 @@
+"""What operators watch: Prometheus metrics, /healthz and /readyz, and the textfile export.
+
+Metrics take a registry (tests pass a fresh one). The HTTP endpoint is the
+standard library's WSGI server on a daemon thread: it never shares the event
+loop with the sweeps, and it costs the daemon almost nothing at rest.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    write_to_textfile,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from sweeper.report import SweepReport
+
+DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    """Every metric operations.md lists, in base units with the `sweeper_` prefix."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.sweeps = Counter("sweeper_sweeps", "Sweeps by result.", ["result"], registry=registry)
+        self.steps = Counter(
+            "sweeper_steps",
+            "Zombie steps by outcome and the status decided for them.",
+            ["outcome", "status"],
+            registry=registry,
+        )
+        self.records_invalid = Counter(
+            "sweeper_records_invalid", "Listing records that broke the contract.", registry=registry
+        )
+        self.duration = Histogram(
+            "sweeper_sweep_duration_seconds",
+            "Wall time of each sweep.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "sweeper_last_success_timestamp_seconds",
+            "Unix time at which the last successful sweep finished.",
+            registry=registry,
+        )
+        self.zombies = Gauge(
+            "sweeper_zombies_found", "Zombies found by the last sweep.", registry=registry
+        )
+        self.requests = Counter(
+            "sweeper_http_requests",
+            "Requests to the platform by method and HTTP status (or error).",
+            ["method", "status"],
+            registry=registry,
+        )
+
+    def observe_request(self, method: str, status: str) -> None:
+        self.requests.labels(method=method, status=status).inc()
+
+    def observe_sweep(self, report: SweepReport) -> None:
+        self.sweeps.labels(result=report.result.value).inc()
+        for entry in report.entries:
+            outcome = entry.outcome if entry.outcome != "skipped" else f"skipped_{entry.reason}"
+            self.steps.labels(outcome=outcome, status=entry.status or "").inc()
+        self.records_invalid.inc(report.counts["invalid"])
+        self.zombies.set(report.counts["zombies"])
+        if report.finished_at is not None:
+            self.duration.observe((report.finished_at - report.started_at).total_seconds())
+            if report.exit_code in (0, 1):
+                self.last_success.set(report.finished_at.timestamp())
+
+    def write_textfile(self, path: str) -> None:
+        """For node_exporter's textfile collector; written to a temporary file, then renamed."""
+        write_to_textfile(path, self.registry)
+
+
+class Health:
+    """Liveness and readiness, read from the daemon's state."""
+
+    def __init__(
+        self,
+        is_running: Callable[[], bool],
+        last_success: Callable[[], datetime | None],
+        ready_within: timedelta,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.is_running = is_running
+        self.last_success = last_success
+        self.ready_within = ready_within
+        self.clock = clock
+        self.started_at = clock()
+
+    def live(self) -> bool:
+        return self.is_running()
+
+    def ready(self) -> bool:
+        """Not ready when the last successful sweep (or the start) is older than the window."""
+        since = self.last_success() or self.started_at
+        return self.is_running() and self.clock() - since <= self.ready_within
+
+
+def wsgi_app(metrics: Metrics, health: Health) -> Callable[..., Iterable[bytes]]:
+    prometheus = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return prometheus(environ, start_response)  # type: ignore[no-any-return]
+        if path in ("/healthz", "/readyz"):
+            ok = health.live() if path == "/healthz" else health.ready()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n" if ok else b"unavailable\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found\n"]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds would drown the events; say nothing."""
+
+
+class OpsServer:
+    """/metrics, /healthz and /readyz on `server.listen`, on a daemon thread."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        app: Callable[..., Iterable[bytes]],
+        poll_interval: float = 0.5,
+    ) -> None:
+        self._server = make_server(
+            host, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler
+        )
+        self.port: int = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(poll_interval,),
+            name="sweeper-ops",
+            daemon=True,
+        )
+
+    def start(self) -> OpsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,178 @@
+"""Metrics, health and readiness, scraped through the real endpoint; systemd notify."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from sweeper.notify import SystemdNotifier
+from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
+from sweeper.outages import OutageLog
+from sweeper.report import Result, StepEntry, SweepReport
+from tests.helpers import NOW, FakeClock
+
+
+def report(clock: FakeClock, result: Result = Result.COMPLETED) -> SweepReport:
+    r = SweepReport("sweep-1", clock() - timedelta(seconds=3), dry_run=False, result=result)
+    r.finished_at = clock()
+    r.counts.update(zombies=3, invalid=2)
+    r.entries += [
+        StepEntry("a", "org", "marked", status="FAILED"),
+        StepEntry("b", "org", "marked", status="CANCELLED"),
+        StepEntry("c", "org", "skipped", reason="finished", status="FAILED"),
+    ]
+    return r
+
+
+@pytest.fixture(name="state")
+def _state() -> dict[str, object]:
+    return {"running": True, "last": None}
+
+
+@pytest.fixture(name="served")
+def _served(
+    clock: FakeClock, state: dict[str, object]
+) -> Iterator[tuple[str, Metrics, dict[str, object]]]:
+    metrics = Metrics(CollectorRegistry())
+    health = Health(
+        lambda: bool(state["running"]),
+        lambda: state["last"],  # type: ignore[arg-type, return-value]
+        ready_within=timedelta(minutes=15),
+        clock=clock,
+    )
+    server = OpsServer("127.0.0.1", 0, wsgi_app(metrics, health), poll_interval=0.01).start()
+    yield f"http://127.0.0.1:{server.port}", metrics, state
+    server.stop()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(url + "/metrics").text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def test_metrics_endpoint_serves_every_documented_metric(
+    served: tuple[str, Metrics, dict[str, object]], clock: FakeClock
+) -> None:
+    """Sweeps by result, steps by outcome and status, duration, last success, zombies, requests."""
+    url, metrics, _ = served
+    metrics.observe_request("GET", "200")
+    metrics.observe_request("PATCH", "503")
+    metrics.observe_sweep(report(clock))
+    samples = scrape(url)
+    assert samples[("sweeper_sweeps_total", (("result", "completed"),))] == 1
+    assert samples[("sweeper_steps_total", (("outcome", "marked"), ("status", "FAILED")))] == 1
+    assert samples[("sweeper_steps_total", (("outcome", "marked"), ("status", "CANCELLED")))] == 1
+    key = ("sweeper_steps_total", (("outcome", "skipped_finished"), ("status", "FAILED")))
+    assert samples[key] == 1
+    assert samples[("sweeper_sweep_duration_seconds_count", ())] == 1
+    assert samples[("sweeper_sweep_duration_seconds_sum", ())] == 3
+    assert samples[("sweeper_last_success_timestamp_seconds", ())] == NOW.timestamp()
+    assert samples[("sweeper_zombies_found", ())] == 3
+    assert samples[("sweeper_records_invalid_total", ())] == 2
+    assert samples[("sweeper_http_requests_total", (("method", "PATCH"), ("status", "503")))] == 1
+
+
+def test_a_refused_sweep_is_not_a_success(
+    served: tuple[str, Metrics, dict[str, object]], clock: FakeClock
+) -> None:
+    """Guard refusals count by result but do not move the last-success time."""
+    url, metrics, _ = served
+    metrics.observe_sweep(report(clock, Result.REFUSED))
+    samples = scrape(url)
+    assert samples[("sweeper_sweeps_total", (("result", "refused"),))] == 1
+    assert samples[("sweeper_last_success_timestamp_seconds", ())] == 0
+
+
+def test_healthz_follows_the_scheduler(served: tuple[str, Metrics, dict[str, object]]) -> None:
+    """/healthz is 200 while the scheduler runs, 503 after."""
+    url, _, state = served
+    assert httpx.get(url + "/healthz").status_code == 200
+    state["running"] = False
+    assert httpx.get(url + "/healthz").status_code == 503
+    assert httpx.get(url + "/nope").status_code == 404
+
+
+def test_readyz_needs_a_recent_successful_sweep(
+    served: tuple[str, Metrics, dict[str, object]], clock: FakeClock
+) -> None:
+    """/readyz is 503 once the last success (or the start) is older than three intervals."""
+    url, _, state = served
+    assert httpx.get(url + "/readyz").status_code == 200
+    clock.advance(timedelta(minutes=16))
+    assert httpx.get(url + "/readyz").status_code == 503
+    state["last"] = clock() - timedelta(minutes=1)
+    assert httpx.get(url + "/readyz").status_code == 200
+    clock.advance(timedelta(minutes=15))
+    assert httpx.get(url + "/readyz").status_code == 503
+
+
+def test_textfile_is_written_atomically(tmp_path: Path, clock: FakeClock) -> None:
+    """The textfile export is complete Prometheus text, with no temporary file left."""
+    metrics = Metrics(CollectorRegistry())
+    metrics.observe_sweep(report(clock))
+    target = tmp_path / "sweeper.prom"
+    metrics.write_textfile(str(target))
+    assert "sweeper_zombies_found 3.0" in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["sweeper.prom"]
+
+
+def test_systemd_notify_sends_datagrams(tmp_path: Path) -> None:
+    """READY=1, WATCHDOG=1 and STOPPING=1 arrive on $NOTIFY_SOCKET; watchdog at half."""
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000"})
+        assert notifier.watchdog_interval == timedelta(seconds=15)
+        assert notifier.ready() and notifier.watchdog() and notifier.stopping()
+        got = [listener.recv(64) for _ in range(3)]
+    assert got == [b"READY=1", b"WATCHDOG=1", b"STOPPING=1"]
+
+
+def test_systemd_notify_is_a_no_op_elsewhere() -> None:
+    """Without NOTIFY_SOCKET nothing is sent; a watchdog for another pid is not ours."""
+    assert not SystemdNotifier({}).ready()
+    other = SystemdNotifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval is None
+    gone = SystemdNotifier({"NOTIFY_SOCKET": "/nonexistent/socket"})
+    assert gone.enabled and not gone.ready()
+
+
+def test_outage_windows_open_at_last_contact_and_close_at_recovery(clock: FakeClock) -> None:
+    """Failures open a window from the last good contact; the next good answer closes it."""
+    log = OutageLog(clock)
+    log.observe("GET", "200")
+    t_ok = clock()
+    clock.advance(timedelta(minutes=5))
+    log.observe("GET", "error")
+    clock.advance(timedelta(minutes=5))
+    log.observe("GET", "503")
+    assert log.windows() == [(t_ok, clock())]  # still open: runs until now
+    clock.advance(timedelta(minutes=20))
+    log.observe("GET", "200")
+    assert log.windows() == [(t_ok, clock())]
+    clock.advance(timedelta(minutes=5))
+    assert log.windows() == [(t_ok, clock() - timedelta(minutes=5))]
+    log.observe("PATCH", "404")  # an answer, even a refusal, is contact
+    assert len(log.windows()) == 1
+
+
+def test_outage_windows_are_forgotten_after_a_week(clock: FakeClock) -> None:
+    """Old windows are dropped so memory stays bounded."""
+    log = OutageLog(clock)
+    log.observe("GET", "timeout")
+    clock.advance(timedelta(hours=1))
+    log.observe("GET", "200")
+    clock.advance(timedelta(days=8))
+    log.observe("GET", "200")
+    assert log.windows() == []
