@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: help venv lint test demo bench lock clean
+TOOLS := .venv-tools
+
+.PHONY: help venv lint test unit-test deploy-check demo bench lock clean
 
 help:
 	@echo "make demo   sweep a local stand-in platform and show what happened"
@@ -26,8 +28,19 @@ lint: venv
 	$(BIN)/ruff format --check sweeper tests $(wildcard bench)
 	$(BIN)/mypy --strict sweeper
 
-test: lint
+test: lint unit-test deploy-check
+
+unit-test: venv
 	$(BIN)/pytest --cov=sweeper --cov-branch --cov-report=term --cov-fail-under=95
+
+# Validators for deploy/ live in their own environment (checkov's tree is large).
+$(TOOLS)/.installed: requirements/tools.lock
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --require-hashes -r requirements/tools.lock
+	touch $@
+
+deploy-check: venv $(TOOLS)/.installed
+	deploy/check.sh $(CURDIR)/$(TOOLS)/bin $(CURDIR)/$(BIN)/sweeper
 
 demo: venv
 	$(BIN)/sweeper demo
@@ -39,6 +52,8 @@ bench: venv
 lock:
 	uv pip compile pyproject.toml --generate-hashes --python-version 3.11 -o requirements/runtime.lock
 	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements/dev.lock
+	uv pip compile requirements/tools.in --generate-hashes --python-version 3.11 -o requirements/tools.lock
+	uv pip compile requirements/build.in --generate-hashes --python-version 3.11 -o requirements/build.lock
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache .coverage

@@ -375,3 +375,34 @@ def test_daemon_serves_metrics_health_and_readiness(platform: Platform, tmp_path
     finally:
         result = signal_and_collect(proc)
     assert result.code == 0
+
+
+def test_daemon_speaks_the_systemd_notify_protocol(platform: Platform, tmp_path: Path) -> None:
+    """READY=1 once running, WATCHDOG=1 from the scheduler loop, STOPPING=1 on SIGTERM."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.e2e import environment
+
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(20)
+        config = write_config(tmp_path, platform.base_url, '[schedule]\ninterval = "1h"\n')
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", "--config", str(config), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment(NOTIFY_SOCKET=path, WATCHDOG_USEC="200000"),
+        )
+        messages = [listener.recv(64), listener.recv(64)]
+        result = signal_and_collect(proc)
+        while True:
+            message = listener.recv(64)
+            if message != b"WATCHDOG=1":
+                break
+        messages.append(message)
+    assert messages == [b"READY=1", b"WATCHDOG=1", b"STOPPING=1"]
+    assert result.code == 0
