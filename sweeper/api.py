@@ -449,6 +449,10 @@ def build_http_client(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """The one place the bearer token is attached; redirects are never followed."""
+    if transport is None:
+        from sweeper.transport import AiohttpTransport
+
+        transport = AiohttpTransport(max_connections=max_connections, verify=verify)
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers={"Authorization": f"Bearer {token}", "User-Agent": f"sweeper/{__version__}"},

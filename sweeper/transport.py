@@ -1,0 +1,108 @@
+"""An httpx transport on aiohttp's connection pool.
+
+The httpx API stays the project's client; underneath, httpcore's async pool
+spends most of a sweep's CPU on its own bookkeeping under concurrency (see the
+Performance section of the README), while aiohttp's pool is several times
+cheaper. `httpx-aiohttp` does the same job but hands aiohttp the URL as text to
+re-parse, and yarl then resolves an encoded step id of `%2E%2E` into a real `..`:
+here the URL goes over already encoded, exactly as httpx built it.
+
+Every aiohttp exception leaves as the httpx exception it means, so `api.py`
+still translates errors in one place.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import httpx
+from yarl import URL
+
+_CHUNK = 64 * 1024
+
+
+def _map(exc: BaseException) -> httpx.TransportError:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(str(exc))
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return httpx.ReadTimeout(str(exc) or "timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(exc))
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return httpx.RemoteProtocolError(str(exc))
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError(f"malformed answer ({exc.status})")
+    return httpx.ReadError(str(exc) or type(exc).__name__)
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_chunked(_CHUNK):
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _map(exc) from exc
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 on an aiohttp ClientSession, created on first use inside the loop."""
+
+    def __init__(self, *, max_connections: int, verify: bool | ssl.SSLContext = True) -> None:
+        self._max_connections = max_connections
+        self._ssl: bool | ssl.SSLContext = (
+            verify
+            if isinstance(verify, ssl.SSLContext)
+            else (ssl.create_default_context() if verify else False)
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=True,  # HTTPS_PROXY and friends, as httpx would honour them
+                auto_decompress=False,  # httpx decodes Content-Encoding itself
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout: dict[str, Any] = request.extensions.get("timeout", {})
+        body = request.content or None
+        try:
+            response = await self._session_now().request(
+                request.method,
+                URL(str(request.url), encoded=True),
+                headers=list(request.headers.multi_items()),
+                data=body,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=timeout.get("pool"),
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                ),
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _map(exc) from exc
+        return httpx.Response(
+            status_code=response.status,
+            headers=list(response.raw_headers),
+            stream=_Body(response),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()

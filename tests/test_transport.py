@@ -1,0 +1,166 @@
+"""The aiohttp-backed transport over real loopback sockets: paths, errors, no redirects."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sweeper.api import PlatformClient, build_http_client
+from sweeper.devserver.app import Faults
+from sweeper.devserver.server import serve_in_thread
+from sweeper.devserver.state import PlatformState
+from sweeper.errors import PlatformRefused, PlatformUnavailable
+from tests.helpers import TOKEN
+
+
+def client(base_url: str, timeout: float = 5.0) -> httpx.AsyncClient:
+    return build_http_client(base_url, TOKEN, timeout=timedelta(seconds=timeout), max_connections=4)
+
+
+@pytest.fixture(name="raw_paths")
+def _raw_paths() -> Iterator[tuple[str, list[bytes]]]:
+    seen: list[bytes] = []
+
+    async def record(request: Request) -> Response | None:
+        seen.append(request.scope["raw_path"])
+        return Response("{}", status_code=404)
+
+    with serve_in_thread(PlatformState(), TOKEN, intercept=record) as server:
+        yield server.base_url, seen
+
+
+@pytest.mark.parametrize(
+    ("step_id", "raw"),
+    [("..", b"%2E%2E"), (".", b"%2E"), ("a/b", b"a%2Fb"), ("ü ?#%", b"%C3%BC%20%3F%23%25")],
+)
+def test_step_ids_reach_the_server_exactly_as_encoded(
+    raw_paths: tuple[str, list[bytes]], step_id: str, raw: bytes
+) -> None:
+    """No dot-segment resolution or re-quoting between httpx and the socket."""
+    base_url, seen = raw_paths
+
+    async def go() -> None:
+        async with client(base_url) as http:
+            await PlatformClient(http, max_attempts=1).get_step(step_id, "org")
+
+    asyncio.run(go())
+    assert seen == [b"/api/data-platform/workflow-run-steps/" + raw]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_connection_refused_is_a_connect_error() -> None:
+    """Nothing listening: httpx.ConnectError, which the client retries as transient."""
+
+    async def go() -> None:
+        async with client(f"http://127.0.0.1:{free_port()}") as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get("/x")
+            with pytest.raises(PlatformUnavailable, match="ConnectError"):
+                await PlatformClient(http, max_attempts=1).get_step("s", "o")
+
+    asyncio.run(go())
+
+
+def test_slow_answer_is_a_read_timeout() -> None:
+    """An answer slower than api.timeout is a timeout (transient)."""
+    faults = Faults(latency=timedelta(milliseconds=500))
+    with serve_in_thread(PlatformState(), TOKEN, faults=faults) as server:
+
+        async def go() -> None:
+            async with client(server.base_url, timeout=0.1) as http:
+                with pytest.raises(httpx.TimeoutException):
+                    await http.get("/api/data-platform/workflow-run-steps")
+
+        asyncio.run(go())
+
+
+def test_redirects_are_answers_not_followed() -> None:
+    """A 302 comes back as a 302; the Location is never requested."""
+    hits: list[str] = []
+
+    async def redirect(request: Request) -> Response | None:
+        hits.append(request.url.path)
+        return Response(status_code=302, headers={"Location": "/elsewhere"})
+
+    with serve_in_thread(PlatformState(), TOKEN, intercept=redirect) as server:
+
+        async def go() -> None:
+            async with client(server.base_url) as http:
+                with pytest.raises(PlatformRefused):
+                    await PlatformClient(http, max_attempts=1).get_step("s", "o")
+
+        asyncio.run(go())
+    assert hits == ["/api/data-platform/workflow-run-steps/s"]
+
+
+def raw_server(answer: Callable[[socket.socket], None]) -> tuple[str, threading.Thread]:
+    """A one-shot socket server whose answer we write by hand (resets, truncation)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            answer(conn)
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda c: c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"succ'),
+        lambda c: c.sendall(b""),
+        lambda c: c.sendall(b"garbage\r\n\r\n"),
+    ],
+)
+def test_cut_or_broken_answers_are_transport_errors(
+    answer: Callable[[socket.socket], None],
+) -> None:
+    """A connection closed mid-answer, or an answer that is not HTTP, is a transport error."""
+    url, thread = raw_server(answer)
+
+    async def go() -> None:
+        async with client(url) as http:
+            with pytest.raises(PlatformUnavailable):
+                await PlatformClient(http, max_attempts=1).get_step("s", "o")
+
+    asyncio.run(go())
+    thread.join(timeout=5)
+
+
+def test_compressed_answers_are_decoded() -> None:
+    """Content-Encoding: gzip is decoded by httpx before the JSON is read."""
+    body = gzip.compress(json.dumps({"success": True, "data": {"ok": 1}}).encode())
+    head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+    url, thread = raw_server(lambda c: c.sendall(head.encode() + body))
+
+    async def go() -> httpx.Response:
+        async with client(url) as http:
+            response = await http.get("/x")
+            return response
+
+    response = asyncio.run(go())
+    assert response.json() == {"success": True, "data": {"ok": 1}}
+    thread.join(timeout=5)
