@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import structlog
@@ -166,6 +166,9 @@ class PlatformClient:
         observer: RequestObserver | None = None,
     ) -> None:
         self._http = http
+        # Requests are built from one absolute URL string: httpx then parses it
+        # once, instead of parsing, merging with base_url and re-parsing for params.
+        self._base = str(http.base_url).rstrip("/")
         self._max_attempts = max_attempts
         self._max_retry_after = max_retry_after.total_seconds()
         self._backoff = wait_random_exponential(multiplier=backoff_initial, max=backoff_max)
@@ -295,9 +298,18 @@ class PlatformClient:
         if self._stop is not None and self._stop.is_set():
             raise Interrupted(f"{method} {path}: not sent, stopping")
         await self._limiter.acquire()
+        url = self._base + path
+        if params:
+            url += "?" + urlencode(params, quote_via=quote)
+        headers = None
+        content = None
+        if body is not None:
+            content = json.dumps(body, separators=(",", ":")).encode()
+            headers = {"Content-Type": "application/json"}
         try:
             response = await self._http.send(
-                self._http.build_request(method, path, params=params, json=body), stream=True
+                self._http.build_request(method, url, content=content, headers=headers),
+                stream=True,
             )
         except httpx.TimeoutException:
             self._observe(method, "timeout")

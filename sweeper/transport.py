@@ -14,6 +14,7 @@ still translates errors in one place.
 from __future__ import annotations
 
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -64,13 +65,27 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             else (ssl.create_default_context() if verify else False)
         )
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], str | None] = {}
+
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, looked up once per scheme and host.
+
+        aiohttp's own trust_env does this (and a ~/.netrc look-up that could clash
+        with our Authorization header) on a worker thread for every request.
+        """
+        key = (url.scheme, url.host)
+        if key not in self._proxies:
+            proxy = urllib.request.getproxies_environment().get(url.scheme)
+            bypass = urllib.request.proxy_bypass_environment(url.host)  # type: ignore[attr-defined]
+            self._proxies[key] = None if bypass else proxy
+        return self._proxies[key]
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                trust_env=True,  # HTTPS_PROXY and friends, as httpx would honour them
+                trust_env=False,  # proxies from the environment: see _proxy_for
                 auto_decompress=False,  # httpx decodes Content-Encoding itself
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
@@ -86,6 +101,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=list(request.headers.multi_items()),
                 data=body,
                 allow_redirects=False,
+                proxy=self._proxy_for(request.url),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=timeout.get("pool"),
