@@ -71,6 +71,8 @@ def build_sweeper(
         http,
         max_attempts=api.max_attempts,
         max_retry_after=api.max_retry_after,
+        backoff_initial=api.retry_backoff.total_seconds(),
+        backoff_max=api.retry_backoff_max.total_seconds(),
         limiter=RateLimiter(api.max_rate),
         clock_check=ClockCheck(settings.sweep.max_clock_skew, clock),
         clock=clock,

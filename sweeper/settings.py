@@ -114,6 +114,8 @@ class ApiSettings(BaseModel):
     max_rate: float = Field(default=20, ge=0)
     max_attempts: int = Field(default=5, ge=1, le=100)
     max_retry_after: Duration = timedelta(seconds=60)
+    retry_backoff: Duration = timedelta(seconds=0.5)
+    retry_backoff_max: Duration = timedelta(seconds=30)
     allow_insecure_http: bool = False
 
     @model_validator(mode="after")

@@ -57,6 +57,8 @@ class Platform:
         self.faults.latency = timedelta(0)
         self.faults.error_rate = 0.0
         self.faults.clock_skew = timedelta(0)
+        self.faults.send_date = True
+        self.faults.retry_after_seconds = 1
         self.counters.arrivals.clear()
         self.counters.requests = self.counters.faults = 0
         self.counters.by_method.clear()
@@ -82,16 +84,13 @@ def write_config(tmp_path: Path, base_url: str, extra: str = "", token: str = TO
     token_file.write_text(token + "\n", encoding="utf-8")
     token_file.chmod(0o600)
     config = tmp_path / "config.toml"
+    # Keys set at the top of `extra` (still in [api]) replace these defaults.
+    api_part = extra.split("[", 1)[0]
+    given = {line.split("=", 1)[0].strip() for line in api_part.splitlines() if "=" in line}
+    defaults = {"max_rate": "0", "max_attempts": "1", "timeout": '"5s"'}
+    lines = "".join(f"{k} = {v}\n" for k, v in defaults.items() if k not in given)
     config.write_text(
-        f"""
-[api]
-base_url = "{base_url}"
-token_file = "{token_file}"
-max_rate = 0
-max_attempts = 1
-timeout = "5s"
-{extra}
-""",
+        f'[api]\nbase_url = "{base_url}"\ntoken_file = "{token_file}"\n{lines}{extra}\n',
         encoding="utf-8",
     )
     config.chmod(0o600)

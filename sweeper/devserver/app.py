@@ -35,6 +35,7 @@ class Faults:
     error_rate: float = 0.0
     clock_skew: timedelta = timedelta(0)
     retry_after_seconds: int = 1
+    send_date: bool = True
     seed: int | str = 0
     rng: random.Random = field(init=False)
 
@@ -90,8 +91,9 @@ def create_app(
         if faults.latency:
             await asyncio.sleep(faults.latency.total_seconds())
         response = await _answer(request, handle)
-        date = state.clock() + faults.clock_skew
-        response.headers["Date"] = email.utils.format_datetime(date, usegmt=True)
+        if faults.send_date:
+            date = state.clock() + faults.clock_skew
+            response.headers["Date"] = email.utils.format_datetime(date, usegmt=True)
         return response
 
     async def _answer(request: Request, handle: Callable[[], dict[str, Any]]) -> Response:
