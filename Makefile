@@ -7,7 +7,7 @@ PYTHON ?= python3
 
 TOOLS := .venv-tools
 
-.PHONY: help venv lint test unit-test deploy-check demo bench lock clean
+.PHONY: help venv lint test unit-test deploy-check demo bench mutation lock clean
 
 help:
 	@echo "make demo   sweep a local stand-in platform and show what happened"
@@ -48,12 +48,21 @@ demo: venv
 bench: venv
 	$(PY) bench/run.py
 
+# Mutation testing of the decision, the answer table and the guards (not in make test).
+mutation: venv
+	$(PY) -m pip install --quiet --require-hashes -r requirements/mutation.lock
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/mutmut results > mutation-results.txt || true
+	$(PY) bench/mutation_score.py
+
 # Needs uv (pip install uv); the lock files are installed with plain pip.
 lock:
 	uv pip compile pyproject.toml --generate-hashes --python-version 3.11 -o requirements/runtime.lock
 	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements/dev.lock
 	uv pip compile requirements/tools.in --generate-hashes --python-version 3.11 -o requirements/tools.lock
 	uv pip compile requirements/build.in --generate-hashes --python-version 3.11 -o requirements/build.lock
+	uv pip compile requirements/mutation.in -c requirements/dev.lock --generate-hashes --python-version 3.11 -o requirements/mutation.lock
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(TOOLS) mutants mutation-results.txt .mypy_cache .pytest_cache .ruff_cache .coverage

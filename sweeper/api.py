@@ -9,7 +9,6 @@ transport, the token header and TLS) is built outside and passed in.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import ssl
 import time
@@ -31,22 +30,19 @@ from tenacity import (
 )
 
 from sweeper import __version__
+from sweeper.answers import Transient, classify
 from sweeper.errors import (
-    BodyRejected,
-    ClockSkewRefused,
     Interrupted,
     InvalidAnswer,
-    PlatformRefused,
     PlatformUnavailable,
-    StepConflict,
     StepNotFound,
     TokenRefused,
 )
+from sweeper.guards import ClockCheck
 from sweeper.model import Step, format_timestamp, parse_step
 from sweeper.policy import StepUpdate
 
 STEPS_PATH = "/api/data-platform/workflow-run-steps"
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Larger answers are refused unread: a page of 1,000 steps is well under 1 MiB.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
@@ -85,35 +81,6 @@ class Page:
     next_cursor: str | None
 
 
-class ClockCheck:
-    """Compares every answer's Date header with our clock; one per sweep."""
-
-    def __init__(self, max_skew: timedelta, clock: Clock) -> None:
-        self.max_skew = max_skew
-        self.clock = clock
-        self.warned_missing = False
-        self.largest_skew = timedelta(0)
-
-    def observe(self, date_header: str | None) -> None:
-        if not date_header:
-            if not self.warned_missing:
-                self.warned_missing = True
-                log.warning("platform.date_missing", detail="clock skew cannot be checked")
-            return
-        try:
-            theirs = email.utils.parsedate_to_datetime(date_header)
-        except (TypeError, ValueError):
-            theirs = None
-        if theirs is None or theirs.tzinfo is None:
-            raise InvalidAnswer("the platform's Date header is not an HTTP date")
-        skew = theirs - self.clock()
-        if abs(skew) > abs(self.largest_skew):
-            self.largest_skew = skew
-        # The header has whole seconds: allow for the truncation.
-        if abs(skew) > self.max_skew + timedelta(seconds=1):
-            raise ClockSkewRefused(skew.total_seconds(), self.max_skew.total_seconds())
-
-
 class RateLimiter:
     """At most `rate` requests per second, spaced evenly; 0 means no limit."""
 
@@ -136,15 +103,6 @@ class RateLimiter:
         self._next = slot + self._interval
         if slot > now:
             await self._sleep(slot - now)
-
-
-class _Transient(Exception):
-    """One failed try that may succeed later; never leaves this module."""
-
-    def __init__(self, reason: str, http_status: int | None, retry_after: float | None) -> None:
-        super().__init__(reason)
-        self.http_status = http_status
-        self.retry_after = retry_after
 
 
 class PlatformClient:
@@ -184,8 +142,7 @@ class PlatformClient:
         """Each sweep warns afresh about a missing Date and tries the token again."""
         self.token_refused = False
         if self.clock_check is not None:
-            self.clock_check.warned_missing = False
-            self.clock_check.largest_skew = timedelta(0)
+            self.clock_check.begin_sweep()
 
     # -- the read side -------------------------------------------------------
 
@@ -252,7 +209,7 @@ class PlatformClient:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
             wait=self._wait,
-            retry=retry_if_exception_type(_Transient),
+            retry=retry_if_exception_type(Transient),
             sleep=self._sleep,
             reraise=True,
         )
@@ -262,7 +219,7 @@ class PlatformClient:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
                     return await self._try_once(method, path, params, body, attempts)
-        except _Transient as exc:
+        except Transient as exc:
             raise PlatformUnavailable(
                 f"{method} {path}: {exc} (after {attempts} tries)",
                 http_status=exc.http_status,
@@ -272,7 +229,7 @@ class PlatformClient:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
+        if isinstance(exc, Transient) and exc.retry_after is not None:
             return exc.retry_after
         return float(self._backoff(state))
 
@@ -302,21 +259,21 @@ class PlatformClient:
         if params:
             url += "?" + urlencode(params, quote_via=quote)
         headers = None
-        content = None
+        payload = None
         if body is not None:
-            content = json.dumps(body, separators=(",", ":")).encode()
+            payload = json.dumps(body, separators=(",", ":")).encode()
             headers = {"Content-Type": "application/json"}
         try:
             response = await self._http.send(
-                self._http.build_request(method, url, content=content, headers=headers),
+                self._http.build_request(method, url, content=payload, headers=headers),
                 stream=True,
             )
         except httpx.TimeoutException:
             self._observe(method, "timeout")
-            raise _Transient("timed out", None, None) from None
+            raise Transient("timed out", None, None) from None
         except httpx.TransportError as exc:
             self._observe(method, "error")
-            raise _Transient(f"transport error ({type(exc).__name__})", None, None) from None
+            raise Transient(f"transport error ({type(exc).__name__})", None, None) from None
         try:
             self._observe(method, str(response.status_code))
             if self.clock_check is not None:
@@ -324,7 +281,19 @@ class PlatformClient:
             content = await self._read_capped(response, method, path)
         finally:
             await response.aclose()
-        return self._classify(method, path, response, content, attempt)
+        try:
+            return classify(
+                f"{method} {path}",
+                response.status_code,
+                response.headers,
+                content,
+                attempt=attempt,
+                now=self._clock(),
+                max_retry_after=self._max_retry_after,
+            )
+        except TokenRefused:
+            self.token_refused = True  # no further call with a refused token
+            raise
 
     async def _read_capped(self, response: httpx.Response, method: str, path: str) -> bytes:
         declared = response.headers.get("content-length")
@@ -339,70 +308,12 @@ class PlatformClient:
                     raise InvalidAnswer(f"{method} {path}: answer over {MAX_ANSWER_BYTES} bytes")
                 chunks.append(chunk)
         except httpx.TimeoutException:
-            raise _Transient("timed out reading the answer", response.status_code, None) from None
+            raise Transient("timed out reading the answer", response.status_code, None) from None
         except httpx.TransportError as exc:
-            raise _Transient(
+            raise Transient(
                 f"answer cut off ({type(exc).__name__})", response.status_code, None
             ) from None
         return b"".join(chunks)
-
-    def _classify(
-        self, method: str, path: str, response: httpx.Response, content: bytes, attempt: int
-    ) -> dict[str, Any]:
-        status = response.status_code
-        where = f"{method} {path}"
-        if 200 <= status < 300:
-            try:
-                answer = json.loads(content)
-            except ValueError:
-                raise InvalidAnswer(
-                    f"{where}: HTTP {status} answer is not JSON",
-                    http_status=status,
-                    attempts=attempt,
-                ) from None
-            if not isinstance(answer, dict) or answer.get("success") is not True:
-                raise InvalidAnswer(
-                    f"{where}: HTTP {status} answer lacks success: true",
-                    http_status=status,
-                    attempts=attempt,
-                )
-            return answer
-        if status in TRANSIENT_STATUSES:
-            retry_after = self._retry_after(response.headers.get("retry-after"))
-            if retry_after is not None and retry_after > self._max_retry_after:
-                raise PlatformUnavailable(
-                    f"{where}: HTTP {status} asks to wait {retry_after:.0f}s, "
-                    f"more than api.max_retry_after",
-                    http_status=status,
-                    attempts=attempt,
-                )
-            raise _Transient(f"HTTP {status}", status, retry_after)
-        message = f"{where}: HTTP {status}{_platform_message(content)}"
-        if status in (401, 403):
-            self.token_refused = True
-            raise TokenRefused(message, http_status=status, attempts=attempt)
-        if status == 404:
-            raise StepNotFound(message, http_status=status, attempts=attempt)
-        if status == 409:
-            raise StepConflict(message, http_status=status, attempts=attempt)
-        if status in (400, 422):
-            raise BodyRejected(message, http_status=status, attempts=attempt)
-        # Redirects are never followed, and other answers mean the same: not done.
-        raise PlatformRefused(message, http_status=status, attempts=attempt)
-
-    def _retry_after(self, header: str | None) -> float | None:
-        if not header:
-            return None
-        header = header.strip()
-        if header.isdigit():
-            return float(header)
-        try:
-            when = email.utils.parsedate_to_datetime(header)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        return max(0.0, (when - self._clock()).total_seconds())
 
     def _observe(self, method: str, status: str) -> None:
         if self._observer is not None:
@@ -436,19 +347,6 @@ def _problems(exc: ValidationError) -> str:
         f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
         for e in exc.errors(include_input=False, include_url=False)
     )
-
-
-def _platform_message(content: bytes) -> str:
-    """The platform's own error text, if it gave one, kept short."""
-    try:
-        answer = json.loads(content)
-    except ValueError:
-        return ""
-    error = answer.get("error") if isinstance(answer, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    if isinstance(message, str) and message:
-        return f": {message[:300]}"
-    return ""
 
 
 def build_http_client(

@@ -11,13 +11,13 @@ import httpx
 
 from sweeper.api import (
     Clock,
-    ClockCheck,
     PlatformClient,
     RateLimiter,
     RequestObserver,
     build_http_client,
     utc_now,
 )
+from sweeper.guards import ClockCheck
 from sweeper.policy import Window
 from sweeper.settings import Settings
 from sweeper.sweep import SweepConfig, Sweeper

@@ -31,6 +31,7 @@ from sweeper.errors import (
     StepNotFound,
     TokenRefused,
 )
+from sweeper.guards import check_blast_radius, why_not_start
 from sweeper.policy import (
     Decision,
     Rule,
@@ -172,13 +173,7 @@ class _Run:
     async def sweep(self) -> None:
         zombies = await self.collect()
         self.counts["zombies"] = len(zombies)
-        if len(zombies) > self.cfg.max_steps:
-            raise GuardRefused(
-                "max_steps",
-                f"{len(zombies)} zombies found, more than sweep.max_steps",
-                zombies=len(zombies),
-                max_steps=self.cfg.max_steps,
-            )
+        check_blast_radius(len(zombies), self.cfg.max_steps)
         await self.write_all(zombies)
 
     async def mark_one(self, step_id: str, organization_id: str, rule: Rule) -> None:
@@ -293,11 +288,7 @@ class _Run:
             await self.handle(decision, entry)
 
     def why_not_start(self) -> SkipReason | None:
-        if self.s.stop.is_set():
-            return SkipReason.SHUTDOWN
-        if self.s.monotonic() >= self.deadline_at:
-            return SkipReason.DEADLINE
-        return None
+        return why_not_start(self.s.stop.is_set(), self.s.monotonic(), self.deadline_at)
 
     async def handle(self, decision: Decision, entry: StepEntry, *, reread: bool = True) -> None:
         step = decision.step

@@ -14,7 +14,6 @@ import pytest
 
 from sweeper.api import (
     MAX_ANSWER_BYTES,
-    ClockCheck,
     PlatformClient,
     RateLimiter,
     build_http_client,
@@ -31,6 +30,7 @@ from sweeper.errors import (
     StepNotFound,
     TokenRefused,
 )
+from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
 from sweeper.policy import StepUpdate
 from tests.helpers import NOW, TOKEN, FakeClock, FakePlatform, record

@@ -165,6 +165,8 @@ def test_build_update_has_exactly_the_documented_fields() -> None:
     assert isinstance(decision, Decision)
     update = build_update(decision, NOW, "sweep-1", "host-a", "9.9.9")
     assert update.organization_id == "org-a"
+    assert (update.status, update.error_code) == (StepStatus.FAILED, "ZOMBIE_STEP_TIMEOUT")
+    assert update.error_message == decision.error_message
     assert update.completed_at == "2026-05-23T12:00:00.000Z"
     assert update.error_details == {
         "sweepId": "sweep-1",
@@ -219,7 +221,11 @@ def test_manual_rule_marks_any_running_step() -> None:
     fresh = step(heartbeat=timedelta(seconds=5))
     verdict = recheck(fresh, fresh, NOW, rules)
     assert isinstance(verdict, Decision)
-    assert verdict.rule == "manual"
+    assert (verdict.rule, verdict.status, verdict.error_code) == (
+        "manual",
+        StepStatus.CANCELLED,
+        "BY_HAND",
+    )
     assert recheck(fresh, step(status="SUCCEEDED"), NOW, rules) is SkipReason.FINISHED
 
 
@@ -227,3 +233,11 @@ def test_smallest_stale_after_ignores_exempt_rules() -> None:
     """The listing filter uses the smallest real limit of all rules."""
     assert RULES.smallest_stale_after == 30 * M
     assert Rules((rule("never", None, stepType=["x"]),), rule()).smallest_stale_after == 2 * H
+
+
+def test_recheck_applies_the_outage_discount_too() -> None:
+    """The re-read decision discounts outages like the listing's did."""
+    s = step(started=3 * H)
+    outage = [(NOW - 2 * H, NOW - 30 * M)]
+    assert recheck(s, s, NOW, DEFAULT, outage) is SkipReason.ALIVE
+    assert isinstance(recheck(s, s, NOW, DEFAULT), Decision)

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.api import ClockCheck, PlatformClient, build_http_client
+from sweeper.api import PlatformClient, build_http_client
 from sweeper.devserver.state import COMPLETED_AT_PATTERN
+from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
 from sweeper.report import ExitCode, Result, SweepReport

@@ -1,0 +1,115 @@
+"""What each platform answer means: a pure table from (status, headers, body) to outcome.
+
+`classify` returns the decoded JSON of a success, or raises the `sweeper.errors`
+exception the answer stands for, or `Transient` for one failed try worth
+repeating. No I/O and no clock of its own: `now` is passed in for Retry-After.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sweeper.errors import (
+    BodyRejected,
+    InvalidAnswer,
+    PlatformRefused,
+    PlatformUnavailable,
+    StepConflict,
+    StepNotFound,
+    TokenRefused,
+)
+
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: How much of the platform's own error text is kept for the log.
+MESSAGE_LIMIT = 300
+
+
+class Transient(Exception):
+    """One failed try that may succeed later (408, 429, 5xx, transport errors)."""
+
+    def __init__(self, reason: str, http_status: int | None, retry_after: float | None) -> None:
+        super().__init__(reason)
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(header: str | None, now: datetime) -> float | None:
+    """Retry-After as seconds from now: a number, or an HTTP date; None if unreadable."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return float(header)
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - now).total_seconds())
+
+
+def classify(
+    where: str,
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    *,
+    attempt: int,
+    now: datetime,
+    max_retry_after: float,
+) -> dict[str, Any]:
+    """The success payload, or the exception this answer means (see platform-api.md)."""
+    if 200 <= status < 300:
+        try:
+            answer = json.loads(content)
+        except ValueError:
+            raise InvalidAnswer(
+                f"{where}: HTTP {status} answer is not JSON", http_status=status, attempts=attempt
+            ) from None
+        if not isinstance(answer, dict) or answer.get("success") is not True:
+            raise InvalidAnswer(
+                f"{where}: HTTP {status} answer lacks success: true",
+                http_status=status,
+                attempts=attempt,
+            )
+        return answer
+    if status in TRANSIENT_STATUSES:
+        retry_after = retry_after_seconds(headers.get("retry-after"), now)
+        if retry_after is not None and retry_after > max_retry_after:
+            # Retrying sooner than asked would load a platform that says it is overloaded.
+            raise PlatformUnavailable(
+                f"{where}: HTTP {status} asks to wait {retry_after:.0f}s, "
+                "more than api.max_retry_after",
+                http_status=status,
+                attempts=attempt,
+            )
+        raise Transient(f"HTTP {status}", status, retry_after)
+    message = f"{where}: HTTP {status}{platform_message(content)}"
+    refusal: type[PlatformRefused] = PlatformRefused  # redirects and the rest: not done
+    if status in (401, 403):
+        refusal = TokenRefused
+    elif status == 404:
+        refusal = StepNotFound
+    elif status == 409:
+        refusal = StepConflict
+    elif status in (400, 422):
+        refusal = BodyRejected
+    raise refusal(message, http_status=status, attempts=attempt)
+
+
+def platform_message(content: bytes) -> str:
+    """The platform's own error text (`error.message`), if it gave one, kept short."""
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        return ""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str) and message:
+        return f": {message[:MESSAGE_LIMIT]}"
+    return ""

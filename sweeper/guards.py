@@ -1,0 +1,70 @@
+"""The guards that can refuse a sweep or stop its writes: blast radius, clock skew, deadline.
+
+Pure checks on values passed in; the one piece of state is ClockCheck's
+warn-once flag for a missing Date header.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import structlog
+
+from sweeper.errors import ClockSkewRefused, GuardRefused, InvalidAnswer
+from sweeper.policy import SkipReason
+
+#: The Date header has whole seconds: its truncation is not skew.
+DATE_RESOLUTION = timedelta(seconds=1)
+
+log = structlog.get_logger("sweeper.guards")
+
+
+def check_blast_radius(zombies: int, max_steps: int) -> None:
+    """More zombies than max_steps means something else is wrong: write none."""
+    if zombies > max_steps:
+        raise GuardRefused(
+            "max_steps",
+            f"{zombies} zombies found, more than sweep.max_steps",
+            zombies=zombies,
+            max_steps=max_steps,
+        )
+
+
+def why_not_start(stopping: bool, now: float, deadline_at: float) -> SkipReason | None:
+    """Why a write may not start now: a stop was requested, or the deadline passed."""
+    if stopping:
+        return SkipReason.SHUTDOWN
+    if now >= deadline_at:
+        return SkipReason.DEADLINE
+    return None
+
+
+class ClockCheck:
+    """Compares every answer's Date header with our clock, ahead or behind."""
+
+    def __init__(self, max_skew: timedelta, clock: Callable[[], datetime]) -> None:
+        self.max_skew = max_skew
+        self.clock = clock
+        self.warned_missing = False
+
+    def begin_sweep(self) -> None:
+        """Each sweep warns afresh about a missing Date header."""
+        self.warned_missing = False
+
+    def observe(self, date_header: str | None) -> None:
+        if not date_header:
+            if not self.warned_missing:
+                self.warned_missing = True
+                log.warning("platform.date_missing", detail="clock skew cannot be checked")
+            return
+        try:
+            theirs = email.utils.parsedate_to_datetime(date_header)
+        except (TypeError, ValueError):
+            theirs = None
+        if theirs is None or theirs.tzinfo is None:
+            raise InvalidAnswer("the platform's Date header is not an HTTP date")
+        skew = theirs - self.clock()
+        if abs(skew) > self.max_skew + DATE_RESOLUTION:
+            raise ClockSkewRefused(skew.total_seconds(), self.max_skew.total_seconds())

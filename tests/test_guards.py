@@ -1,0 +1,112 @@
+"""The guards as plain checks: blast radius, deadline and stop, clock skew."""
+
+from __future__ import annotations
+
+import email.utils
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from sweeper.errors import ClockSkewRefused, GuardRefused, InvalidAnswer
+from sweeper.guards import ClockCheck, check_blast_radius, why_not_start
+from sweeper.policy import SkipReason
+from tests.helpers import NOW, FakeClock
+
+
+@pytest.mark.parametrize(
+    ("zombies", "refused"), [(0, False), (499, False), (500, False), (501, True)]
+)
+def test_blast_radius(zombies: int, refused: bool) -> None:
+    """More zombies than max_steps refuses; exactly max_steps does not."""
+    if not refused:
+        check_blast_radius(zombies, 500)
+        return
+    with pytest.raises(GuardRefused) as caught:
+        check_blast_radius(zombies, 500)
+    assert caught.value.guard == "max_steps"
+    assert caught.value.figures == {"zombies": zombies, "max_steps": 500}
+    assert str(caught.value) == f"{zombies} zombies found, more than sweep.max_steps"
+
+
+def test_max_steps_zero_refuses_any_zombie() -> None:
+    """max_steps = 0 lets a sweep report but never write."""
+    check_blast_radius(0, 0)
+    with pytest.raises(GuardRefused):
+        check_blast_radius(1, 0)
+
+
+@pytest.mark.parametrize(
+    ("stopping", "now", "expected"),
+    [
+        (False, 99.0, None),
+        (False, 100.0, SkipReason.DEADLINE),
+        (False, 101.0, SkipReason.DEADLINE),
+        (True, 50.0, SkipReason.SHUTDOWN),
+        (True, 150.0, SkipReason.SHUTDOWN),
+    ],
+)
+def test_why_not_start(stopping: bool, now: float, expected: SkipReason | None) -> None:
+    """A stop request wins over the deadline; at the deadline no write starts."""
+    assert why_not_start(stopping, now, deadline_at=100.0) is expected
+
+
+def date(offset: timedelta) -> str:
+    return email.utils.format_datetime(NOW + offset, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("offset", "refused"),
+    [
+        (timedelta(0), False),
+        (timedelta(seconds=121), False),  # within the limit plus the header's 1 s resolution
+        (timedelta(seconds=-121), False),
+        (timedelta(seconds=122), True),
+        (timedelta(seconds=-122), True),
+        (timedelta(hours=1), True),
+    ],
+)
+def test_clock_skew_both_ways(offset: timedelta, refused: bool) -> None:
+    """Ahead or behind by more than max_clock_skew (+1 s for the header) refuses."""
+    check = ClockCheck(timedelta(minutes=2), FakeClock())
+    if not refused:
+        check.observe(date(offset))
+        return
+    with pytest.raises(ClockSkewRefused) as caught:
+        check.observe(date(offset))
+    assert caught.value.guard == "clock_skew"
+    assert caught.value.skew_seconds == offset.total_seconds()
+    assert caught.value.figures == {
+        "skew_seconds": offset.total_seconds(),
+        "max_clock_skew_seconds": 120.0,
+    }
+
+
+@pytest.mark.parametrize("header", ["tomorrow", "Sat, 23 May 2026 12:00:00", "32 Foo 2026"])
+def test_unreadable_date_is_an_invalid_answer(header: str) -> None:
+    """A Date that is not an HTTP date with a zone cannot vouch for the clock."""
+    with pytest.raises(InvalidAnswer) as caught:
+        ClockCheck(timedelta(minutes=2), FakeClock()).observe(header)
+    assert str(caught.value) == "the platform's Date header is not an HTTP date"
+
+
+def test_missing_date_warns_once_per_sweep(logs: list[dict[str, Any]]) -> None:
+    """No Date: one warning per sweep, and no refusal."""
+    check = ClockCheck(timedelta(minutes=2), FakeClock())
+    check.observe(None)
+    check.observe("")
+    assert check.warned_missing is True
+    check.begin_sweep()
+    assert check.warned_missing is False
+    check.observe(None)
+    assert (
+        logs
+        == [
+            {
+                "event": "platform.date_missing",
+                "detail": "clock skew cannot be checked",
+                "log_level": "warning",
+            },
+        ]
+        * 2
+    )
