@@ -296,6 +296,34 @@ def daemon_idle(seconds: float, platform: EmptyPlatform) -> tuple[str, float, fl
     return f"RSS {peak:.1f} MiB, CPU {cpu_used:.2f} s in {seconds:.0f} s", peak, cpu_used
 
 
+def race_window(latency_ms: int, zombies: int = 1000) -> tuple[str, float]:
+    """Time from the platform answering a step's re-read to it applying that step's PATCH.
+
+    A worker that finishes inside this window is overwritten; outside it, the re-read
+    catches it. Measured on the platform's side (the stand-in, in this process).
+    """
+    sys.path.insert(0, str(HERE.parent))
+    from datetime import timedelta
+
+    from sweeper.devserver.app import Faults
+    from sweeper.devserver.server import serve_in_thread
+    from sweeper.devserver.state import PlatformState
+
+    state = PlatformState()
+    state.seed(zombies, 0, seed="race")
+    faults = Faults(latency=timedelta(milliseconds=latency_ms))
+    with serve_in_thread(state, TOKEN, faults=faults) as server:
+        counters = server.app.state.counters
+        counters.keep_arrivals = True
+        sweeper_once(server.base_url, concurrency=32)
+        handled = list(counters.handled)
+    reads = {path: t for t, method, path in handled if method == "GET"}
+    windows = sorted(t - reads[path] for t, method, path in handled if method == "PATCH")
+    p50 = statistics.median(windows) * 1000
+    p99 = windows[int(len(windows) * 0.99) - 1] * 1000
+    return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {windows[-1] * 1000:.1f} ms", p99
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds per ratio")
@@ -381,6 +409,20 @@ def main() -> None:
                     "RSS <= 60 MiB, CPU ~ 0",
                     ok,
                     "daemon-idle",
+                )
+            )
+
+    if want("race-window"):
+        for latency in (0, 50):
+            text, _ = race_window(latency)
+            rows.append(
+                (
+                    "re-read answered -> PATCH applied",
+                    f"1,000 zombies, {latency} ms",
+                    text,
+                    "(reported)",
+                    True,
+                    "race-window",
                 )
             )
 

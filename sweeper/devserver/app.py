@@ -51,6 +51,8 @@ class Counters:
     by_method: dict[str, int] = field(default_factory=dict)
     faults: int = 0
     arrivals: list[tuple[float, str, str]] = field(default_factory=list)
+    #: When the state was read or written for each request (after any latency).
+    handled: list[tuple[float, str, str]] = field(default_factory=list)
     keep_arrivals: bool = False
 
 
@@ -120,6 +122,8 @@ def create_app(
                 503, {"success": False, "error": {"code": "UNAVAILABLE", "message": "try again"}}
             )
         try:
+            if counters.keep_arrivals:
+                counters.handled.append((time.time(), request.method, request.url.path))
             return _json(200, handle())
         except Refusal as exc:
             return _refusal(exc)
