@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from tests.e2e import Platform, start_platform
 from tests.helpers import FakeClock, FakePlatform
 
 
@@ -16,6 +17,14 @@ def _clock() -> FakeClock:
 @pytest.fixture(name="platform")
 def _platform(clock: FakeClock) -> FakePlatform:
     return FakePlatform(clock)
+
+
+@pytest.fixture(name="shared_platform", scope="session")
+def _shared_platform() -> Iterator[Platform]:
+    """One stand-in platform on loopback for the end-to-end modules (reset per test)."""
+    platform = start_platform()
+    yield platform
+    platform.server.stop()
 
 
 @pytest.fixture(name="logs")

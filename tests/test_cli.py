@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,20 +15,12 @@ from starlette.responses import JSONResponse, Response
 from tests.e2e import (
     Platform,
     signal_and_collect,
-    start_platform,
     start_sweeper,
     sweeper,
     wait_for,
     write_config,
 )
 from tests.helpers import TOKEN, record
-
-
-@pytest.fixture(name="shared_platform", scope="module")
-def _shared_platform() -> Iterator[Platform]:
-    platform = start_platform()
-    yield platform
-    platform.server.stop()
 
 
 @pytest.fixture(name="platform")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from tests.e2e import (
     Platform,
     environment,
     signal_and_collect,
-    start_platform,
     start_sweeper,
     sweeper,
     wait_for,
@@ -33,13 +31,6 @@ from tests.e2e import (
 from tests.helpers import record
 
 LISTING = "/api/data-platform/workflow-run-steps"
-
-
-@pytest.fixture(name="shared_platform", scope="module")
-def _shared_platform() -> Iterator[Platform]:
-    platform = start_platform()
-    yield platform
-    platform.server.stop()
 
 
 @pytest.fixture(name="platform")
