@@ -324,6 +324,15 @@ def race_window(latency_ms: int, zombies: int = 1000) -> tuple[str, float]:
     return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {windows[-1] * 1000:.1f} ms", p99
 
 
+def stand_in_throughput(in_flight: int, latency_ms: int, zombies: int) -> tuple[str, float]:
+    """Requests per second the stand-in serves to the bare client (it has a process alone)."""
+    with Platform(zombies, 0, latency_ms) as p:
+        _, result = bare(p.url, in_flight)
+    requests = 2 * result["marked"] + zombies // 1000 + 1
+    rate = requests / float(result["seconds"])
+    return f"{rate:,.0f} requests/s ({requests:,} in {result['seconds']:.2f} s)", rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds per ratio")
@@ -412,6 +421,19 @@ def main() -> None:
                 )
             )
 
+    if want("stand-in"):
+        for in_flight, latency, zombies in ((32, 0, 5000), (2000, 100, 10000)):
+            text, _ = stand_in_throughput(in_flight, latency, zombies)
+            rows.append(
+                (
+                    "stand-in platform throughput",
+                    f"{in_flight} in flight, {latency} ms",
+                    text,
+                    "(reported)",
+                    True,
+                    "stand-in",
+                )
+            )
     if want("race-window"):
         for latency in (0, 50):
             text, _ = race_window(latency)

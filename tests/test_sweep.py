@@ -515,3 +515,29 @@ def test_outage_windows_are_discounted_in_the_sweep(
     (body,) = platform.patch_bodies()
     assert body["errorDetails"]["outageDiscountSeconds"] == 90 * 60
     assert body["errorDetails"]["idleSeconds"] == 5 * 3600 - 90 * 60
+
+
+def test_daemon_outage_memory_spares_steps_that_could_not_report(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A sweep that finds the platform down opens an outage; the next one discounts it."""
+    from sweeper.outages import OutageLog
+
+    outages = OutageLog(clock)
+    # 1h in: the platform answers, and the step's worker is alive.
+    platform.add(record("s", started=5 * H, heartbeat=timedelta(minutes=1)))
+    sweeper = make_sweeper(platform, clock, max_attempts=1)
+    sweeper.client._observer = outages.observe
+    sweeper.outages = outages.windows
+    assert asyncio.run(sweeper.run()).counts["not_stale"] == 1
+    # The platform goes down for 3 hours: the worker cannot heartbeat either.
+    down = lambda r: httpx.Response(503)  # noqa: E731
+    platform.before.append(down)
+    clock.advance(timedelta(minutes=1))
+    assert asyncio.run(sweeper.run()).result is Result.UNAVAILABLE
+    clock.advance(3 * H)
+    platform.before.remove(down)
+    report = asyncio.run(sweeper.run())
+    # 3h02m since the last heartbeat, but ~3h01m of it was an outage: not stale.
+    assert report.counts["not_stale"] == 1
+    assert platform.patches == []

@@ -164,3 +164,31 @@ def test_compressed_answers_are_decoded() -> None:
     response = asyncio.run(go())
     assert response.json() == {"success": True, "data": {"ok": 1}}
     thread.join(timeout=5)
+
+
+def test_tls_is_verified_by_default_and_a_ca_bundle_can_be_added(tmp_path: object) -> None:
+    """Without a CA bundle the system store is used with verification on; none is ever off."""
+    import ssl
+
+    from sweeper.transport import AiohttpTransport
+
+    default = AiohttpTransport(max_connections=1)
+    assert isinstance(default._ssl, ssl.SSLContext)
+    assert default._ssl.verify_mode is ssl.CERT_REQUIRED
+    assert default._ssl.check_hostname is True
+    custom = ssl.create_default_context()
+    assert AiohttpTransport(max_connections=1, verify=custom)._ssl is custom
+
+
+def test_the_sweeper_does_not_import_the_stand_in_server() -> None:
+    """`sweeper run` never pays for starlette or uvicorn: the dev server loads on demand."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from sweeper.cli import build_parser; build_parser();"
+        "import sweeper.app, sweeper.sweep, sweeper.schedule;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
