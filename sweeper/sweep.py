@@ -179,30 +179,16 @@ class _Run:
     async def mark_one(self, step_id: str, organization_id: str, rule: Rule) -> None:
         current = await self.s.client.get_step(step_id, organization_id)
         self.counts["listed"] += 1
-        if current is None:
-            self.counts["skipped_gone"] += 1
-            self.report.entries.append(
-                StepEntry(
-                    stepId=step_id, organizationId=organization_id, outcome="skipped", reason="gone"
-                )
-            )
-            self.log.info(
-                "step.skipped", step_id=step_id, organization_id=organization_id, reason="gone"
-            )
-            return
-        # A manual mark needs no idle time, but the step must still be RUNNING.
-        verdict = recheck(current, current, self.s.clock(), Rules((), rule))
+        # A manual mark needs no idle time, but the step must still be there and RUNNING.
+        verdict = (
+            SkipReason.GONE
+            if current is None
+            else recheck(current, current, self.s.clock(), Rules((), rule))
+        )
         if isinstance(verdict, SkipReason):
-            skipped = StepEntry(stepId=step_id, organizationId=organization_id, outcome="pending")
-            self.report.entries.append(skipped)
-            self.counts[f"skipped_{verdict.value}"] += 1
-            skipped.outcome, skipped.reason = "skipped", verdict.value
-            self.log.info(
-                "step.skipped",
-                step_id=step_id,
-                organization_id=organization_id,
-                reason=verdict.value,
-            )
+            entry = StepEntry(stepId=step_id, organizationId=organization_id, outcome="pending")
+            self.report.entries.append(entry)
+            self.skip(entry, verdict)
             return
         self.counts["zombies"] += 1
         entry = _entry(verdict, "pending")
@@ -283,7 +269,7 @@ class _Run:
             entry = entries[decision.step.step_id]
             reason = self.why_not_start()
             if reason is not None:
-                self.skip(entry, decision, reason)
+                self.skip(entry, reason)
                 continue
             await self.handle(decision, entry)
 
@@ -298,7 +284,7 @@ class _Run:
                 current = await client.get_step(step.step_id, step.organization_id)
                 verdict = recheck(step, current, self.s.clock(), self.cfg.rules, self.s.outages())
                 if isinstance(verdict, SkipReason):
-                    self.skip(entry, decision, verdict)
+                    self.skip(entry, verdict)
                     return
                 decision = verdict
             if self.cfg.dry_run:
@@ -306,7 +292,7 @@ class _Run:
                 return
             reason = self.why_not_start()
             if reason is not None:
-                self.skip(entry, decision, reason)
+                self.skip(entry, reason)
                 return
             update = build_update(
                 decision, self.s.clock(), self.report.sweep_id, self.cfg.host, self.cfg.version
@@ -314,27 +300,27 @@ class _Run:
             await client.patch_step(step.step_id, update)
             self.settle(entry, decision, "marked")
         except StepNotFound:
-            self.skip(entry, decision, SkipReason.GONE)
+            self.skip(entry, SkipReason.GONE)
         except StepConflict:
-            self.skip(entry, decision, SkipReason.CONFLICT)
+            self.skip(entry, SkipReason.CONFLICT)
         except Interrupted:
-            self.skip(entry, decision, SkipReason.SHUTDOWN)
+            self.skip(entry, SkipReason.SHUTDOWN)
         except TokenRefused as exc:
             self.halt(Result.TOKEN_REFUSED, exc)
-            self.fail(entry, decision, "token_refused", exc)
+            self.fail(entry, "token_refused", exc)
         except GuardRefused as exc:
             # Clock skew seen mid-sweep: this write and every one after it are off.
             if self.halted is None:
                 self.halted = Result.REFUSED
                 self.refuse(exc)
         except BodyRejected as exc:
-            self.fail(entry, decision, "rejected", exc)
+            self.fail(entry, "rejected", exc)
         except PlatformUnavailable as exc:
-            self.fail(entry, decision, "unavailable", exc)
+            self.fail(entry, "unavailable", exc)
         except InvalidAnswer as exc:
-            self.fail(entry, decision, "invalid_answer", exc)
+            self.fail(entry, "invalid_answer", exc)
         except PlatformRefused as exc:
-            self.fail(entry, decision, "rejected", exc)
+            self.fail(entry, "rejected", exc)
 
     def halt(self, result: Result, exc: Exception) -> None:
         if self.halted is None:
@@ -357,25 +343,25 @@ class _Run:
             idle_seconds=int(decision.idle.total_seconds()),
         )
 
-    def skip(self, entry: StepEntry, decision: Decision, reason: SkipReason) -> None:
+    def skip(self, entry: StepEntry, reason: SkipReason) -> None:
         entry.outcome, entry.reason = "skipped", reason.value
         self.counts[f"skipped_{reason.value}"] += 1
         self.log.info(
             "step.skipped",
-            step_id=decision.step.step_id,
-            organization_id=decision.step.organization_id,
+            step_id=entry.stepId,
+            organization_id=entry.organizationId,
             reason=reason.value,
-            rule=decision.rule,
+            rule=entry.rule,
         )
 
-    def fail(self, entry: StepEntry, decision: Decision, reason: str, exc: PlatformError) -> None:
+    def fail(self, entry: StepEntry, reason: str, exc: PlatformError) -> None:
         self.counts["failed"] += 1
         entry.outcome, entry.reason = "failed", reason
         entry.httpStatus, entry.attempts = exc.http_status, exc.attempts
         self.log.warning(
             "step.failed",
-            step_id=decision.step.step_id,
-            organization_id=decision.step.organization_id,
+            step_id=entry.stepId,
+            organization_id=entry.organizationId,
             reason=reason,
             http_status=exc.http_status,
             attempts=exc.attempts,
