@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -17,6 +17,10 @@ from sweeper import __version__
 from sweeper.errors import ConfigError
 from sweeper.model import StepStatus
 from sweeper.report import ExitCode, SweepReport, write_report
+
+if TYPE_CHECKING:  # the heavy modules load only when a command needs them
+    from sweeper.settings import Settings
+    from sweeper.sweep import Sweeper
 
 log = structlog.get_logger("sweeper.cli")
 
@@ -185,55 +189,57 @@ def _finish(report: SweepReport, args: argparse.Namespace) -> int:
     return int(report.exit_code)
 
 
-async def _once(settings: Any, args: argparse.Namespace) -> SweepReport:
+async def _one_shot(
+    settings: Settings,
+    work: Callable[[Sweeper, SweepReport], Awaitable[SweepReport]],
+    observer: Callable[[str, str], None] | None = None,
+) -> SweepReport:
+    """Run one piece of work (a sweep, a mark) with signal handling and a drained stop."""
     from sweeper.app import build_sweeper, http_client
     from sweeper.schedule import SHUTDOWN_GRACE_SECONDS, drain, install_stop_handlers
 
-    metrics = None
-    if args.metrics_file:
-        from prometheus_client import CollectorRegistry
-
-        from sweeper.ops import Metrics
-
-        metrics = Metrics(CollectorRegistry())
     stop = asyncio.Event()
     install_stop_handlers(stop)
     async with http_client(settings) as http:
-        observer = metrics.observe_request if metrics else None
         sweeper = build_sweeper(settings, http, stop=stop, observer=observer)
         report = sweeper.new_report()
-        task = asyncio.ensure_future(sweeper.run(report))
-        await drain(task, stop, SHUTDOWN_GRACE_SECONDS)
-    if metrics is not None:
-        metrics.observe_sweep(report)
-        try:
-            metrics.write_textfile(str(args.metrics_file))
-        except OSError as exc:
-            log.error("metrics.unwritable", path=str(args.metrics_file), error=exc.strerror)
+        await drain(asyncio.ensure_future(work(sweeper, report)), stop, SHUTDOWN_GRACE_SECONDS)
     return report
 
 
-async def _mark(settings: Any, args: argparse.Namespace) -> SweepReport:
-    from sweeper.app import build_sweeper, http_client
+async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
+    if not args.metrics_file:
+        return await _one_shot(settings, lambda sweeper, report: sweeper.run(report))
+    from prometheus_client import CollectorRegistry
+
+    from sweeper.ops import Metrics
+
+    metrics = Metrics(CollectorRegistry())
+    report = await _one_shot(
+        settings, lambda sweeper, report: sweeper.run(report), metrics.observe_request
+    )
+    metrics.observe_sweep(report)
+    try:
+        metrics.write_textfile(str(args.metrics_file))
+    except OSError as exc:
+        log.error("metrics.unwritable", path=str(args.metrics_file), error=exc.strerror)
+    return report
+
+
+async def _mark(settings: Settings, args: argparse.Namespace) -> SweepReport:
     from sweeper.policy import manual_rule
-    from sweeper.schedule import SHUTDOWN_GRACE_SECONDS, drain, install_stop_handlers
 
     rule = manual_rule(
         StepStatus(args.status or settings.sweep.status),
         args.error_code or settings.sweep.error_code,
         args.message,
     )
-    stop = asyncio.Event()
-    install_stop_handlers(stop)
-    async with http_client(settings) as http:
-        sweeper = build_sweeper(settings, http, stop=stop)
-        report = sweeper.new_report()
-        task = asyncio.ensure_future(sweeper.mark(args.step_id, args.org, rule, report))
-        await drain(task, stop, SHUTDOWN_GRACE_SECONDS)
-    return report
+    return await _one_shot(
+        settings, lambda sweeper, report: sweeper.mark(args.step_id, args.org, rule, report)
+    )
 
 
-def _trigger(settings: Any) -> tuple[Any, timedelta, timedelta]:
+def _trigger(settings: Settings) -> tuple[Any, timedelta, timedelta]:
     """The schedule's trigger, its misfire grace, and the gap between two sweeps."""
     from sweeper.schedule import cron_trigger
 
@@ -254,7 +260,7 @@ def _trigger(settings: Any) -> tuple[Any, timedelta, timedelta]:
     return trigger, interval, interval
 
 
-async def _daemon(settings: Any) -> int:
+async def _daemon(settings: Settings) -> int:
     from prometheus_client import CollectorRegistry
 
     from sweeper.app import build_sweeper, http_client
