@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
-import structlog
 from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
@@ -49,8 +48,6 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 RequestObserver = Callable[[str, str], None]
-
-log = structlog.get_logger("sweeper.api")
 
 
 def utc_now() -> datetime:
