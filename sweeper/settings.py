@@ -406,7 +406,6 @@ def _resolve_token(settings: Settings, env: Any, warnings: list[str]) -> None:
     if any(ch.isspace() or not ch.isprintable() for ch in token):
         raise ConfigError(f"{source}: the token contains whitespace or control characters")
     api.token = SecretStr(token)
-    api.token_file = None if source != "api.token_file" else api.token_file
 
 
 def _warn_if_shared(path: Path, what: str, warnings: list[str]) -> None:

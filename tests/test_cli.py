@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -149,12 +148,12 @@ def test_exit_75_when_sigterm_stops_a_once_run(platform: Platform, tmp_path: Pat
     config = write_config(tmp_path, platform.base_url, "max_concurrency = 3\n")
     proc = start_sweeper("--config", str(config), "run", "--once")
     wait_for(lambda: len(platform.state.patches) >= 2)
-    signalled_at = time.time()
+    arrived_before = len(platform.arrivals("PATCH"))
     result = signal_and_collect(proc)
     assert result.code == 75
-    late = [t for t in platform.arrivals("PATCH") if t > signalled_at + 0.05]
-    assert late == []
     sent = platform.arrivals("PATCH")
+    # At most the 3 writes in flight when the signal came can arrive after it.
+    assert len(sent) <= arrived_before + 3
     assert len(platform.state.patches) == len(sent) < 30  # every write sent was completed
     finished = result.named("sweep.finished")[0]
     assert finished["result"] == "interrupted"
@@ -175,10 +174,10 @@ def test_daemon_stops_cleanly_on_sigterm(platform: Platform, tmp_path: Path) -> 
     path.chmod(0o600)
     proc = start_sweeper("--config", str(path), "run")
     wait_for(lambda: len(platform.state.patches) >= 2)
-    signalled_at = time.time()
+    arrived_before = len(platform.arrivals("PATCH"))
     result = signal_and_collect(proc, signal.SIGINT)
     assert result.code == 0
-    assert [t for t in platform.arrivals("PATCH") if t > signalled_at + 0.05] == []
+    assert len(platform.arrivals("PATCH")) <= arrived_before + 2  # max_concurrency = 2
     assert len(platform.state.patches) == len(platform.arrivals("PATCH"))
     assert result.named("sweep.finished")[0]["result"] == "interrupted"
     assert result.named("daemon.stopped")[0]["sweeps"] == 1

@@ -257,17 +257,19 @@ def test_signal_in_each_phase(
         wait_for(lambda: len(platform.arrivals("GET")) >= 3)
     else:
         wait_for(lambda: len(platform.state.patches) >= 2)
-    import time
-
-    signalled_at = time.time()
+    arrived_before = len(platform.arrivals("PATCH"))
     result = signal_and_collect(proc, signum)
     assert result.code == (75 if mode == "once" else 0)
     sent = platform.arrivals("PATCH")
-    assert [t for t in sent if t > signalled_at + 0.05] == []
-    assert len(platform.state.patches) == len(sent)  # each write sent was completed
+    # Only the (at most 3) writes in flight at the signal may arrive after it...
+    assert len(sent) <= arrived_before + 3
+    # ...and each write sent was completed; the rest were never started.
+    assert len(platform.state.patches) == len(sent)
+    finished = result.named("sweep.finished")[0]
+    assert finished["marked"] == len(sent)
+    assert finished["skipped_shutdown"] == (0 if phase == "listing" else 20 - len(sent))
     if phase == "listing":
         assert sent == []
-    finished = result.named("sweep.finished")[0]
     assert finished["result"] == "interrupted"
 
 
