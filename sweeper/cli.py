@@ -19,6 +19,7 @@ from sweeper.model import StepStatus
 from sweeper.report import ExitCode, SweepReport, write_report
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
+    from sweeper.logs import Redactor
     from sweeper.settings import Settings
     from sweeper.sweep import Sweeper
 
@@ -166,7 +167,9 @@ def _configured_command(args: argparse.Namespace) -> int:
         configure_logging(args.log_format or "auto", args.log_level or "info")
         log.error("config.invalid", error=str(exc))
         return ExitCode.CONFIG
-    configure_logging(settings.log.format, settings.log.level, secrets=[settings.token()])
+    redactor = configure_logging(
+        settings.log.format, settings.log.level, secrets=[settings.token()]
+    )
     for warning in warnings:
         log.warning("config.warning", detail=warning)
 
@@ -177,7 +180,7 @@ def _configured_command(args: argparse.Namespace) -> int:
         return _finish(asyncio.run(_mark(settings, args)), args)
     if args.once:
         return _finish(asyncio.run(_once(settings, args)), args)
-    return asyncio.run(_daemon(settings))
+    return asyncio.run(_daemon(settings, redactor))
 
 
 def _finish(report: SweepReport, args: argparse.Namespace) -> int:
@@ -260,10 +263,10 @@ def _trigger(settings: Settings) -> tuple[Any, timedelta, timedelta]:
     return trigger, interval, interval
 
 
-async def _daemon(settings: Settings) -> int:
+async def _daemon(settings: Settings, redactor: Redactor) -> int:
     from prometheus_client import CollectorRegistry
 
-    from sweeper.app import build_sweeper, http_client
+    from sweeper.app import TokenRefresher, build_sweeper, http_client
     from sweeper.notify import SystemdNotifier
     from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
     from sweeper.outages import OutageLog
@@ -297,7 +300,13 @@ async def _daemon(settings: Settings) -> int:
                 settings, http, stop=stop, observer=observe, outages=outages.windows
             )
 
+            refresher = None
+            if settings.token_path is not None:
+                refresher = TokenRefresher(settings.token_path, http, redactor, settings.token())
+
             def new_sweep() -> tuple[SweepReport, Any]:
+                if refresher is not None:
+                    refresher.refresh()
                 report = sweeper.new_report()
                 return report, sweeper.run(report)
 

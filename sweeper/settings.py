@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -315,9 +316,16 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
+    #: The file the token came from (api.token_file or the systemd credential), if any.
+    _token_path: Path | None = PrivateAttr(default=None)
+
     def token(self) -> str:
         assert self.api.token is not None, "load_settings resolves the token"
         return self.api.token.get_secret_value()
+
+    @property
+    def token_path(self) -> Path | None:
+        return self._token_path
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings for display: secrets masked, durations spelled."""
@@ -395,17 +403,29 @@ def _resolve_token(settings: Settings, env: Any, warnings: list[str]) -> None:
                 "api.token: required: set api.token or api.token_file "
                 f"(or provide $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME})"
             )
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"{source}: {path} cannot be read ({reason})") from None
+        token = read_token_file(path, source)
         _warn_if_shared(path, "token file", warnings)
+        settings._token_path = path
+    _check_token(token, source)
+    api.token = SecretStr(token)
+
+
+def read_token_file(path: Path, source: str) -> str:
+    """The token in a file, surrounding whitespace stripped; ConfigError if unusable."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{source}: {path} cannot be read ({reason})") from None
+    _check_token(token, source)
+    return token
+
+
+def _check_token(token: str, source: str) -> None:
     if not token:
         raise ConfigError(f"{source}: the token is empty")
     if any(ch.isspace() or not ch.isprintable() for ch in token):
         raise ConfigError(f"{source}: the token contains whitespace or control characters")
-    api.token = SecretStr(token)
 
 
 def _warn_if_shared(path: Path, what: str, warnings: list[str]) -> None:

@@ -294,3 +294,24 @@ def test_token_in_environment_is_not_echoed(
     monkeypatch.setenv("SWEEPER_API__TOKEN", TOKEN)
     message = config_error(tmp_path, '[api]\nbase_url = "ftp://x"\n[sweep]\nstale_after = "x"\n')
     assert "api.base_url" in message
+
+
+def test_token_path_is_remembered_for_rotation(tmp_path: Path) -> None:
+    """A token from a file remembers its path; an inline token has none."""
+    token_file = write(tmp_path, TOKEN, "token")
+    text = f'[api]\nbase_url = "https://p.example.test"\ntoken_file = "{token_file}"\n'
+    from_file, _ = load_settings(write(tmp_path, text))
+    assert from_file.token_path == token_file
+    inline, _ = load_settings(write(tmp_path, BASE))
+    assert inline.token_path is None
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("", "the token is empty"), ("two words", "whitespace or control characters")],
+)
+def test_unusable_token_file(tmp_path: Path, content: str, expected: str) -> None:
+    """A token file that is empty or holds spaces inside is refused."""
+    token_file = write(tmp_path, content, "token")
+    text = f'[api]\nbase_url = "https://p.example.test"\ntoken_file = "{token_file}"\n'
+    assert expected in config_error(tmp_path, text)
