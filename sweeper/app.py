@@ -23,8 +23,9 @@ from sweeper.errors import ConfigError
 from sweeper.guards import ClockCheck
 from sweeper.logs import Redactor
 from sweeper.policy import Window
-from sweeper.settings import Settings, read_token_file
+from sweeper.settings import Settings
 from sweeper.sweep import SweepConfig, Sweeper
+from sweeper.tokens import read_token_file
 
 log = structlog.get_logger("sweeper.app")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import stat
 import tomllib
 import zoneinfo
 from datetime import timedelta
@@ -46,8 +45,8 @@ from sweeper.policy import (
     Rule,
     Rules,
 )
+from sweeper.tokens import resolve_token, warn_if_shared
 
-CREDENTIAL_NAME = "api-token"
 ENV_PREFIX = "SWEEPER_"
 REDACTED = "**********"
 
@@ -367,7 +366,9 @@ def load_settings(
         settings: Settings = _Loaded(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    _resolve_token(settings, env, warnings)
+    token, path = resolve_token(settings.api.token, settings.api.token_file, env, warnings)
+    settings.api.token = SecretStr(token)
+    settings._token_path = path
     return settings, warnings
 
 
@@ -378,63 +379,11 @@ def _read_config_file(path: Path, warnings: list[str]) -> dict[str, Any]:
         raise ConfigError(f"--config: {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"--config: {path} cannot be read ({exc.strerror})") from None
-    _warn_if_shared(path, "config file", warnings)
+    warn_if_shared(path, "config file", warnings)
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
-
-
-def _resolve_token(settings: Settings, env: Any, warnings: list[str]) -> None:
-    api = settings.api
-    if api.token is not None and api.token_file is not None:
-        raise ConfigError("api.token, api.token_file: set exactly one of them, not both")
-    if api.token is not None:
-        token = api.token.get_secret_value().strip()
-        source = "api.token"
-    else:
-        path = api.token_file
-        source = "api.token_file"
-        if path is None and env.get("CREDENTIALS_DIRECTORY"):
-            path = Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
-            source = f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"
-        if path is None:
-            raise ConfigError(
-                "api.token: required: set api.token or api.token_file "
-                f"(or provide $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME})"
-            )
-        token = read_token_file(path, source)
-        _warn_if_shared(path, "token file", warnings)
-        settings._token_path = path
-    _check_token(token, source)
-    api.token = SecretStr(token)
-
-
-def read_token_file(path: Path, source: str) -> str:
-    """The token in a file, surrounding whitespace stripped; ConfigError if unusable."""
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{source}: {path} cannot be read ({reason})") from None
-    _check_token(token, source)
-    return token
-
-
-def _check_token(token: str, source: str) -> None:
-    if not token:
-        raise ConfigError(f"{source}: the token is empty")
-    if any(ch.isspace() or not ch.isprintable() for ch in token):
-        raise ConfigError(f"{source}: the token contains whitespace or control characters")
-
-
-def _warn_if_shared(path: Path, what: str, warnings: list[str]) -> None:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warnings.append(f"{what} {path} is readable by group or others (mode {mode & 0o777:o})")
 
 
 def _describe(exc: ValidationError) -> str:
