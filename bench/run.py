@@ -333,6 +333,45 @@ def stand_in_throughput(in_flight: int, latency_ms: int, zombies: int) -> tuple[
     return f"{rate:,.0f} requests/s ({requests:,} in {result['seconds']:.2f} s)", rate
 
 
+#: The A/B ratio figures: name, figure, work, measurement, target, check.
+RATIOS: list[
+    tuple[str, str, str, Callable[[int], tuple[str, float]], str, Callable[[float], bool]]
+] = [
+    (
+        "sweep-vs-bare",
+        "sweep time / bare client time",
+        "2,000 zombies, 50 ms, 32 in flight",
+        sweep_vs_bare,
+        "<= 1.10",
+        lambda r: r <= 1.10,
+    ),
+    (
+        "cpu-vs-bare",
+        "sweeper CPU / bare client CPU",
+        "3,000 zombies, no latency",
+        cpu_vs_bare,
+        "<= 8",
+        lambda r: r <= 8,
+    ),
+    (
+        "rss-listing",
+        "peak RSS 50,000 live / 1,000 live",
+        "dry run, page size 1,000",
+        rss_listing,
+        "<= 1.25",
+        lambda r: r <= 1.25,
+    ),
+    (
+        "naive-vs-sweeper",
+        "naive loop time / sweeper time",
+        "200 zombies, 20 ms",
+        naive_vs_sweeper,
+        ">= 10",
+        lambda r: r >= 10,
+    ),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds per ratio")
@@ -345,54 +384,10 @@ def main() -> None:
     def want(name: str) -> bool:
         return not args.only or name in args.only
 
-    if want("sweep-vs-bare"):
-        text, ratio = sweep_vs_bare(args.rounds)
-        rows.append(
-            (
-                "sweep time / bare client time",
-                "2,000 zombies, 50 ms, 32 in flight",
-                f"{ratio:.2f} ({text})",
-                "<= 1.10",
-                ratio <= 1.10,
-                "sweep-vs-bare",
-            )
-        )
-    if want("cpu-vs-bare"):
-        text, ratio = cpu_vs_bare(args.rounds)
-        rows.append(
-            (
-                "sweeper CPU / bare client CPU",
-                "3,000 zombies, no latency",
-                f"{ratio:.2f} ({text})",
-                "<= 8",
-                ratio <= 8,
-                "cpu-vs-bare",
-            )
-        )
-    if want("rss-listing"):
-        text, ratio = rss_listing(args.rounds)
-        rows.append(
-            (
-                "peak RSS 50,000 live / 1,000 live",
-                "dry run, page size 1,000",
-                f"{ratio:.2f} ({text})",
-                "<= 1.25",
-                ratio <= 1.25,
-                "rss-listing",
-            )
-        )
-    if want("naive-vs-sweeper"):
-        text, ratio = naive_vs_sweeper(args.rounds)
-        rows.append(
-            (
-                "naive loop time / sweeper time",
-                "200 zombies, 20 ms",
-                f"{ratio:.1f} ({text})",
-                ">= 10",
-                ratio >= 10,
-                "naive-vs-sweeper",
-            )
-        )
+    for name, figure, work, measure, target, holds in RATIOS:
+        if want(name):
+            text, ratio = measure(args.rounds)
+            rows.append((figure, work, f"{ratio:.2f} ({text})", target, holds(ratio), name))
     if want("startup") or want("daemon-idle"):
         empty = EmptyPlatform()
         if want("startup"):
