@@ -177,16 +177,16 @@ def _configured_command(args: argparse.Namespace) -> int:
         print(json.dumps(settings.redacted(), indent=2))
         return ExitCode.OK
     if args.command == "mark":
-        return _finish(asyncio.run(_mark(settings, args)), args)
+        return _finish(asyncio.run(_mark(settings, args)), args, redactor)
     if args.once:
-        return _finish(asyncio.run(_once(settings, args)), args)
+        return _finish(asyncio.run(_once(settings, args)), args, redactor)
     return asyncio.run(_daemon(settings, redactor))
 
 
-def _finish(report: SweepReport, args: argparse.Namespace) -> int:
+def _finish(report: SweepReport, args: argparse.Namespace, redactor: Redactor) -> int:
     if args.report:
         try:
-            write_report(report, args.report)
+            write_report(report, args.report, scrub=redactor)
         except OSError as exc:
             log.error("report.unwritable", path=str(args.report), error=exc.strerror)
     return int(report.exit_code)

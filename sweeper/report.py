@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
@@ -132,5 +133,8 @@ def write_json_atomically(path: Path, content: str) -> None:
         raise
 
 
-def write_report(report: SweepReport, path: Path) -> None:
-    write_json_atomically(path, json.dumps(report.to_json(), indent=2) + "\n")
+def write_report(
+    report: SweepReport, path: Path, scrub: Callable[[str], str] = lambda text: text
+) -> None:
+    """The report as JSON; `scrub` removes secrets (the platform's own messages may echo one)."""
+    write_json_atomically(path, scrub(json.dumps(report.to_json(), indent=2)) + "\n")

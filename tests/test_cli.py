@@ -314,6 +314,20 @@ def test_token_never_leaks_from_failing_runs(platform: Platform, tmp_path: Path)
         assert result.code in (1, 75)
         outputs += [result.stdout, result.stderr]
     platform.hooks.clear()
+
+    async def echo_token(request: Request) -> Response | None:
+        message = f"token Bearer {TOKEN} is not allowed"
+        return JSONResponse({"success": False, "error": {"message": message}}, status_code=403)
+
+    platform.hooks.append(echo_token)
+    config = write_config(tmp_path, platform.base_url)
+    echoed = sweeper(
+        "--config", str(config), "run", "--once", "--report", str(tmp_path / "r3.json")
+    )
+    assert echoed.code == 77
+    assert "is not allowed" in (tmp_path / "r3.json").read_text()  # the message is kept...
+    outputs += [echoed.stdout, echoed.stderr]
+    platform.hooks.clear()
     bad_token = write_config(tmp_path, platform.base_url, token=TOKEN + "-old")
     outputs += [sweeper("--config", str(bad_token), "--log-level", "debug", "run", "--once").stderr]
     broken = write_config(tmp_path, platform.base_url, 'timeout = "x"\n')
