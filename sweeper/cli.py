@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -141,7 +142,19 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return run_command(args)
     if args.command == "run" and args.metrics_file and not args.once:
         parser.error("--metrics-file goes with --once")
+    # Refuse before sweeping rather than lose the outcome after it.
+    for flag in ("report", "metrics_file"):
+        path = getattr(args, flag, None)
+        if path is not None and not _writable_target(path):
+            parser.error(f"--{flag.replace('_', '-')}: cannot write to {path}")
     return _configured_command(args)
+
+
+def _writable_target(path: Path) -> bool:
+    if path.exists():
+        return path.is_file() and os.access(path, os.W_OK)
+    parent = path.parent
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

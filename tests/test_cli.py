@@ -96,6 +96,10 @@ def test_exit_1_when_a_step_is_refused(platform: Platform, tmp_path: Path) -> No
         ["run", "--max-steps", "-1"],
         ["run", "--metrics-file", "/tmp/m.prom"],  # only with --once
         ["run", "--token", TOKEN],  # the token is never a flag
+        ["run", "--once", "--report", "/nonexistent-dir/report.json"],
+        ["run", "--once", "--metrics-file", "/nonexistent-dir/sweeper.prom"],
+        ["run", "--once", "--report", "/"],
+        ["mark", "s1", "--org", "o", "--report", "/proc/nope/x.json"],
         [],
     ],
 )
