@@ -154,13 +154,11 @@ class PlatformClient:
             }
             if cursor is not None:
                 params["cursor"] = cursor
-            answer = await self._call("GET", STEPS_PATH, params=params)
-            yield _parse_page(answer)
-            cursor = answer.get("nextCursor")
-            if cursor is None:
+            page = _parse_page(await self._call("GET", STEPS_PATH, params=params))
+            yield page
+            if page.next_cursor is None:
                 return
-            if not isinstance(cursor, str) or not cursor:
-                raise InvalidAnswer("listing: nextCursor is neither a string nor null")
+            cursor = page.next_cursor
 
     async def get_step(self, step_id: str, organization_id: str) -> Step | None:
         """The step as it is now, or None when it is not in that organization."""
@@ -321,13 +319,16 @@ def _parse_page(answer: dict[str, Any]) -> Page:
     data = answer.get("data")
     if not isinstance(data, list):
         raise InvalidAnswer("listing: data is not a list")
+    cursor = answer.get("nextCursor")
+    if cursor is not None and (not isinstance(cursor, str) or not cursor):
+        raise InvalidAnswer("listing: nextCursor is neither a string nor null")
     records: list[Step | InvalidRecord] = []
     for record in data:
         try:
             records.append(parse_step(record))
         except ValidationError as exc:
             records.append(_invalid(record, exc))
-    return Page(records=records, next_cursor=answer.get("nextCursor"))
+    return Page(records=records, next_cursor=cursor)
 
 
 def _invalid(record: Any, exc: ValidationError) -> InvalidRecord:

@@ -19,9 +19,6 @@ class StepStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-#: What a zombie may become.
-FINAL_STATUSES = (StepStatus.FAILED, StepStatus.CANCELLED)
-
 #: Step fields a rule may match on, by their wire name.
 MATCHABLE_FIELDS = (
     "stepId",
