@@ -76,7 +76,7 @@ class Metrics:
         self.zombies.set(report.counts["zombies"])
         if report.finished_at is not None:
             self.duration.observe((report.finished_at - report.started_at).total_seconds())
-            if report.exit_code in (0, 1):
+            if report.succeeded:
                 self.last_success.set(report.finished_at.timestamp())
 
     def write_textfile(self, path: str) -> None:

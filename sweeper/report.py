@@ -101,6 +101,11 @@ class SweepReport:
             return ExitCode.SOME_FAILED
         return ExitCode.OK
 
+    @property
+    def succeeded(self) -> bool:
+        """The sweep ran to its end (some steps may have failed): what readiness counts."""
+        return self.exit_code in (ExitCode.OK, ExitCode.SOME_FAILED)
+
     def summary(self) -> dict[str, Any]:
         return {
             "sweepId": self.sweep_id,

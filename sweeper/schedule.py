@@ -151,7 +151,7 @@ async def run_daemon(
             log.exception("sweep.crashed", sweep_id=report.sweep_id, error=type(exc).__name__)
         finally:
             state.sweeps += 1
-            if report.exit_code in (0, 1):
+            if report.succeeded:
                 state.last_success_at = clock()
             for listener in state.listeners:
                 listener(report)
