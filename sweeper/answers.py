@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,78 @@ from sweeper.errors import (
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: How much of the platform's own error text is kept for the log.
 MESSAGE_LIMIT = 300
+
+
+class _Deep:
+    """Stands in for a listing record nested too deep for the JSON parser."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEEP"
+
+
+#: A record too deep to parse: the listing reports it as invalid and sweeps the rest.
+DEEP = _Deep()
+
+# Strings (escapes included) and the punctuation that shapes a JSON document.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
+
+
+def decode_json(content: bytes) -> Any:
+    """JSON, or ValueError. A document too deep for the parser is parsed record by
+    record: each element of the top-level `data` array that is too deep becomes DEEP."""
+    try:
+        return json.loads(content)
+    except RecursionError:
+        return _decode_deep(content)
+
+
+def _decode_deep(content: bytes) -> Any:
+    depth = 0
+    key: bytes | None = None
+    array: tuple[int, int] | None = None  # the data array's '[' and ']' offsets
+    elements: list[tuple[int, int]] = []
+    start = -1
+    in_data = False
+    for match in _TOKENS.finditer(content):
+        token = match.group()
+        if token in (b"[", b"{"):
+            if depth == 1 and token == b"[" and key == b'"data"' and array is None:
+                in_data, start = True, match.end()
+                array = (match.start(), -1)
+            depth += 1
+        elif token in (b"]", b"}"):
+            depth -= 1
+            if in_data and depth == 1:
+                elements.append((start, match.start()))
+                array, in_data = (array[0] if array else 0, match.start()), False
+        elif token == b"," and in_data and depth == 2:
+            elements.append((start, match.start()))
+            start = match.end()
+        elif depth == 1 and token.startswith(b'"'):
+            key = token
+        elif depth == 1 and token == b",":
+            key = None
+    if array is None or array[1] < 0:
+        raise ValueError("nesting too deep to parse")
+    try:
+        top = json.loads(content[: array[0]] + b"[]" + content[array[1] + 1 :])
+    except RecursionError:
+        raise ValueError("nesting too deep to parse, outside the records") from None
+    records: list[Any] = []
+    for first, last in elements:
+        piece = content[first:last]
+        if not piece.strip():
+            continue
+        try:
+            records.append(json.loads(piece))
+        except RecursionError:
+            records.append(DEEP)
+    if not isinstance(top, dict):  # pragma: no cover - a '[' after a top-level key
+        raise ValueError("not an object")
+    top["data"] = records
+    return top
 
 
 class Transient(Exception):
@@ -66,7 +139,7 @@ def classify(
     """The success payload, or the exception this answer means (see platform-api.md)."""
     if 200 <= status < 300:
         try:
-            answer = json.loads(content)
+            answer = decode_json(content)
         except ValueError:
             raise InvalidAnswer(
                 f"{where}: HTTP {status} answer is not JSON", http_status=status, attempts=attempt
@@ -106,7 +179,7 @@ def platform_message(content: bytes) -> str:
     """The platform's own error text (`error.message`), if it gave one, kept short."""
     try:
         answer = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     error = answer.get("error") if isinstance(answer, dict) else None
     message = error.get("message") if isinstance(error, dict) else None

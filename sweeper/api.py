@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
+import structlog
 from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
@@ -29,13 +30,17 @@ from tenacity import (
 )
 
 from sweeper import __version__
-from sweeper.answers import Transient, classify
+from sweeper.answers import DEEP, Transient, classify
 from sweeper.errors import (
+    ClockSkewRefused,
     Interrupted,
     InvalidAnswer,
+    InvalidListing,
     PlatformUnavailable,
     StepNotFound,
     TokenRefused,
+    WriteAppliedUnderSkew,
+    WriteUnanswered,
 )
 from sweeper.guards import ClockCheck
 from sweeper.model import Step, format_timestamp, parse_step
@@ -48,6 +53,12 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 RequestObserver = Callable[[str, str], None]
+RetryObserver = Callable[[str, str], None]
+#: A refused token is tried again after this long even if it did not change:
+#: a platform whose token list was fixed should not need every sweeper restarted.
+TOKEN_RETRY_SECONDS = 3600.0
+
+log = structlog.get_logger("sweeper.api")
 
 
 def utc_now() -> datetime:
@@ -92,18 +103,24 @@ class RateLimiter:
         self._sleep = sleep
         self._next = 0.0
 
-    async def acquire(self) -> None:
+    async def acquire(self, slots: int = 1) -> None:
+        """Wait for `slots` requests' worth of budget, then send them back to back."""
         if not self._interval:
             return
         now = self._monotonic()
         slot = max(now, self._next)
-        self._next = slot + self._interval
+        self._next = slot + self._interval * slots
         if slot > now:
             await self._sleep(slot - now)
 
 
 class PlatformClient:
-    """Calls the platform through a prepared httpx.AsyncClient."""
+    """Calls the platform through a prepared httpx.AsyncClient.
+
+    Reads retry transient failures themselves. A write is one attempt: whether
+    and when to try it again is the sweep's call, because every new attempt must
+    follow its own re-read of the step.
+    """
 
     def __init__(
         self,
@@ -113,39 +130,64 @@ class PlatformClient:
         max_retry_after: timedelta = timedelta(seconds=60),
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        request_timeout: timedelta | None = None,
         limiter: RateLimiter | None = None,
         clock_check: ClockCheck | None = None,
         clock: Clock = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
         sleep: Sleep | None = None,
         stop: asyncio.Event | None = None,
         observer: RequestObserver | None = None,
+        on_retry: RetryObserver | None = None,
     ) -> None:
         self._http = http
         # Requests are built from one absolute URL string: httpx then parses it
         # once, instead of parsing, merging with base_url and re-parsing for params.
         self._base = str(http.base_url).rstrip("/")
-        self._max_attempts = max_attempts
+        self.max_attempts = max_attempts
         self._max_retry_after = max_retry_after.total_seconds()
         self._backoff = wait_random_exponential(multiplier=backoff_initial, max=backoff_max)
+        timeout = request_timeout.total_seconds() if request_timeout else http.timeout.read
+        self._timeout = timeout or None
         self._limiter = limiter or RateLimiter(0)
         self.clock_check = clock_check
         self._clock = clock
+        self._monotonic = monotonic
         self._sleep = sleep or self._interruptible_sleep
         self._stop = stop
         self._observer = observer
-        self.token_refused = False
+        self._on_retry = on_retry
+        self._token_refused_at: float | None = None
+
+    @property
+    def token_refused(self) -> bool:
+        return self._token_refused_at is not None
 
     def begin_sweep(self) -> None:
-        """Each sweep warns afresh about a missing Date and tries the token again."""
-        self.token_refused = False
+        """Each sweep warns afresh about a missing Date; a refused token stays refused
+        until it changes (`token_changed`) or TOKEN_RETRY_SECONDS have passed."""
+        if (
+            self._token_refused_at is not None
+            and self._monotonic() - self._token_refused_at >= TOKEN_RETRY_SECONDS
+        ):
+            self._token_refused_at = None
         if self.clock_check is not None:
             self.clock_check.begin_sweep()
+
+    def token_changed(self) -> None:
+        """A new token (rotated file, reload) is worth one more try."""
+        self._token_refused_at = None
 
     # -- the read side -------------------------------------------------------
 
     async def list_running(self, started_before: datetime, page_size: int) -> AsyncIterator[Page]:
-        """Every page of RUNNING steps that started before the given moment."""
+        """Every page of RUNNING steps that started before the given moment.
+
+        A cursor seen before means a listing that never ends: InvalidListing.
+        """
         cursor: str | None = None
+        seen: set[str] = set()
+        pages = 0
         while True:
             params = {
                 "status": "RUNNING",
@@ -155,30 +197,58 @@ class PlatformClient:
             if cursor is not None:
                 params["cursor"] = cursor
             page = _parse_page(await self._call("GET", STEPS_PATH, params=params))
+            pages += 1
             yield page
             if page.next_cursor is None:
                 return
+            if page.next_cursor in seen:
+                raise InvalidListing(
+                    f"listing: page {pages} repeats a nextCursor already followed"
+                    " (the listing would never end)"
+                )
+            seen.add(page.next_cursor)
             cursor = page.next_cursor
 
-    async def get_step(self, step_id: str, organization_id: str) -> Step | None:
-        """The step as it is now, or None when it is not in that organization."""
+    async def get_step(
+        self, step_id: str, organization_id: str, *, then_write: bool = False
+    ) -> Step | None:
+        """The step as it is now, or None when it is not in that organization.
+
+        `then_write` reserves the rate-limit slot of the write that follows, so
+        that nothing waits between this answer and that write.
+        """
         try:
             answer = await self._call(
-                "GET", step_url(step_id), params={"organizationId": organization_id}
+                "GET",
+                step_url(step_id),
+                params={"organizationId": organization_id},
+                slots=2 if then_write else 1,
             )
         except StepNotFound:
             return None
         try:
-            return parse_step(answer.get("data"))
-        except ValidationError as exc:
+            current = _parse_record(answer.get("data"))
+        except Exception as exc:  # any broken record, however it breaks
             raise InvalidAnswer(
-                f"re-read: the step breaks the contract ({_problems(exc)})"
+                f"re-read: the step breaks the contract ({problems(exc)})"
             ) from None
+        if (current.organization_id, current.step_id) != (organization_id, step_id):
+            raise InvalidAnswer(
+                f"re-read of step {step_id!r} in {organization_id!r} answered step "
+                f"{current.step_id!r} in {current.organization_id!r}"
+            )
+        return current
 
     # -- the write side ------------------------------------------------------
 
     async def patch_step(self, step_id: str, update: StepUpdate) -> dict[str, Any]:
-        """Send the write; returns the platform's `data` (the updated step)."""
+        """Send the write once; returns the platform's `data` (the updated step).
+
+        Not paced here: the re-read before it reserved its rate-limit slot. A
+        transient failure is WriteUnanswered (the write may or may not have been
+        applied); an answer whose `data.status` is not the status sent is
+        InvalidAnswer.
+        """
         body = {
             "organizationId": update.organization_id,
             "status": update.status.value,
@@ -187,9 +257,29 @@ class PlatformClient:
             "errorMessage": update.error_message,
             "errorDetails": update.error_details,
         }
-        answer = await self._call("PATCH", step_url(step_id), body=body)
-        data = answer.get("data")
-        return data if isinstance(data, dict) else {}
+        path = step_url(step_id)
+        try:
+            answer = await self._try_once("PATCH", path, None, body, 1, paced=False)
+        except Transient as exc:
+            raise WriteUnanswered(
+                f"PATCH {path}: {exc}", http_status=exc.http_status, retry_after=exc.retry_after
+            ) from None
+        except WriteAppliedUnderSkew as exc:
+            exc.data = _written(path, exc.data, update)
+            raise
+        return _written(path, answer, update)
+
+    async def wait_to_retry(
+        self, method: str, path: str, failure: WriteUnanswered, attempt: int
+    ) -> None:
+        """The wait before attempt `attempt + 1` of a write: Retry-After or backoff."""
+        wait = failure.retry_after
+        if wait is None:
+            state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+            state.attempt_number = attempt
+            wait = float(self._backoff(state))
+        self._retried(method, path, failure.http_status, str(failure), attempt, wait)
+        await self._sleep(wait)
 
     # -- one request, with its retries ---------------------------------------
 
@@ -200,12 +290,14 @@ class PlatformClient:
         *,
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
+        slots: int = 1,
     ) -> dict[str, Any]:
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
+            stop=stop_after_attempt(self.max_attempts),
             wait=self._wait,
             retry=retry_if_exception_type(Transient),
             sleep=self._sleep,
+            before_sleep=lambda state: self._before_retry(method, path, state),
             reraise=True,
         )
         attempts = 0
@@ -213,10 +305,10 @@ class PlatformClient:
             async for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return await self._try_once(method, path, params, body, attempts)
+                    return await self._try_once(method, path, params, body, attempts, slots=slots)
         except Transient as exc:
             raise PlatformUnavailable(
-                f"{method} {path}: {exc} (after {attempts} tries)",
+                f"{method} {self._base}{path}: {exc} (after {attempts} tries)",
                 http_status=exc.http_status,
                 attempts=attempts,
             ) from None
@@ -227,6 +319,35 @@ class PlatformClient:
         if isinstance(exc, Transient) and exc.retry_after is not None:
             return exc.retry_after
         return float(self._backoff(state))
+
+    def _before_retry(self, method: str, path: str, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        status = exc.http_status if isinstance(exc, Transient) else None
+        self._retried(method, path, status, str(exc), state.attempt_number, wait)
+
+    def _retried(
+        self,
+        method: str,
+        path: str,
+        http_status: int | None,
+        error: str,
+        attempt: int,
+        wait: float,
+    ) -> None:
+        fields: dict[str, Any] = (
+            {"http_status": http_status} if http_status is not None else {"error": error}
+        )
+        log.info(
+            "request.retried",
+            method=method,
+            path=path,
+            attempt=attempt,
+            wait_seconds=round(wait, 3),
+            **fields,
+        )
+        if self._on_retry is not None:
+            self._on_retry(method, str(http_status) if http_status is not None else "error")
 
     async def _interruptible_sleep(self, seconds: float) -> None:
         if self._stop is None:
@@ -244,12 +365,16 @@ class PlatformClient:
         params: dict[str, str] | None,
         body: dict[str, Any] | None,
         attempt: int,
+        *,
+        slots: int = 1,
+        paced: bool = True,
     ) -> dict[str, Any]:
-        if self.token_refused:
+        if self._token_refused_at is not None:
             raise TokenRefused(f"{method} {path}: not sent, the token was refused", attempts=0)
         if self._stop is not None and self._stop.is_set():
             raise Interrupted(f"{method} {path}: not sent, stopping")
-        await self._limiter.acquire()
+        if paced:
+            await self._limiter.acquire(slots)
         url = self._base + path
         if params:
             url += "?" + urlencode(params, quote_via=quote)
@@ -259,52 +384,82 @@ class PlatformClient:
             payload = json.dumps(body, separators=(",", ":")).encode()
             headers = {"Content-Type": "application/json"}
         try:
-            response = await self._http.send(
-                self._http.build_request(method, url, content=payload, headers=headers),
-                stream=True,
-            )
-        except httpx.TimeoutException:
+            # api.timeout bounds the whole request: connecting, sending, and reading
+            # the answer to its last byte (a trickling answer cannot hold a sweep).
+            async with asyncio.timeout(self._timeout):
+                status, response_headers, content = await self._exchange(
+                    method, url, payload, headers
+                )
+        except TimeoutError:
             self._observe(method, "timeout")
-            raise Transient("timed out", None, None) from None
-        except httpx.TransportError as exc:
-            self._observe(method, "error")
-            raise Transient(f"transport error ({type(exc).__name__})", None, None) from None
+            raise Transient(
+                f"no complete answer within api.timeout ({self._timeout:g}s)", None, None
+            ) from None
+        date = response_headers.get("date")
+        problem = self.clock_check.check(date) if self.clock_check is not None else None
+        if problem is not None and not (method == "PATCH" and 200 <= status < 300):
+            raise problem
         try:
-            self._observe(method, str(response.status_code))
-            if self.clock_check is not None:
-                self.clock_check.observe(response.headers.get("date"))
-            content = await self._read_capped(response, method, path)
-        finally:
-            await response.aclose()
-        try:
-            return classify(
+            answer = classify(
                 f"{method} {path}",
-                response.status_code,
-                response.headers,
+                status,
+                response_headers,
                 content,
                 attempt=attempt,
                 now=self._clock(),
                 max_retry_after=self._max_retry_after,
             )
         except TokenRefused:
-            self.token_refused = True  # no further call with a refused token
+            self._token_refused_at = self._monotonic()  # no further call with it
             raise
+        if isinstance(problem, ClockSkewRefused):
+            # The platform applied the write: say so, and let the guard stop the rest.
+            raise WriteAppliedUnderSkew(problem, answer)
+        return answer
 
-    async def _read_capped(self, response: httpx.Response, method: str, path: str) -> bytes:
+    async def _exchange(
+        self, method: str, url: str, payload: bytes | None, headers: dict[str, str] | None
+    ) -> tuple[int, httpx.Headers, bytes]:
+        try:
+            response = await self._http.send(
+                self._http.build_request(method, url, content=payload, headers=headers),
+                stream=True,
+            )
+        except httpx.TimeoutException:
+            self._observe(method, "timeout")
+            raise Transient(f"timed out ({_where(url)})", None, None) from None
+        except httpx.HTTPError as exc:
+            self._observe(method, "error")
+            raise Transient(
+                f"{describe_transport_error(exc)} ({_where(url)})", None, None
+            ) from None
+        try:
+            self._observe(method, str(response.status_code))
+            content = await self._read_capped(response, method, url)
+        finally:
+            await response.aclose()
+        return response.status_code, response.headers, content
+
+    async def _read_capped(self, response: httpx.Response, method: str, url: str) -> bytes:
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
-            raise InvalidAnswer(f"{method} {path}: answer of {declared} bytes refused unread")
+            raise InvalidAnswer(f"{method} {url}: answer of {declared} bytes refused unread")
         chunks: list[bytes] = []
         size = 0
         try:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > MAX_ANSWER_BYTES:
-                    raise InvalidAnswer(f"{method} {path}: answer over {MAX_ANSWER_BYTES} bytes")
+                    raise InvalidAnswer(f"{method} {url}: answer over {MAX_ANSWER_BYTES} bytes")
                 chunks.append(chunk)
         except httpx.TimeoutException:
             raise Transient("timed out reading the answer", response.status_code, None) from None
-        except httpx.TransportError as exc:
+        except httpx.DecodingError:
+            raise InvalidAnswer(
+                f"{method} {url}: the answer's Content-Encoding could not be decoded",
+                http_status=response.status_code,
+            ) from None
+        except httpx.HTTPError as exc:
             raise Transient(
                 f"answer cut off ({type(exc).__name__})", response.status_code, None
             ) from None
@@ -313,6 +468,46 @@ class PlatformClient:
     def _observe(self, method: str, status: str) -> None:
         if self._observer is not None:
             self._observer(method, status)
+
+
+def _where(url: str) -> str:
+    parts = httpx.URL(url)
+    return f"{parts.host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def describe_transport_error(exc: httpx.HTTPError) -> str:
+    """A transport failure as a reason an operator can act on (refused, DNS, TLS ...)."""
+    cause: BaseException | None = exc
+    texts: list[str] = []
+    while cause is not None and len(texts) < 4:
+        text = str(cause)
+        if text and text not in texts:
+            texts.append(text)
+        cause = cause.__cause__ or cause.__context__
+    detail = "; ".join(texts)
+    lowered = detail.lower()
+    if "refused" in lowered or "connect call failed" in lowered:
+        kind = "connection refused"
+    elif "certificate" in lowered or "sslerror" in lowered or "[ssl" in lowered:
+        kind = "TLS error"
+    elif "name or service not known" in lowered or "nodename" in lowered or "resolve" in lowered:
+        kind = "DNS lookup failed"
+    else:
+        kind = f"transport error ({type(exc).__name__})"
+    return f"{kind}: {detail[:300]}" if detail else kind
+
+
+def _written(path: str, answer: dict[str, Any], update: StepUpdate) -> dict[str, Any]:
+    """The updated step of a write's answer, which must show the status that was sent."""
+    data = answer.get("data")
+    if not isinstance(data, dict) or data.get("status") != update.status.value:
+        shown = data.get("status") if isinstance(data, dict) else None
+        raise InvalidAnswer(
+            f"PATCH {path}: answered 2xx but data.status is {shown!r},"
+            f" not {update.status.value!r}: the write was not applied as sent",
+            http_status=200,
+        )
+    return data
 
 
 def _parse_page(answer: dict[str, Any]) -> Page:
@@ -325,26 +520,39 @@ def _parse_page(answer: dict[str, Any]) -> Page:
     records: list[Step | InvalidRecord] = []
     for record in data:
         try:
-            records.append(parse_step(record))
-        except ValidationError as exc:
+            records.append(_parse_record(record))
+        except Exception as exc:  # one bad record never ends the page
             records.append(_invalid(record, exc))
     return Page(records=records, next_cursor=cursor)
 
 
-def _invalid(record: Any, exc: ValidationError) -> InvalidRecord:
+def _parse_record(record: Any) -> Step:
+    if record is DEEP:
+        raise RecursionError("nesting too deep to parse")
+    return parse_step(record)
+
+
+def _invalid(record: Any, exc: Exception) -> InvalidRecord:
     step_id = org = None
     if isinstance(record, dict):
         step_id = record.get("stepId") if isinstance(record.get("stepId"), str) else None
         org = record.get("organizationId")
         org = org if isinstance(org, str) else None
-    return InvalidRecord(step_id=step_id, organization_id=org, problems=_problems(exc))
+    return InvalidRecord(step_id=step_id, organization_id=org, problems=problems(exc))
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
-        for e in exc.errors(include_input=False, include_url=False)
-    )
+def problems(exc: Exception) -> str:
+    """What was wrong with a record, never its values."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+    if isinstance(exc, RecursionError):
+        return "record: nesting too deep to parse"
+    if isinstance(exc, OverflowError):
+        return "record: a time out of range once converted to UTC"
+    return f"record: {type(exc).__name__}"
 
 
 def build_http_client(

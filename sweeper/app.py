@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,13 +16,14 @@ from sweeper.api import (
     PlatformClient,
     RateLimiter,
     RequestObserver,
+    RetryObserver,
     build_http_client,
     utc_now,
 )
 from sweeper.errors import ConfigError
 from sweeper.guards import ClockCheck
 from sweeper.logs import Redactor
-from sweeper.policy import Window
+from sweeper.outages import NO_OUTAGES, OutageWindows
 from sweeper.settings import Settings
 from sweeper.sweep import SweepConfig, Sweeper
 from sweeper.tokens import read_token_file
@@ -71,7 +72,8 @@ def build_sweeper(
     stop: asyncio.Event,
     clock: Clock = utc_now,
     observer: RequestObserver | None = None,
-    outages: Callable[[], Sequence[Window]] = tuple,
+    on_retry: RetryObserver | None = None,
+    outages: Callable[[], OutageWindows] = lambda: NO_OUTAGES,
 ) -> Sweeper:
     api = settings.api
     client = PlatformClient(
@@ -80,11 +82,13 @@ def build_sweeper(
         max_retry_after=api.max_retry_after,
         backoff_initial=api.retry_backoff.total_seconds(),
         backoff_max=api.retry_backoff_max.total_seconds(),
+        request_timeout=api.timeout,
         limiter=RateLimiter(api.max_rate),
         clock_check=ClockCheck(settings.sweep.max_clock_skew, clock),
         clock=clock,
         stop=stop,
         observer=observer,
+        on_retry=on_retry,
     )
     return Sweeper(client, sweep_config(settings), clock=clock, stop=stop, outages=outages)
 

@@ -219,8 +219,22 @@ async def _one_shot(
     async with http_client(settings) as http:
         sweeper = build_sweeper(settings, http, stop=stop, observer=observer)
         report = sweeper.new_report()
-        await drain(asyncio.ensure_future(work(sweeper, report)), stop, SHUTDOWN_GRACE_SECONDS)
+        task = asyncio.ensure_future(work(sweeper, report))
+        await drain(task, stop, SHUTDOWN_GRACE_SECONDS)
+    if not task.cancelled() and task.exception() is not None:
+        # The sweep ends every path itself; this is the last net under it.
+        _crashed(report, task.exception())
     return report
+
+
+def _crashed(report: SweepReport, exc: BaseException | None) -> None:
+    from sweeper.report import Outcome, Result
+
+    report.result = Result.CRASHED
+    report.error = f"{type(exc).__name__}: {exc}"
+    report.settle_pending(Outcome.NOT_ATTEMPTED, Result.CRASHED.value)
+    report.tally()
+    log.error("sweep.aborted", result=report.result.value, error=report.error, exc_info=exc)
 
 
 async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
@@ -295,7 +309,12 @@ async def _daemon(settings: Settings, redactor: Redactor) -> int:
     ops = None
     if settings.server.listen:
         host, port = settings.server.host_port
-        health = Health(lambda: state.running, lambda: state.last_success_at, 3 * gap)
+        health = Health(
+            lambda: state.running,
+            lambda: state.last_success_at,
+            3 * gap,
+            blocked=lambda: state.blocked_by is not None,
+        )
         try:
             ops = OpsServer(host, port, wsgi_app(metrics, health)).start()
         except OSError as exc:
@@ -318,8 +337,8 @@ async def _daemon(settings: Settings, redactor: Redactor) -> int:
                 refresher = TokenRefresher(settings.token_path, http, redactor, settings.token())
 
             def new_sweep() -> tuple[SweepReport, Any]:
-                if refresher is not None:
-                    refresher.refresh()
+                if refresher is not None and refresher.refresh():
+                    sweeper.client.token_changed()
                 report = sweeper.new_report()
                 return report, sweeper.run(report)
 
@@ -338,4 +357,10 @@ async def _daemon(settings: Settings, redactor: Redactor) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    sys.exit(run_cli(argv))
+    try:
+        code = run_cli(argv)
+    except Exception as exc:
+        # Fail closed: never Python's default 1, which the one-shot timer counts as success.
+        log.error("sweeper.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        code = ExitCode.CRASHED
+    sys.exit(code)

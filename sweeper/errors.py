@@ -5,9 +5,12 @@
      ├── GuardRefused                a guard refused the sweep: exit 3
      │    └── ClockSkewRefused       the platform's clock is too far from ours
      ├── Interrupted                 SIGTERM/SIGINT stopped the work
+     │    └── WriteAppliedUnderSkew  ...seen on the answer to a write it applied
      └── PlatformError               anything the platform answered or failed to
           ├── PlatformUnavailable    transient failures, after every try: exit 75
+          │    └── WriteUnanswered   one write attempt got no usable answer
           ├── InvalidAnswer          an answer that breaks the contract
+          │    └── InvalidListing    a listing that does not end (repeated cursor)
           └── PlatformRefused        a 4xx the platform meant
                ├── TokenRefused      401/403: stop everything, exit 77
                ├── StepNotFound      404
@@ -19,6 +22,8 @@ URL paths and the platform's own error text.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class SweeperError(Exception):
@@ -52,6 +57,17 @@ class ClockSkewRefused(GuardRefused):
         self.skew_seconds = skew_seconds
 
 
+class WriteAppliedUnderSkew(GuardRefused):
+    """The platform applied a write, but its Date header shows a skewed clock.
+
+    The write is reported as applied; the guard then stops every write after it.
+    """
+
+    def __init__(self, skew: GuardRefused, data: dict[str, Any]) -> None:
+        super().__init__(skew.guard, str(skew), **skew.figures)
+        self.data = data
+
+
 class Interrupted(SweeperError):
     """A stop was requested (SIGTERM/SIGINT) before this work started."""
 
@@ -69,8 +85,23 @@ class PlatformUnavailable(PlatformError):
     """Connect errors, timeouts, 408/429/5xx: still failing after every try."""
 
 
+class WriteUnanswered(PlatformUnavailable):
+    """One write attempt failed in a way worth trying again (408, 429, 5xx, no answer).
+
+    It may have been applied all the same: the re-read before the next attempt tells.
+    """
+
+    def __init__(self, message: str, *, http_status: int | None, retry_after: float | None) -> None:
+        super().__init__(message, http_status=http_status)
+        self.retry_after = retry_after
+
+
 class InvalidAnswer(PlatformError):
     """A 2xx that is not JSON, lacks `success: true`, is too large or misshapen."""
+
+
+class InvalidListing(InvalidAnswer):
+    """A listing that cannot be finished: its nextCursor repeats."""
 
 
 class PlatformRefused(PlatformError):

@@ -33,7 +33,10 @@ def check_blast_radius(zombies: int, max_steps: int) -> None:
 
 
 def why_not_start(stopping: bool, now: float, deadline_at: float) -> SkipReason | None:
-    """Why a write may not start now: a stop was requested, or the deadline passed."""
+    """Why a write may not start now: a stop was requested, or the deadline passed.
+
+    (A guard that fired is the sweep's own state: it checks that beside this.)
+    """
     if stopping:
         return SkipReason.SHUTDOWN
     if now >= deadline_at:
@@ -53,18 +56,33 @@ class ClockCheck:
         """Each sweep warns afresh about a missing Date header."""
         self.warned_missing = False
 
-    def observe(self, date_header: str | None) -> None:
+    def check(self, date_header: str | None) -> ClockSkewRefused | InvalidAnswer | None:
+        """What is wrong with this answer's Date, as an error to raise; None if nothing.
+
+        Returned rather than raised: the caller decides, since an applied write
+        must still be reported as applied.
+        """
         if not date_header:
             if not self.warned_missing:
                 self.warned_missing = True
                 log.warning("platform.date_missing", detail="clock skew cannot be checked")
-            return
+            return None
         try:
             theirs = email.utils.parsedate_to_datetime(date_header)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             theirs = None
         if theirs is None or theirs.tzinfo is None:
-            raise InvalidAnswer("the platform's Date header is not an HTTP date")
-        skew = theirs - self.clock()
+            return InvalidAnswer("the platform's Date header is not an HTTP date")
+        try:
+            skew = theirs - self.clock()
+        except OverflowError:  # pragma: no cover - parsedate keeps years in range
+            return InvalidAnswer("the platform's Date header is out of range")
         if abs(skew) > self.max_skew + DATE_RESOLUTION:
-            raise ClockSkewRefused(skew.total_seconds(), self.max_skew.total_seconds())
+            return ClockSkewRefused(skew.total_seconds(), self.max_skew.total_seconds())
+        return None
+
+    def observe(self, date_header: str | None) -> None:
+        """Raise what `check` finds."""
+        problem = self.check(date_header)
+        if problem is not None:
+            raise problem

@@ -44,6 +44,13 @@ class Step:
     last_heartbeat_at: datetime | None = None
     retry_count: int | None = None
     workflow_run_status: str | None = None
+    #: `errorDetails.sweepId` when the step carries one: how a sweep knows its own write.
+    marked_by_sweep: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity: the same stepId in two organizations is two steps."""
+        return (self.organization_id, self.step_id)
 
     def field(self, wire_name: str) -> str | None:
         """The value of a matchable field, by its wire name; None when the step lacks it."""
@@ -90,8 +97,11 @@ class WireStep(BaseModel):
     lastHeartbeatAt: AwareDatetime | None = None
     retryCount: Annotated[StrictInt, Field(ge=0)] | None = None
     workflowRunStatus: StrictStr | None = None
+    errorDetails: Any = None
 
     def to_step(self) -> Step:
+        details = self.errorDetails
+        sweep_id = details.get("sweepId") if isinstance(details, dict) else None
         return Step(
             step_id=self.stepId,
             organization_id=self.organizationId,
@@ -103,6 +113,7 @@ class WireStep(BaseModel):
             last_heartbeat_at=_utc(self.lastHeartbeatAt),
             retry_count=self.retryCount,
             workflow_run_status=self.workflowRunStatus,
+            marked_by_sweep=sweep_id if isinstance(sweep_id, str) else None,
         )
 
 

@@ -93,8 +93,10 @@ class Health:
         last_success: Callable[[], datetime | None],
         ready_within: timedelta,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        blocked: Callable[[], bool] = lambda: False,
     ) -> None:
         self.is_running = is_running
+        self.blocked = blocked
         self.last_success = last_success
         self.ready_within = ready_within
         self.clock = clock
@@ -104,9 +106,11 @@ class Health:
         return self.is_running()
 
     def ready(self) -> bool:
-        """Not ready when the last successful sweep (or the start) is older than the window."""
+        """Not ready when the last successful sweep (or the start) is older than the window,
+        or at once after a sweep whose token was refused or that crashed."""
         since = self.last_success() or self.started_at
-        return self.is_running() and self.clock() - since <= self.ready_within
+        fresh = self.clock() - since <= self.ready_within
+        return self.is_running() and fresh and not self.blocked()
 
 
 def wsgi_app(metrics: Metrics, health: Health) -> Callable[..., Iterable[bytes]]:

@@ -6,7 +6,7 @@ object. `now` and the outage windows are passed in, so tests are plain tables.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -15,6 +15,7 @@ from typing import Any
 
 from sweeper.durations import humanize
 from sweeper.model import Step, StepStatus, format_timestamp
+from sweeper.outages import NO_OUTAGES, OutageWindows
 
 DEFAULT_RULE_NAME = "default"
 DEFAULT_ERROR_CODE = "ZOMBIE_STEP_TIMEOUT"
@@ -74,8 +75,9 @@ class Rules:
 
 
 class Spared(StrEnum):
-    """Why a listed RUNNING step is not a zombie."""
+    """Why a listed step is not a zombie."""
 
+    NOT_RUNNING = "not_running"
     NOT_STALE = "not_stale"
     EXEMPT = "exempt"
 
@@ -119,9 +121,6 @@ class StepUpdate:
     error_details: dict[str, Any]
 
 
-Window = tuple[datetime, datetime]
-
-
 def manual_rule(status: StepStatus, error_code: str, error_message: str | None) -> Rule:
     """The rule of `sweeper mark`: an operator decided, so any RUNNING step qualifies."""
     return Rule(
@@ -133,35 +132,39 @@ def manual_rule(status: StepStatus, error_code: str, error_message: str | None) 
     )
 
 
-def outage_overlap(since: datetime, now: datetime, outages: Sequence[Window]) -> timedelta:
-    """How much of (since, now] fell inside windows when the platform was unreachable."""
-    total = timedelta(0)
-    for start, end in outages:
-        lo, hi = max(start, since), min(end, now)
-        if hi > lo:
-            total += hi - lo
-    return total
-
-
 def decide(
-    step: Step, now: datetime, rules: Rules, outages: Sequence[Window] = ()
+    step: Step, now: datetime, rules: Rules, outages: OutageWindows = NO_OUTAGES
 ) -> Decision | Spared:
     """Judge one step: a Decision to mark it, or why it is spared.
 
+    Only a RUNNING step can be a zombie, whatever the listing was asked for.
     Idle time is measured from the step's last sign of life; time in which the
     platform itself was unreachable does not count (workers could not report).
     """
+    if step.status != StepStatus.RUNNING:
+        return Spared.NOT_RUNNING
     rule = rules.rule_for(step)
     if rule.stale_after is None:
         return Spared.EXEMPT
     field_name, last_seen = step.last_sign_of_life
-    discount = outage_overlap(last_seen, now, outages)
+    discount = outages.overlap(last_seen, now)
     idle = now - last_seen - discount
     if idle <= rule.stale_after:
         return Spared.NOT_STALE
+    return _decision(step, rule, idle, field_name, last_seen, discount)
+
+
+def _decision(
+    step: Step,
+    rule: Rule,
+    idle: timedelta,
+    field_name: str,
+    last_seen: datetime,
+    discount: timedelta = timedelta(0),
+) -> Decision:
     message = rule.error_message.format(
         idle=humanize(idle),
-        stale_after=humanize(rule.stale_after),
+        stale_after=humanize(rule.stale_after or timedelta(0)),
         status=rule.status.value,
         rule=rule.name,
     )
@@ -172,11 +175,27 @@ def decide(
         error_code=rule.error_code,
         error_message=message,
         idle=idle,
-        stale_after=rule.stale_after,
+        stale_after=rule.stale_after or timedelta(0),
         last_sign_of_life_field=field_name,
         last_sign_of_life_at=last_seen,
         outage_discount=discount,
     )
+
+
+def decide_by_hand(current: Step | None, now: datetime, rule: Rule) -> Decision | SkipReason:
+    """`sweeper mark`: an operator decided, so any RUNNING step that is there qualifies,
+    however recent its last sign of life (a wedged step may still heartbeat)."""
+    if current is None:
+        return SkipReason.GONE
+    if current.status != StepStatus.RUNNING:
+        return SkipReason.FINISHED
+    field_name, last_seen = current.last_sign_of_life
+    return _decision(current, rule, max(now - last_seen, timedelta(0)), field_name, last_seen)
+
+
+def applied_by(current: Step | None, sweep_id: str, status: StepStatus) -> bool:
+    """Does the step already show this sweep's write (an earlier attempt whose answer was lost)?"""
+    return current is not None and current.status == status and current.marked_by_sweep == sweep_id
 
 
 def recheck(
@@ -184,7 +203,7 @@ def recheck(
     current: Step | None,
     now: datetime,
     rules: Rules,
-    outages: Sequence[Window] = (),
+    outages: OutageWindows = NO_OUTAGES,
 ) -> Decision | SkipReason:
     """Judge a zombie again from a fresh read, right before writing it.
 

@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     SOME_FAILED = 1
     USAGE = 2
     GUARD_REFUSED = 3
+    CRASHED = 70
     UNAVAILABLE = 75
     TOKEN_REFUSED = 77
     CONFIG = 78
@@ -36,17 +37,45 @@ class Result(StrEnum):
     TOKEN_REFUSED = "token_refused"
     UNAVAILABLE = "unavailable"
     INTERRUPTED = "interrupted"
+    INVALID_LISTING = "invalid_listing"
+    CRASHED = "crashed"
 
 
-#: Every outcome a sweep counts; all are reported, zeros included.
-OUTCOMES = (
+_EXIT_CODE_OF = {
+    Result.REFUSED: ExitCode.GUARD_REFUSED,
+    Result.TOKEN_REFUSED: ExitCode.TOKEN_REFUSED,
+    Result.UNAVAILABLE: ExitCode.UNAVAILABLE,
+    Result.INTERRUPTED: ExitCode.UNAVAILABLE,
+    Result.INVALID_LISTING: ExitCode.UNAVAILABLE,
+    Result.CRASHED: ExitCode.CRASHED,
+}
+
+
+class Outcome(StrEnum):
+    """The one fate of one zombie. Every entry leaves PENDING exactly once."""
+
+    PENDING = "pending"
+    MARKED = "marked"
+    WOULD_MARK = "would_mark"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    REFUSED = "refused"
+    NOT_ATTEMPTED = "not_attempted"
+
+
+#: What the listing saw, counted as records go by (not zombie outcomes).
+LISTING_COUNTS = (
     "listed",
     "invalid",
     "duplicate",
     "excluded",
+    "not_running",
     "exempt",
     "not_stale",
     "zombies",
+)
+#: The zombie outcomes, as counted; derived from the entries, so they add up to `zombies`.
+OUTCOME_COUNTS = (
     "marked",
     "would_mark",
     "skipped_gone",
@@ -59,6 +88,15 @@ OUTCOMES = (
     "refused",
     "not_attempted",
 )
+#: Every count a sweep reports, zeros included.
+OUTCOMES = LISTING_COUNTS + OUTCOME_COUNTS
+
+StepKey = tuple[str, str]
+"""A step's identity: (organizationId, stepId). The same id in two organizations is two steps."""
+
+
+class AlreadySettled(RuntimeError):
+    """A second outcome for one zombie: a bug, and the sweep ends as crashed."""
 
 
 @dataclass(slots=True)
@@ -67,7 +105,7 @@ class StepEntry:
 
     stepId: str
     organizationId: str
-    outcome: str
+    outcome: Outcome = Outcome.PENDING
     reason: str | None = None
     rule: str | None = None
     status: str | None = None
@@ -76,12 +114,33 @@ class StepEntry:
     httpStatus: int | None = None
     attempts: int | None = None
 
+    @property
+    def key(self) -> StepKey:
+        return (self.organizationId, self.stepId)
+
+    @property
+    def count_name(self) -> str:
+        """The name this entry is counted under (`skipped_<reason>` for a skip)."""
+        if self.outcome is Outcome.SKIPPED:
+            return f"skipped_{self.reason}"
+        return self.outcome.value
+
+    def settle(self, outcome: Outcome, reason: str | None = None) -> None:
+        if self.outcome is not Outcome.PENDING:
+            raise AlreadySettled(
+                f"step {self.stepId!r}: {outcome.value} after {self.outcome.value}"
+            )
+        if outcome is Outcome.PENDING:
+            raise ValueError("an entry cannot be settled as pending")
+        self.outcome, self.reason = outcome, reason
+
 
 @dataclass(slots=True)
 class SweepReport:
     sweep_id: str
     started_at: datetime
     dry_run: bool
+    manual: bool = False
     finished_at: datetime | None = None
     result: Result = Result.COMPLETED
     guard: str | None = None
@@ -89,22 +148,38 @@ class SweepReport:
     counts: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
     entries: list[StepEntry] = field(default_factory=list)
 
+    def settle_pending(self, outcome: Outcome, reason: str) -> int:
+        """Give every entry still pending the same outcome; returns how many."""
+        settled = 0
+        for entry in self.entries:
+            if entry.outcome is Outcome.PENDING:
+                entry.settle(outcome, reason)
+                settled += 1
+        return settled
+
+    def tally(self) -> None:
+        """Count the zombie outcomes from the entries: the counts add up by construction."""
+        for name in OUTCOME_COUNTS:
+            self.counts[name] = 0
+        self.counts["zombies"] = len(self.entries)
+        for entry in self.entries:
+            self.counts[entry.count_name] += 1
+
     @property
     def exit_code(self) -> ExitCode:
-        if self.result is Result.TOKEN_REFUSED:
-            return ExitCode.TOKEN_REFUSED
-        if self.result is Result.REFUSED:
-            return ExitCode.GUARD_REFUSED
-        if self.result in (Result.UNAVAILABLE, Result.INTERRUPTED):
-            return ExitCode.UNAVAILABLE
+        code = _EXIT_CODE_OF.get(self.result)
+        if code is not None:
+            return code
         if self.counts["failed"]:
             return ExitCode.SOME_FAILED
+        if self.manual and not (self.counts["marked"] or self.counts["would_mark"]):
+            return ExitCode.SOME_FAILED  # `mark` that did not mark
         return ExitCode.OK
 
     @property
     def succeeded(self) -> bool:
         """The sweep ran to its end (some steps may have failed): what readiness counts."""
-        return self.exit_code in (ExitCode.OK, ExitCode.SOME_FAILED)
+        return self.result is Result.COMPLETED
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from sweeper.notify import SystemdNotifier
-from sweeper.report import SweepReport
+from sweeper.report import Result, SweepReport
 
 #: After a stop request, writes in flight get this long to finish.
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -78,8 +78,12 @@ def cron_trigger(expr: str, timezone: str, jitter: timedelta = timedelta(0)) -> 
     )
 
 
-def install_stop_handlers(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT set the stop event; a second one changes nothing."""
+def install_stop_handlers(stop: asyncio.Event, on_hangup: Callable[[], None] | None = None) -> None:
+    """SIGTERM and SIGINT set the stop event; a second one changes nothing.
+
+    SIGHUP never kills: it calls `on_hangup` (the daemon's reload), or is logged
+    and ignored where there is nothing to reload (one-shot runs).
+    """
     loop = asyncio.get_running_loop()
 
     def request_stop(signum: int) -> None:
@@ -87,8 +91,15 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
             log.warning("shutdown.requested", signal=signal.Signals(signum).name)
         stop.set()
 
+    def hangup() -> None:
+        if on_hangup is None:
+            log.warning("signal.ignored", signal="SIGHUP", detail="nothing to reload in this run")
+        else:
+            on_hangup()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, hangup)
 
 
 async def drain(task: asyncio.Task[Any], stop: asyncio.Event, grace: float) -> None:
@@ -116,6 +127,8 @@ class DaemonState:
     current: asyncio.Task[SweepReport] | None = None
     last_report: SweepReport | None = None
     last_success_at: datetime | None = None
+    #: A sweep whose token was refused or that crashed: not ready until one succeeds.
+    blocked_by: Result | None = None
     listeners: list[Callable[[SweepReport], None]] = field(default_factory=list)
 
 
@@ -148,11 +161,22 @@ async def run_daemon(
         except asyncio.CancelledError:
             return
         except Exception as exc:  # one failed sweep never kills the daemon
-            log.exception("sweep.crashed", sweep_id=report.sweep_id, error=type(exc).__name__)
+            report.result = Result.CRASHED
+            report.error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "sweep.aborted",
+                sweep_id=report.sweep_id,
+                result=report.result.value,
+                error=report.error,
+                exc_info=exc,
+            )
         finally:
             state.sweeps += 1
             if report.succeeded:
                 state.last_success_at = clock()
+                state.blocked_by = None
+            elif report.result in (Result.TOKEN_REFUSED, Result.CRASHED):
+                state.blocked_by = report.result
             for listener in state.listeners:
                 listener(report)
 

@@ -1,8 +1,11 @@
 """One sweep: list every candidate, apply the guards, write with bounded concurrency, report.
 
 The order is fixed and deliberate: every listing page is read (so the blast-radius
-guard can count) before the first write; each zombie is read again just before it
-is written; no write starts after the deadline or a stop request.
+guard can count) before the first write; each write attempt follows its own
+re-read of the step with nothing in between; no write starts after the
+deadline, a stop request or a guard that fired. Every zombie ends in exactly one
+Outcome, and whatever ends the sweep, even an error nobody foresaw, ends it
+through one path (`_Run.execute`).
 """
 
 from __future__ import annotations
@@ -10,40 +13,46 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
 from sweeper import __version__
-from sweeper.api import Clock, InvalidRecord, PlatformClient
+from sweeper.api import Clock, InvalidRecord, PlatformClient, step_url
 from sweeper.durations import format_duration
 from sweeper.errors import (
     BodyRejected,
     GuardRefused,
     Interrupted,
     InvalidAnswer,
+    InvalidListing,
     PlatformError,
     PlatformRefused,
     PlatformUnavailable,
     StepConflict,
     StepNotFound,
     TokenRefused,
+    WriteAppliedUnderSkew,
+    WriteUnanswered,
 )
 from sweeper.guards import check_blast_radius, why_not_start
+from sweeper.model import Step
+from sweeper.outages import NO_OUTAGES, OutageWindows
 from sweeper.policy import (
     Decision,
     Rule,
     Rules,
     SkipReason,
     Spared,
-    Window,
+    applied_by,
     build_update,
     decide,
+    decide_by_hand,
     recheck,
 )
-from sweeper.report import Result, StepEntry, SweepReport
+from sweeper.report import Outcome, Result, StepEntry, StepKey, SweepReport
 
 log = structlog.get_logger("sweeper.sweep")
 
@@ -74,6 +83,14 @@ def new_sweep_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+class ListingOverran(Exception):
+    """The listing did not end before sweep.deadline."""
+
+
+#: How a step is judged again from a fresh read: a Decision to write, or why not.
+Judge = Callable[[Step | None], Decision | SkipReason]
+
+
 class Sweeper:
     """Runs sweeps against one platform client; the clock and stop signal come from outside."""
 
@@ -85,7 +102,7 @@ class Sweeper:
         clock: Clock,
         stop: asyncio.Event | None = None,
         monotonic: Callable[[], float] = time.monotonic,
-        outages: Callable[[], Sequence[Window]] = tuple,
+        outages: Callable[[], OutageWindows] = lambda: NO_OUTAGES,
     ) -> None:
         self.client = client
         self.config = config
@@ -94,9 +111,12 @@ class Sweeper:
         self.monotonic = monotonic
         self.outages = outages
 
-    def new_report(self) -> SweepReport:
+    def new_report(self, *, manual: bool = False) -> SweepReport:
         return SweepReport(
-            sweep_id=new_sweep_id(), started_at=self.clock(), dry_run=self.config.dry_run
+            sweep_id=new_sweep_id(),
+            started_at=self.clock(),
+            dry_run=self.config.dry_run,
+            manual=manual,
         )
 
     async def run(self, report: SweepReport | None = None) -> SweepReport:
@@ -109,7 +129,8 @@ class Sweeper:
         self, step_id: str, organization_id: str, rule: Rule, report: SweepReport | None = None
     ) -> SweepReport:
         """Mark one step by hand: read it, and write it if it is still RUNNING."""
-        report = report or self.new_report()
+        report = report or self.new_report(manual=True)
+        report.manual = True
 
         async def mark_one(run: _Run) -> None:
             await run.mark_one(step_id, organization_id, rule)
@@ -123,230 +144,365 @@ class _Run:
 
     def __init__(self, sweeper: Sweeper, report: SweepReport) -> None:
         self.s = sweeper
+        self.client = sweeper.client
         self.cfg = sweeper.config
         self.report = report
         self.counts = report.counts
         self.deadline_at = sweeper.monotonic() + self.cfg.deadline.total_seconds()
-        self.halted: Result | None = None
+        # Set once, by the first thing that stops every write: (result, reason).
+        self.halted: tuple[Result, str] | None = None
         self.log = log.bind(sweep_id=report.sweep_id)
 
     async def execute(self, work: Callable[[_Run], Awaitable[None]]) -> None:
+        """Run the work; whatever ends it, end the sweep through `finish`."""
         started = self.s.monotonic()
-        self.s.client.begin_sweep()
-        cfg = self.cfg
-        rules = cfg.rules
-        self.log.info(
-            "sweep.started",
-            dry_run=cfg.dry_run,
-            stale_after=format_duration(rules.default.stale_after or timedelta(0)),
-            rules={
-                r.name: format_duration(r.stale_after) if r.stale_after else "never"
-                for r in (*rules.overrides, rules.default)
-            },
-            max_steps=cfg.max_steps,
-            deadline=format_duration(cfg.deadline),
-        )
+        self.client.begin_sweep()
+        self.log_started()
         try:
             await work(self)
-            if self.halted is not None:
-                self.report.result = self.halted
         except GuardRefused as exc:
             self.refuse(exc)
         except TokenRefused as exc:
             self.end(Result.TOKEN_REFUSED, exc)
         except Interrupted as exc:
             self.end(Result.INTERRUPTED, exc)
+        except InvalidListing as exc:
+            self.end(Result.INVALID_LISTING, exc)
+        except ListingOverran as exc:
+            self.end(Result.UNAVAILABLE, exc)
         except PlatformError as exc:
             self.end(Result.UNAVAILABLE, exc)
+        except asyncio.CancelledError:
+            # The stop grace ran out: writes still in flight have no known answer.
+            self.end(Result.INTERRUPTED, Interrupted("stopped before the writes in flight ended"))
+            for entry in self.report.entries:
+                if entry.outcome is Outcome.PENDING and entry.attempts:
+                    entry.settle(Outcome.FAILED, "interrupted")
+            raise
+        except Exception as exc:  # fail closed: the unforeseen is a crash, never success
+            self.crash(exc)
         finally:
-            if self.s.stop.is_set() and self.report.result is Result.COMPLETED:
-                self.report.result = Result.INTERRUPTED
-            self.report.finished_at = self.s.clock()
-            self.log.info(
-                "sweep.finished",
-                result=self.report.result.value,
-                exit_code=int(self.report.exit_code),
-                duration_ms=round((self.s.monotonic() - started) * 1000),
-                **self.counts,
-            )
+            self.finish(started)
+
+    def log_started(self) -> None:
+        cfg, rules = self.cfg, self.cfg.rules
+        self.log.info(
+            "sweep.started",
+            dry_run=cfg.dry_run,
+            stale_after=_threshold(rules.default),
+            rules={r.name: _threshold(r) for r in (*rules.overrides, rules.default)},
+            max_steps=cfg.max_steps,
+            deadline=format_duration(cfg.deadline),
+        )
+
+    def finish(self, started: float) -> None:
+        report = self.report
+        if self.halted is not None and report.result is Result.COMPLETED:
+            report.result = self.halted[0]
+        if self.s.stop.is_set() and report.result is Result.COMPLETED:
+            report.result = Result.INTERRUPTED
+        leftover = Outcome.REFUSED if report.result is Result.REFUSED else Outcome.NOT_ATTEMPTED
+        reason = self.halted[1] if self.halted else report.guard or report.result.value
+        report.settle_pending(leftover, reason)
+        report.tally()
+        report.finished_at = self.s.clock()
+        self.log.info(
+            "sweep.finished",
+            result=report.result.value,
+            exit_code=int(report.exit_code),
+            duration_ms=round((self.s.monotonic() - started) * 1000),
+            **self.counts,
+        )
 
     async def sweep(self) -> None:
         zombies = await self.collect()
-        self.counts["zombies"] = len(zombies)
         check_blast_radius(len(zombies), self.cfg.max_steps)
         await self.write_all(zombies)
 
     async def mark_one(self, step_id: str, organization_id: str, rule: Rule) -> None:
-        current = await self.s.client.get_step(step_id, organization_id)
-        self.counts["listed"] += 1
-        # A manual mark needs no idle time, but the step must still be there and RUNNING.
-        verdict = (
-            SkipReason.GONE
-            if current is None
-            else recheck(current, current, self.s.clock(), Rules((), rule))
-        )
-        if isinstance(verdict, SkipReason):
-            entry = StepEntry(stepId=step_id, organizationId=organization_id, outcome="pending")
-            self.report.entries.append(entry)
-            self.skip(entry, verdict)
-            return
-        self.counts["zombies"] += 1
-        entry = _entry(verdict, "pending")
+        entry = StepEntry(stepId=step_id, organizationId=organization_id)
         self.report.entries.append(entry)
-        await self.handle(verdict, entry, reread=False)
+        self.counts["listed"] += 1
 
-    def end(self, result: Result, exc: Exception) -> None:
+        def judge(current: Step | None) -> Decision | SkipReason:
+            return decide_by_hand(current, self.s.clock(), rule)
+
+        current = await self.client.get_step(
+            step_id, organization_id, then_write=not self.cfg.dry_run
+        )
+        await self.handle(judge, entry, judge(current))
+
+    def end(self, result: Result, exc: BaseException) -> None:
         self.report.result = result
         self.report.error = str(exc)
         self.log.error("sweep.aborted", result=result.value, error=str(exc))
+
+    def crash(self, exc: Exception) -> None:
+        """An error nobody foresaw: logged with its traceback (never frame locals)."""
+        self.report.result = Result.CRASHED
+        self.report.error = f"{type(exc).__name__}: {exc}"
+        self.log.error(
+            "sweep.aborted", result=Result.CRASHED.value, error=self.report.error, exc_info=exc
+        )
 
     def refuse(self, exc: GuardRefused) -> None:
         self.report.result = Result.REFUSED
         self.report.guard = exc.guard
         self.report.error = str(exc)
         self.log.error("sweep.refused", guard=exc.guard, error=str(exc), **exc.figures)
-        for entry in self.report.entries:
-            if entry.outcome == "pending":
-                entry.outcome, entry.reason = "refused", exc.guard
-                self.counts["refused"] += 1
+
+    def halt(self, result: Result, reason: str, exc: BaseException) -> None:
+        """Stop every write not yet sent; the first reason wins."""
+        if self.halted is not None:
+            return
+        self.halted = (result, reason)
+        if isinstance(exc, GuardRefused):
+            self.refuse(exc)
+        elif isinstance(exc, Exception) and result is Result.CRASHED:
+            self.crash(exc)
+        else:
+            self.end(result, exc)
 
     # -- listing -------------------------------------------------------------
 
-    async def collect(self) -> dict[str, Decision]:
-        """Read every page; keep only the zombies (memory stays flat for long listings)."""
+    async def collect(self) -> dict[StepKey, Decision]:
+        """Read every page, within the deadline; keep only the zombies."""
+        remaining = self.deadline_at - self.s.monotonic()
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return await self._collect()
+        except TimeoutError:
+            raise self.overran() from None
+
+    def overran(self) -> ListingOverran:
+        deadline = format_duration(self.cfg.deadline)
+        return ListingOverran(f"the listing did not end within sweep.deadline ({deadline})")
+
+    async def _collect(self) -> dict[StepKey, Decision]:
         cfg = self.cfg
-        zombies: dict[str, Decision] = {}
-        seen: set[int] = set()  # hashes of spared ids: enough to count duplicates, cheap
+        zombies: dict[StepKey, Decision] = {}
+        seen: set[StepKey] = set()  # spared steps, by identity: exact, no hash to collide
         started_before = self.s.clock() - cfg.rules.smallest_stale_after
-        async for page in self.s.client.list_running(started_before, cfg.page_size):
+        async for page in self.client.list_running(started_before, cfg.page_size):
             now = self.s.clock()
             outages = self.s.outages()
             for record in page.records:
                 self.counts["listed"] += 1
-                if isinstance(record, InvalidRecord):
-                    self.counts["invalid"] += 1
-                    self.log.warning(
-                        "record.invalid",
-                        step_id=record.step_id,
-                        organization_id=record.organization_id,
-                        problems=record.problems,
-                    )
-                    continue
-                key = hash(record.step_id)
-                if record.step_id in zombies or key in seen:
-                    self.counts["duplicate"] += 1
-                    continue
-                if not cfg.admits(record.organization_id):
-                    seen.add(key)
-                    self.counts["excluded"] += 1
-                    continue
-                verdict = decide(record, now, cfg.rules, outages)
-                if isinstance(verdict, Spared):
-                    seen.add(key)
-                    self.counts[verdict.value] += 1
-                    continue
-                zombies[record.step_id] = verdict
-                self.report.entries.append(_entry(verdict, "pending"))
+                try:
+                    self.sort(record, now, outages, zombies, seen)
+                except Exception as exc:  # one record never ends the sweep
+                    self.invalid(record, f"record: {type(exc).__name__} while judging it")
+            if self.s.monotonic() >= self.deadline_at:
+                raise self.overran()
         return zombies
+
+    def sort(
+        self,
+        record: Step | InvalidRecord,
+        now: datetime,
+        outages: OutageWindows,
+        zombies: dict[StepKey, Decision],
+        seen: set[StepKey],
+    ) -> None:
+        if isinstance(record, InvalidRecord):
+            self.invalid(record, record.problems)
+            return
+        key = record.key
+        if key in zombies or key in seen:
+            self.counts["duplicate"] += 1
+            return
+        if not self.cfg.admits(record.organization_id):
+            seen.add(key)
+            self.counts["excluded"] += 1
+            return
+        verdict = decide(record, now, self.cfg.rules, outages)
+        if isinstance(verdict, Spared):
+            seen.add(key)
+            self.counts[verdict.value] += 1
+            return
+        zombies[key] = verdict
+        self.report.entries.append(_entry(verdict))
+
+    def invalid(self, record: Step | InvalidRecord, problems: str) -> None:
+        self.counts["invalid"] += 1
+        self.log.warning(
+            "record.invalid",
+            step_id=record.step_id,
+            organization_id=record.organization_id,
+            problems=problems,
+        )
 
     # -- writing -------------------------------------------------------------
 
-    async def write_all(self, zombies: dict[str, Decision]) -> None:
-        entries = {e.stepId: e for e in self.report.entries}
-        queue = iter(zombies.values())
-        workers = min(self.cfg.max_concurrency, len(zombies))
-        await asyncio.gather(*(self.worker(queue, entries) for _ in range(workers)))
-        if self.halted is not None:
-            for entry in self.report.entries:
-                if entry.outcome == "pending":
-                    entry.outcome, entry.reason = "not_attempted", self.halted.value
-                    self.counts["not_attempted"] += 1
+    async def write_all(self, zombies: dict[StepKey, Decision]) -> None:
+        entries = {e.key: e for e in self.report.entries}
+        queue = iter(zombies.items())
 
-    async def worker(self, queue: Iterator[Decision], entries: dict[str, StepEntry]) -> None:
-        for decision in queue:
-            if self.halted is not None:
-                continue  # left pending; settled once below
-            entry = entries[decision.step.step_id]
-            reason = self.why_not_start()
-            if reason is not None:
-                self.skip(entry, reason)
-                continue
-            await self.handle(decision, entry)
+        async def worker() -> None:
+            for key, decision in queue:
+                if self.halted is not None:
+                    return  # the rest stay pending; `finish` settles them
+                await self.write_one(decision, entries[key])
+
+        workers = min(self.cfg.max_concurrency, len(zombies))
+        # Every worker runs to its end before the sweep does, whatever one of them raised.
+        results = await asyncio.gather(*(worker() for _ in range(workers)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def write_one(self, decision: Decision, entry: StepEntry) -> None:
+        listed = decision.step
+
+        def judge(current: Step | None) -> Decision | SkipReason:
+            return recheck(listed, current, self.s.clock(), self.cfg.rules, self.s.outages())
+
+        verdict: Decision | SkipReason | None = None if self.cfg.recheck else decision
+        await self.handle(judge, entry, verdict)
 
     def why_not_start(self) -> SkipReason | None:
         return why_not_start(self.s.stop.is_set(), self.s.monotonic(), self.deadline_at)
 
-    async def handle(self, decision: Decision, entry: StepEntry, *, reread: bool = True) -> None:
-        step = decision.step
-        client = self.s.client
+    async def handle(
+        self, judge: Judge, entry: StepEntry, verdict: Decision | SkipReason | None
+    ) -> None:
+        """Settle one zombie. `verdict` is the first attempt's judgement (None: re-read first)."""
         try:
-            if reread and self.cfg.recheck:
-                current = await client.get_step(step.step_id, step.organization_id)
-                verdict = recheck(step, current, self.s.clock(), self.cfg.rules, self.s.outages())
-                if isinstance(verdict, SkipReason):
-                    self.skip(entry, verdict)
+            await self.attempt_writes(judge, entry, verdict)
+        except Exception as exc:
+            self.settle_failure(entry, exc)
+
+    async def attempt_writes(
+        self, judge: Judge, entry: StepEntry, verdict: Decision | SkipReason | None
+    ) -> None:
+        """Re-read, judge, write; after an unanswered write, wait and do it all again."""
+        client, sweep_id = self.client, self.report.sweep_id
+        step_id, org = entry.stepId, entry.organizationId
+        attempts, resolve_only = 0, False
+        decision: Decision | None = None
+        while True:
+            if self.halted is not None:
+                return  # pending; settled with the halt's outcome
+            reason = self.why_not_start()
+            if reason is not None:
+                self.skip(entry, reason)
+                return
+            if verdict is None:
+                current = await client.get_step(step_id, org, then_write=not self.cfg.dry_run)
+                if decision is not None and applied_by(current, sweep_id, decision.status):
+                    # An earlier attempt was applied though its answer was lost.
+                    self.settle(entry, decision, Outcome.MARKED, "applied_earlier")
                     return
-                decision = verdict
+                verdict = SkipReason.CONFLICT if resolve_only else judge(current)
+            if isinstance(verdict, SkipReason):
+                self.skip(entry, verdict)
+                return
+            decision, verdict = verdict, None
+            fill(entry, decision)
             if self.cfg.dry_run:
-                self.settle(entry, decision, "would_mark")
+                self.settle(entry, decision, Outcome.WOULD_MARK)
+                return
+            # Nothing awaits between the re-read above and the write below but these checks.
+            if self.halted is not None:
                 return
             reason = self.why_not_start()
             if reason is not None:
                 self.skip(entry, reason)
                 return
             update = build_update(
-                decision, self.s.clock(), self.report.sweep_id, self.cfg.host, self.cfg.version
+                decision, self.s.clock(), sweep_id, self.cfg.host, self.cfg.version
             )
-            await client.patch_step(step.step_id, update)
-            self.settle(entry, decision, "marked")
-        except StepNotFound:
-            self.skip(entry, SkipReason.GONE)
-        except StepConflict:
-            self.skip(entry, SkipReason.CONFLICT)
-        except Interrupted:
-            self.skip(entry, SkipReason.SHUTDOWN)
-        except TokenRefused as exc:
-            self.halt(Result.TOKEN_REFUSED, exc)
-            self.fail(entry, "token_refused", exc)
-        except GuardRefused as exc:
-            # Clock skew seen mid-sweep: this write and every one after it are off.
-            if self.halted is None:
-                self.halted = Result.REFUSED
-                self.refuse(exc)
-        except BodyRejected as exc:
-            self.fail(entry, "rejected", exc)
-        except PlatformUnavailable as exc:
-            self.fail(entry, "unavailable", exc)
-        except InvalidAnswer as exc:
-            self.fail(entry, "invalid_answer", exc)
-        except PlatformRefused as exc:
-            self.fail(entry, "rejected", exc)
+            attempts += 1
+            entry.attempts = attempts
+            try:
+                await client.patch_step(step_id, update)
+            except TokenRefused as exc:
+                self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
+                if exc.attempts:  # sent and refused; else never sent: not_attempted
+                    self.fail(entry, "token_refused", exc)
+                return
+            except WriteAppliedUnderSkew as exc:
+                self.settle(entry, decision, Outcome.MARKED)
+                self.halt(Result.REFUSED, exc.guard, exc)
+                return
+            except WriteUnanswered as exc:
+                if attempts >= client.max_attempts or not await self.wait_to_retry(
+                    entry, exc, attempts
+                ):
+                    raise
+                continue
+            except StepConflict:
+                if attempts == 1:
+                    raise
+                resolve_only = True  # a 409 on a retry: was the lost attempt ours?
+                continue
+            self.settle(entry, decision, Outcome.MARKED)
+            return
 
-    def halt(self, result: Result, exc: Exception) -> None:
-        if self.halted is None:
-            self.halted = result
-            self.report.error = str(exc)
-            self.log.error("sweep.aborted", result=result.value, error=str(exc))
+    async def wait_to_retry(self, entry: StepEntry, exc: WriteUnanswered, attempts: int) -> bool:
+        """Wait before the next attempt, unless that would cross the deadline or a stop."""
+        wait = exc.retry_after or 0.0
+        if self.s.monotonic() + wait >= self.deadline_at:
+            return False
+        await self.client.wait_to_retry("PATCH", step_url(entry.stepId), exc, attempts)
+        return not self.s.stop.is_set()
+
+    def settle_failure(self, entry: StepEntry, exc: Exception) -> None:
+        """The one place where an error becomes a zombie's outcome."""
+        if entry.outcome is not Outcome.PENDING:
+            raise exc
+        match exc:
+            case StepNotFound():
+                self.skip(entry, SkipReason.GONE)
+            case StepConflict():
+                self.skip(entry, SkipReason.CONFLICT)
+            case Interrupted():
+                self.skip(entry, SkipReason.SHUTDOWN)
+            case TokenRefused():
+                # On a re-read: this zombie's write was not sent again (not_attempted),
+                # unless an earlier attempt was, whose fate is now unknown.
+                self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
+                if entry.attempts:
+                    self.fail(entry, "token_refused", exc)
+            case GuardRefused():
+                self.halt(Result.REFUSED, exc.guard, exc)
+            case BodyRejected():
+                self.fail(entry, "rejected", exc)
+            case PlatformUnavailable():
+                self.fail(entry, "unavailable", exc)
+            case InvalidAnswer():
+                self.fail(entry, "invalid_answer", exc)
+            case PlatformRefused():
+                self.fail(entry, "rejected", exc)
+            case _:
+                reason = "crashed"
+                self.halt(Result.CRASHED, reason, exc)
+                if entry.attempts:
+                    entry.settle(Outcome.FAILED, reason)  # sent: its fate is unknown
 
     # -- outcomes ------------------------------------------------------------
 
-    def settle(self, entry: StepEntry, decision: Decision, outcome: str) -> None:
-        self.counts[outcome] += 1
-        _fill(entry, decision, outcome)
+    def settle(
+        self, entry: StepEntry, decision: Decision, outcome: Outcome, reason: str | None = None
+    ) -> None:
+        entry.settle(outcome, reason)
         self.log.info(
-            "step.marked" if outcome == "marked" else "step.would_mark",
-            step_id=decision.step.step_id,
-            organization_id=decision.step.organization_id,
+            "step.marked" if outcome is Outcome.MARKED else "step.would_mark",
+            step_id=entry.stepId,
+            organization_id=entry.organizationId,
             status=decision.status.value,
             error_code=decision.error_code,
             rule=decision.rule,
             idle_seconds=int(decision.idle.total_seconds()),
+            attempts=entry.attempts,
+            **({"detail": reason} if reason else {}),
         )
 
     def skip(self, entry: StepEntry, reason: SkipReason) -> None:
-        entry.outcome, entry.reason = "skipped", reason.value
-        self.counts[f"skipped_{reason.value}"] += 1
-        self.log.info(
+        entry.settle(Outcome.SKIPPED, reason.value)
+        # Stop and deadline skips can be hundreds at once: counted in sweep.finished.
+        quiet = reason in (SkipReason.SHUTDOWN, SkipReason.DEADLINE)
+        (self.log.debug if quiet else self.log.info)(
             "step.skipped",
             step_id=entry.stepId,
             organization_id=entry.organizationId,
@@ -355,30 +511,32 @@ class _Run:
         )
 
     def fail(self, entry: StepEntry, reason: str, exc: PlatformError) -> None:
-        self.counts["failed"] += 1
-        entry.outcome, entry.reason = "failed", reason
-        entry.httpStatus, entry.attempts = exc.http_status, exc.attempts
+        entry.settle(Outcome.FAILED, reason)
+        entry.httpStatus = exc.http_status
+        entry.attempts = entry.attempts or exc.attempts
         self.log.warning(
             "step.failed",
             step_id=entry.stepId,
             organization_id=entry.organizationId,
             reason=reason,
             http_status=exc.http_status,
-            attempts=exc.attempts,
+            attempts=entry.attempts,
             error=str(exc),
         )
 
 
-def _entry(decision: Decision, outcome: str) -> StepEntry:
-    entry = StepEntry(
-        stepId=decision.step.step_id, organizationId=decision.step.organization_id, outcome=outcome
-    )
-    _fill(entry, decision, outcome)
+def _threshold(rule: Rule) -> str:
+    return format_duration(rule.stale_after) if rule.stale_after else "never"
+
+
+def _entry(decision: Decision) -> StepEntry:
+    entry = StepEntry(stepId=decision.step.step_id, organizationId=decision.step.organization_id)
+    fill(entry, decision)
     return entry
 
 
-def _fill(entry: StepEntry, decision: Decision, outcome: str) -> None:
-    entry.outcome = outcome
+def fill(entry: StepEntry, decision: Decision) -> None:
+    """What the report says of a zombie's decision."""
     entry.rule = decision.rule
     entry.status = decision.status.value
     entry.errorCode = decision.error_code

@@ -29,6 +29,7 @@ from sweeper.errors import (
     StepConflict,
     StepNotFound,
     TokenRefused,
+    WriteUnanswered,
 )
 from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
@@ -95,6 +96,11 @@ def answers(*responses: httpx.Response | Exception) -> Callable[[httpx.Request],
 
 
 OK = httpx.Response(200, json={"success": True, "data": {"stepId": "s1", "status": "FAILED"}})
+
+
+def read_ok() -> httpx.Response:
+    """A re-read answer for step s1 of org-a."""
+    return httpx.Response(200, json={"success": True, "data": record("s1")})
 
 
 def test_patch_sends_exactly_the_seed_fields() -> None:
@@ -183,9 +189,9 @@ def test_rejection_carries_the_platforms_message() -> None:
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 def test_transient_statuses_are_retried_then_succeed(status: int) -> None:
     """408, 429 and 5xx are retried with backoff, and a later success counts."""
-    handler = answers(httpx.Response(status), httpx.Response(status), OK)
+    handler = answers(httpx.Response(status), httpx.Response(status), read_ok())
     client, sleep = client_for(handler)
-    run(client.patch_step("s1", UPDATE))
+    run(client.get_step("s1", "org-a"))
     assert len(handler.seen) == 3  # type: ignore[attr-defined]
     assert len(sleep.waits) == 2
 
@@ -201,9 +207,9 @@ def test_transient_statuses_are_retried_then_succeed(status: int) -> None:
 )
 def test_transport_errors_are_retried(exc: Exception) -> None:
     """Connect errors and timeouts are transient too."""
-    handler = answers(exc, OK)
+    handler = answers(exc, read_ok())
     client, sleep = client_for(handler)
-    run(client.patch_step("s1", UPDATE))
+    run(client.get_step("s1", "org-a"))
     assert len(handler.seen) == 2  # type: ignore[attr-defined]
     assert len(sleep.waits) == 1
 
@@ -213,7 +219,7 @@ def test_transient_failure_gives_up_after_max_attempts() -> None:
     handler = answers(httpx.Response(503))
     client, _sleep = client_for(handler, max_attempts=3)
     with pytest.raises(PlatformUnavailable) as caught:
-        run(client.patch_step("s1", UPDATE))
+        run(client.get_step("s1", "org-a"))
     assert caught.value.attempts == 3
     assert caught.value.http_status == 503
     assert len(handler.seen) == 3  # type: ignore[attr-defined]
@@ -224,7 +230,7 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
     handler = answers(httpx.Response(500))
     client, sleep = client_for(handler, max_attempts=12, backoff_initial=1.0, backoff_max=8.0)
     with pytest.raises(PlatformUnavailable):
-        run(client.patch_step("s1", UPDATE))
+        run(client.get_step("s1", "org-a"))
     assert len(sleep.waits) == 11
     assert all(0 <= w <= 8.0 for w in sleep.waits)
     assert len(set(sleep.waits)) > 1
@@ -232,36 +238,36 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
 
 def test_retry_after_in_seconds_is_honoured() -> None:
     """Retry-After: 7 waits exactly 7 seconds."""
-    handler = answers(httpx.Response(429, headers={"Retry-After": "7"}), OK)
+    handler = answers(httpx.Response(429, headers={"Retry-After": "7"}), read_ok())
     client, sleep = client_for(handler)
-    run(client.patch_step("s1", UPDATE))
+    run(client.get_step("s1", "org-a"))
     assert sleep.waits == [7.0]
 
 
 def test_retry_after_as_http_date_is_honoured(clock: FakeClock) -> None:
     """Retry-After as an HTTP date waits until then, by our clock."""
     later = email.utils.format_datetime(NOW + timedelta(seconds=12), usegmt=True)
-    handler = answers(httpx.Response(503, headers={"Retry-After": later}), OK)
+    handler = answers(httpx.Response(503, headers={"Retry-After": later}), read_ok())
     client, sleep = client_for(handler, clock)
-    run(client.patch_step("s1", UPDATE))
+    run(client.get_step("s1", "org-a"))
     assert sleep.waits == [12.0]
 
 
 def test_retry_after_longer_than_allowed_ends_the_tries() -> None:
     """A Retry-After past api.max_retry_after is not waited for: the request failed."""
-    handler = answers(httpx.Response(429, headers={"Retry-After": "3600"}), OK)
+    handler = answers(httpx.Response(429, headers={"Retry-After": "3600"}), read_ok())
     client, sleep = client_for(handler, max_retry_after=timedelta(seconds=60))
     with pytest.raises(PlatformUnavailable, match="max_retry_after") as caught:
-        run(client.patch_step("s1", UPDATE))
+        run(client.get_step("s1", "org-a"))
     assert sleep.waits == []
     assert caught.value.attempts == 1
 
 
 def test_unparseable_retry_after_falls_back_to_backoff() -> None:
     """A Retry-After we cannot read is ignored, not trusted."""
-    handler = answers(httpx.Response(503, headers={"Retry-After": "soon"}), OK)
+    handler = answers(httpx.Response(503, headers={"Retry-After": "soon"}), read_ok())
     client, sleep = client_for(handler, backoff_max=2.0)
-    run(client.patch_step("s1", UPDATE))
+    run(client.get_step("s1", "org-a"))
     assert len(sleep.waits) == 1
     assert sleep.waits[0] <= 2.0
 
@@ -448,9 +454,52 @@ def test_missing_date_is_warned_once_per_sweep(
 
 def test_unreadable_date_header_is_an_invalid_answer(clock: FakeClock) -> None:
     """A Date header that is not an HTTP date cannot be trusted."""
-    handler = answers(httpx.Response(200, headers={"Date": "tomorrow"}, json={"success": True}))
+    handler = answers(
+        httpx.Response(200, headers={"Date": "tomorrow"}, json={"success": True, "data": {}})
+    )
     client, _ = client_for(handler, clock, clock_check=ClockCheck(timedelta(minutes=2), clock))
     with pytest.raises(InvalidAnswer, match="Date"):
+        run(client.get_step("s1", "org-a"))
+
+
+def test_an_applied_write_with_an_unreadable_date_is_still_applied(clock: FakeClock) -> None:
+    """The answer to a write the platform applied is believed; the next answer is checked."""
+    handler = answers(httpx.Response(200, headers={"Date": "tomorrow"}, content=OK.content))
+    client, _ = client_for(handler, clock, clock_check=ClockCheck(timedelta(minutes=2), clock))
+    assert run(client.patch_step("s1", UPDATE))["status"] == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("answer", "retry_after"),
+    [
+        (httpx.Response(503), None),
+        (httpx.Response(429, headers={"Retry-After": "7"}), 7.0),
+        (httpx.ConnectError("refused"), None),
+        (httpx.ReadTimeout("slow"), None),
+    ],
+)
+def test_a_write_is_one_attempt(
+    answer: httpx.Response | Exception, retry_after: float | None
+) -> None:
+    """The client never repeats a PATCH itself: each new attempt needs its own re-read first."""
+    handler = answers(answer, OK)
+    client, sleep = client_for(handler)
+    with pytest.raises(WriteUnanswered) as caught:
+        run(client.patch_step("s1", UPDATE))
+    assert len(handler.seen) == 1  # type: ignore[attr-defined]
+    assert sleep.waits == []
+    assert caught.value.retry_after == retry_after
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"stepId": "s1", "status": "RUNNING"}, {"stepId": "s1"}, None, [1], "FAILED"],
+)
+def test_a_write_answered_with_another_status_was_not_applied(data: object) -> None:
+    """200 whose data.status is not the status sent is an invalid answer."""
+    handler = answers(httpx.Response(200, json={"success": True, "data": data}))
+    client, _ = client_for(handler)
+    with pytest.raises(InvalidAnswer, match=r"data\.status"):
         run(client.patch_step("s1", UPDATE))
 
 

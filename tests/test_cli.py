@@ -283,10 +283,21 @@ def test_mark_by_hand(platform: Platform, tmp_path: Path) -> None:
     assert (step["status"], step["errorCode"]) == ("CANCELLED", "OPS_CANCELLED")
     assert step["errorMessage"].startswith("stuck since 3m")
     again = sweeper("--config", str(config), "mark", "one/two", "--org", "org-x")
-    assert again.code == 0
+    assert again.code == 1  # not marked: the operator must hear it
     assert again.named("step.skipped")[0]["reason"] == "finished"
     wrong_org = sweeper("--config", str(config), "mark", "one/two", "--org", "org-y")
+    assert wrong_org.code == 1
     assert wrong_org.named("step.skipped")[0]["reason"] == "gone"
+
+
+def test_mark_writes_a_step_that_still_heartbeats(platform: Platform, tmp_path: Path) -> None:
+    """An operator's mark is intent: a RUNNING step heartbeating ahead of our clock is marked."""
+    now = datetime.now(UTC)
+    platform.state.add(record("wedged", now=now, heartbeat=-timedelta(minutes=2)))
+    config = write_config(tmp_path, platform.base_url)
+    result = sweeper("--config", str(config), "mark", "wedged", "--org", "org-a")
+    assert result.code == 0, result.stderr
+    assert platform.state.steps["wedged"]["status"] == "FAILED"
 
 
 def test_dry_run_flag(platform: Platform, tmp_path: Path) -> None:

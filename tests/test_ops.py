@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
-from sweeper.outages import OutageLog
 from sweeper.report import Result, StepEntry, SweepReport
 from tests.helpers import NOW, FakeClock
 
@@ -146,33 +145,3 @@ def test_systemd_notify_is_a_no_op_elsewhere() -> None:
     assert other.watchdog_interval is None
     gone = SystemdNotifier({"NOTIFY_SOCKET": "/nonexistent/socket"})
     assert gone.enabled and not gone.ready()
-
-
-def test_outage_windows_open_at_last_contact_and_close_at_recovery(clock: FakeClock) -> None:
-    """Failures open a window from the last good contact; the next good answer closes it."""
-    log = OutageLog(clock)
-    log.observe("GET", "200")
-    t_ok = clock()
-    clock.advance(timedelta(minutes=5))
-    log.observe("GET", "error")
-    clock.advance(timedelta(minutes=5))
-    log.observe("GET", "503")
-    assert log.windows() == [(t_ok, clock())]  # still open: runs until now
-    clock.advance(timedelta(minutes=20))
-    log.observe("GET", "200")
-    assert log.windows() == [(t_ok, clock())]
-    clock.advance(timedelta(minutes=5))
-    assert log.windows() == [(t_ok, clock() - timedelta(minutes=5))]
-    log.observe("PATCH", "404")  # an answer, even a refusal, is contact
-    assert len(log.windows()) == 1
-
-
-def test_outage_windows_are_forgotten_after_a_week(clock: FakeClock) -> None:
-    """Old windows are dropped so memory stays bounded."""
-    log = OutageLog(clock)
-    log.observe("GET", "timeout")
-    clock.advance(timedelta(hours=1))
-    log.observe("GET", "200")
-    clock.advance(timedelta(days=8))
-    log.observe("GET", "200")
-    assert log.windows() == []

@@ -8,6 +8,7 @@ import pytest
 
 from sweeper.devserver.state import COMPLETED_AT_PATTERN
 from sweeper.model import StepStatus
+from sweeper.outages import OutageWindows
 from sweeper.policy import (
     DEFAULT_ERROR_MESSAGE,
     Decision,
@@ -15,10 +16,11 @@ from sweeper.policy import (
     Rules,
     SkipReason,
     Spared,
+    applied_by,
     build_update,
     decide,
+    decide_by_hand,
     manual_rule,
-    outage_overlap,
     recheck,
 )
 from tests.helpers import NOW, step
@@ -200,13 +202,13 @@ def test_outage_overlap_counts_only_time_since_the_last_sign_of_life(
     windows: list[tuple[object, object]], expected: timedelta
 ) -> None:
     """Only the part of each outage window inside (last sign of life, now] is discounted."""
-    assert outage_overlap(NOW - 3 * H, NOW, windows) == expected  # type: ignore[arg-type]
+    assert OutageWindows.of(windows).overlap(NOW - 3 * H, NOW) == expected  # type: ignore[arg-type]
 
 
 def test_outage_time_does_not_count_toward_idle_time() -> None:
     """A step idle 3h of which 1h30 was a platform outage is not stale under a 2h limit."""
     s = step(started=3 * H)
-    outage = [(NOW - 2 * H, NOW - 30 * M)]
+    outage = OutageWindows.of([(NOW - 2 * H, NOW - 30 * M)])
     assert decide(s, NOW, DEFAULT, outage) is Spared.NOT_STALE
     longer = decide(step(started=4 * H), NOW, DEFAULT, outage)
     assert isinstance(longer, Decision)
@@ -215,18 +217,38 @@ def test_outage_time_does_not_count_toward_idle_time() -> None:
     assert update.error_details["outageDiscountSeconds"] == 90 * 60
 
 
-def test_manual_rule_marks_any_running_step() -> None:
-    """`sweeper mark` needs no idle time, but the step must still be RUNNING."""
-    rules = Rules((), manual_rule(StepStatus.CANCELLED, "BY_HAND", None))
-    fresh = step(heartbeat=timedelta(seconds=5))
-    verdict = recheck(fresh, fresh, NOW, rules)
+@pytest.mark.parametrize(
+    "heartbeat", [timedelta(seconds=5), timedelta(0), -timedelta(minutes=3)], ids=str
+)
+def test_manual_rule_marks_any_running_step(heartbeat: timedelta) -> None:
+    """`sweeper mark` marks a RUNNING step whatever its heartbeat, even one ahead of our clock."""
+    rule = manual_rule(StepStatus.CANCELLED, "BY_HAND", None)
+    verdict = decide_by_hand(step(heartbeat=heartbeat), NOW, rule)
     assert isinstance(verdict, Decision)
     assert (verdict.rule, verdict.status, verdict.error_code) == (
         "manual",
         StepStatus.CANCELLED,
         "BY_HAND",
     )
-    assert recheck(fresh, step(status="SUCCEEDED"), NOW, rules) is SkipReason.FINISHED
+    assert verdict.idle == max(heartbeat, timedelta(0))
+    assert decide_by_hand(step(status="SUCCEEDED"), NOW, rule) is SkipReason.FINISHED
+    assert decide_by_hand(None, NOW, rule) is SkipReason.GONE
+
+
+@pytest.mark.parametrize("status", ["SUCCEEDED", "FAILED", "CANCELLED", "PENDING", "running"])
+def test_only_running_steps_are_zombies(status: str) -> None:
+    """A listed record that is not RUNNING is never marked, whatever the listing was asked."""
+    assert decide(step(status=status, started=30 * H), NOW, DEFAULT) is Spared.NOT_RUNNING
+
+
+def test_own_write_is_recognised_by_status_and_sweep_id() -> None:
+    """A re-read showing this sweep's status and sweepId means the lost attempt was applied."""
+    mine = step(status="FAILED", marked_by_sweep="sw1")
+    assert applied_by(mine, "sw1", StepStatus.FAILED)
+    assert not applied_by(mine, "sw2", StepStatus.FAILED)
+    assert not applied_by(mine, "sw1", StepStatus.CANCELLED)
+    assert not applied_by(step(status="FAILED"), "sw1", StepStatus.FAILED)
+    assert not applied_by(None, "sw1", StepStatus.FAILED)
 
 
 def test_smallest_stale_after_ignores_exempt_rules() -> None:
@@ -238,6 +260,6 @@ def test_smallest_stale_after_ignores_exempt_rules() -> None:
 def test_recheck_applies_the_outage_discount_too() -> None:
     """The re-read decision discounts outages like the listing's did."""
     s = step(started=3 * H)
-    outage = [(NOW - 2 * H, NOW - 30 * M)]
+    outage = OutageWindows.of([(NOW - 2 * H, NOW - 30 * M)])
     assert recheck(s, s, NOW, DEFAULT, outage) is SkipReason.ALIVE
     assert isinstance(recheck(s, s, NOW, DEFAULT), Decision)

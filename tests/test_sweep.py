@@ -15,6 +15,7 @@ from sweeper.api import PlatformClient, build_http_client
 from sweeper.devserver.state import COMPLETED_AT_PATTERN
 from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
+from sweeper.outages import OutageWindows
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
 from sweeper.report import ExitCode, Result, SweepReport
 from sweeper.sweep import SweepConfig, Sweeper
@@ -209,9 +210,9 @@ def test_clock_jump_mid_sweep_stops_the_writes(platform: FakePlatform, clock: Fa
     assert len(platform.patches) == 2  # the second answer carried the jump
     assert report.result is Result.REFUSED
     assert report.guard == "clock_skew"
-    assert report.counts["marked"] == 1
-    # The write whose answer carried the jump is unconfirmed: refused, like the 3 untried.
-    assert report.counts["refused"] == 4
+    # The write whose answer carried the jump was applied: marked. The 3 untried: refused.
+    assert report.counts["marked"] == 2
+    assert report.counts["refused"] == 3
 
 
 @pytest.mark.parametrize(
@@ -462,6 +463,7 @@ def test_report_json_lists_every_zombie(platform: FakePlatform, clock: FakeClock
             "status": "FAILED",
             "errorCode": "ZOMBIE_STEP_TIMEOUT",
             "idleSeconds": 5 * 3600,
+            "attempts": 1,
         }
     ]
 
@@ -507,7 +509,7 @@ def test_outage_windows_are_discounted_in_the_sweep(
 ) -> None:
     """Time the platform was unreachable does not count; the write says how much was discounted."""
     platform.add(record("short", started=3 * H), record("long", started=5 * H))
-    windows = [(NOW - 2 * H, NOW - 30 * timedelta(minutes=1))]
+    windows = OutageWindows.of([(NOW - 2 * H, NOW - 30 * timedelta(minutes=1))])
     sweeper = make_sweeper(platform, clock)
     sweeper.outages = lambda: windows
     report = asyncio.run(sweeper.run())
