@@ -175,9 +175,6 @@ class _Run:
         except asyncio.CancelledError:
             # The stop grace ran out: writes still in flight have no known answer.
             self.end(Result.INTERRUPTED, Interrupted("stopped before the writes in flight ended"))
-            for entry in self.report.entries:
-                if entry.outcome is Outcome.PENDING and entry.attempts:
-                    entry.settle(Outcome.FAILED, "interrupted")
             raise
         except Exception as exc:  # fail closed: the unforeseen is a crash, never success
             self.crash(exc)
@@ -201,8 +198,22 @@ class _Run:
             report.result = self.halted[0]
         if self.s.stop.is_set() and report.result is Result.COMPLETED:
             report.result = Result.INTERRUPTED
-        leftover = Outcome.REFUSED if report.result is Result.REFUSED else Outcome.NOT_ATTEMPTED
         reason = self.halted[1] if self.halted else report.guard or report.result.value
+        for entry in report.entries:
+            if entry.outcome is Outcome.PENDING and entry.attempts:
+                # Sent before the sweep stopped, and no answer tells whether it was
+                # applied: failed, never "refused" or "not attempted".
+                entry.settle(Outcome.FAILED, reason)
+                self.log.warning(
+                    "step.failed",
+                    step_id=entry.stepId,
+                    organization_id=entry.organizationId,
+                    reason=reason,
+                    http_status=entry.httpStatus,
+                    attempts=entry.attempts,
+                    error="the sweep stopped before an answer said whether the write was applied",
+                )
+        leftover = Outcome.REFUSED if report.result is Result.REFUSED else Outcome.NOT_ATTEMPTED
         report.settle_pending(leftover, reason)
         report.tally()
         report.finished_at = self.s.clock()
@@ -459,11 +470,9 @@ class _Run:
             case Interrupted():
                 self.skip(entry, SkipReason.SHUTDOWN)
             case TokenRefused():
-                # On a re-read: this zombie's write was not sent again (not_attempted),
-                # unless an earlier attempt was, whose fate is now unknown.
+                # On a re-read: not written (not_attempted), or, after an earlier attempt
+                # whose fate is unknown, failed (see finish).
                 self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
-                if entry.attempts:
-                    self.fail(entry, "token_refused", exc)
             case GuardRefused():
                 self.halt(Result.REFUSED, exc.guard, exc)
             case BodyRejected():
@@ -475,10 +484,7 @@ class _Run:
             case PlatformRefused():
                 self.fail(entry, "rejected", exc)
             case _:
-                reason = "crashed"
-                self.halt(Result.CRASHED, reason, exc)
-                if entry.attempts:
-                    entry.settle(Outcome.FAILED, reason)  # sent: its fate is unknown
+                self.halt(Result.CRASHED, "crashed", exc)
 
     # -- outcomes ------------------------------------------------------------
 

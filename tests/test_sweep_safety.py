@@ -1,0 +1,241 @@
+"""The sweep's safety rules over MockTransport: identity, latches, deadlines, pacing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from sweeper.api import STEPS_PATH, TOKEN_RETRY_SECONDS, PlatformClient, RateLimiter
+from sweeper.errors import TokenRefused
+from sweeper.report import ExitCode, Outcome, Result
+from tests.helpers import NOW, FakeClock, FakePlatform, record
+from tests.test_sweep import H, make_sweeper, sweep
+
+M = timedelta(minutes=1)
+
+
+def test_the_same_step_id_in_two_organizations_is_two_steps(clock: FakeClock) -> None:
+    """org-a's live 's' never hides org-b's zombie 's'; each is re-read in its own org."""
+    steps = {
+        ("org-a", "s"): record("s", org="org-a", heartbeat=M),
+        ("org-b", "s"): record("s", org="org-b"),
+    }
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == STEPS_PATH:
+            return httpx.Response(
+                200, json={"success": True, "data": list(steps.values()), "nextCursor": None}
+            )
+        org = request.url.params.get("organizationId")
+        seen.append((request.method, org))
+        if request.method == "GET":
+            return httpx.Response(200, json={"success": True, "data": steps[(str(org), "s")]})
+        body = httpx.Request("PATCH", "/", content=request.content).read()
+
+        sent = json.loads(body)
+        steps[(sent["organizationId"], "s")].update(status=sent["status"])
+        return httpx.Response(
+            200, json={"success": True, "data": steps[(sent["organizationId"], "s")]}
+        )
+
+    platform = FakePlatform(clock)
+    platform.transport = lambda: httpx.MockTransport(handler)  # type: ignore[method-assign]
+    report = sweep(platform, clock)
+    assert report.counts["marked"] == 1
+    assert report.counts["not_stale"] == 1
+    assert steps[("org-b", "s")]["status"] == "FAILED"
+    assert steps[("org-a", "s")]["status"] == "RUNNING"
+    assert seen == [("GET", "org-b"), ("PATCH", None)]
+
+
+def test_with_recheck_off_a_listed_step_that_is_not_running_is_never_marked(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A platform that ignores the status filter: SUCCEEDED records are left alone."""
+    listed = [record("done", status="SUCCEEDED"), record("z")]
+    platform.before.append(
+        lambda r: (
+            httpx.Response(200, json={"success": True, "data": listed, "nextCursor": None})
+            if r.url.path == STEPS_PATH
+            else None
+        )
+    )
+    platform.add(record("z"))
+    report = sweep(platform, clock, recheck=False)
+    assert report.counts["not_running"] == 1
+    assert [r.url.path.rsplit("/", 1)[1] for r in platform.patches] == ["z"]
+
+
+def test_writes_in_flight_that_meet_the_token_latch_are_not_attempted(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Only the write answered 401 failed; the ones the latch held back were never sent."""
+    platform.add(*(record(f"z{n}", started=5 * H) for n in range(6)))
+    platform.before.append(lambda r: httpx.Response(401) if r.method == "PATCH" else None)
+    report = sweep(platform, clock, max_concurrency=3)
+    assert len(platform.patches) == 1
+    assert report.counts["failed"] == 1
+    assert report.counts["not_attempted"] == 5
+    reasons = {e.reason for e in report.entries if e.outcome is Outcome.NOT_ATTEMPTED}
+    assert reasons == {"token_refused"}
+
+
+def test_a_refused_token_is_not_sent_again_until_it_changes_or_an_hour_passes(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Next sweeps send nothing with a refused token; a new token or an hour lifts the latch."""
+    platform.add(record("z"))
+    platform.token = "another"
+    sweeper = make_sweeper(platform, clock)
+    sweeper.client._monotonic = clock.monotonic
+    assert asyncio.run(sweeper.run()).result is Result.TOKEN_REFUSED
+    assert len(platform.requests) == 1
+    clock.advance(timedelta(seconds=TOKEN_RETRY_SECONDS - 1))
+    again = asyncio.run(sweeper.run())
+    assert again.result is Result.TOKEN_REFUSED
+    assert again.exit_code is ExitCode.TOKEN_REFUSED
+    assert len(platform.requests) == 1  # nothing sent
+    clock.advance(timedelta(seconds=1))
+    asyncio.run(sweeper.run())
+    assert len(platform.requests) == 2  # an hour on: tried once more
+    sweeper.client.token_changed()
+    asyncio.run(sweeper.run())
+    assert len(platform.requests) == 3
+
+
+def test_the_latch_is_the_clients_not_one_calls() -> None:
+    """After a 401 every call raises TokenRefused with attempts=0: not sent."""
+    client = PlatformClient(
+        httpx.AsyncClient(
+            base_url="https://p.test", transport=httpx.MockTransport(lambda r: httpx.Response(401))
+        )
+    )
+
+    async def twice() -> list[int]:
+        attempts = []
+        for _ in range(2):
+            try:
+                await client.get_step("s", "o")
+            except TokenRefused as exc:
+                attempts.append(exc.attempts)
+        return attempts
+
+    assert asyncio.run(twice()) == [1, 0]
+
+
+def test_a_listing_that_never_ends_stops_at_the_deadline(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Fresh cursors forever: the deadline ends the listing; nothing is written; exit 75."""
+    pages = {"n": 0}
+
+    def endless(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path != STEPS_PATH:
+            return None
+        pages["n"] += 1
+        clock.advance(timedelta(seconds=20))
+        data = [record(f"z{pages['n']}")]
+        return httpx.Response(
+            200, json={"success": True, "data": data, "nextCursor": f"c{pages['n']}"}
+        )
+
+    platform.before.append(endless)
+    report = sweep(platform, clock, deadline=timedelta(minutes=4))
+    assert report.result is Result.UNAVAILABLE
+    assert report.exit_code is ExitCode.UNAVAILABLE
+    assert "deadline" in (report.error or "")
+    assert pages["n"] == 12
+    assert platform.patches == []
+    assert all(e.outcome is Outcome.NOT_ATTEMPTED for e in report.entries)
+
+
+def test_nothing_waits_between_a_reread_and_its_write(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """The rate limiter's wait comes before the re-read: re-read and PATCH go back to back."""
+    platform.add(*(record(f"z{n}", started=5 * H) for n in range(5)))
+    timeline: list[str] = []
+
+    async def paced_sleep(seconds: float) -> None:
+        timeline.append("wait")
+        clock.advance(timedelta(seconds=seconds))
+
+    def note(request: httpx.Request) -> None:
+        timeline.append(request.method)
+
+    platform.before.append(note)
+    sweeper = make_sweeper(platform, clock, max_concurrency=1)
+    sweeper.client._limiter = RateLimiter(20, clock.monotonic, paced_sleep)
+    report = asyncio.run(sweeper.run())
+    assert report.counts["marked"] == 5
+    writes = "".join("P" if t == "PATCH" else "G" if t == "GET" else "w" for t in timeline)
+    assert "GP" in writes
+    assert "GwP" not in writes
+    assert writes.count("GP") == 5
+
+
+def test_a_stop_while_waiting_to_retry_sends_no_more(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """SIGTERM during a Retry-After wait: the write is not tried again."""
+    platform.add(record("z"))
+    stop = asyncio.Event()
+
+    def busy(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PATCH":
+            stop.set()
+            return httpx.Response(503, headers={"Retry-After": "1"})
+        return None
+
+    platform.before.append(busy)
+    report = asyncio.run(make_sweeper(platform, clock, stop=stop, max_attempts=5).run())
+    assert len(platform.patches) == 1
+    assert report.result is Result.INTERRUPTED
+    (entry,) = report.entries
+    assert entry.outcome is Outcome.FAILED
+
+
+def test_a_retry_that_would_cross_the_deadline_is_not_waited_for(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Retry-After past the deadline: the write fails now rather than late."""
+    platform.add(record("z"))
+    platform.before.append(
+        lambda r: (
+            httpx.Response(503, headers={"Retry-After": "300"}) if r.method == "PATCH" else None
+        )
+    )
+    report = sweep(platform, clock, deadline=timedelta(minutes=4), max_attempts=5)
+    assert len(platform.patches) == 1
+    assert report.counts["failed"] == 1
+    assert clock.now == NOW
+
+
+def test_report_counts_add_up_whatever_ends_the_sweep(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """An unexpected error mid-writes: crashed, the rest not attempted, the counts add up."""
+    platform.add(*(record(f"z{n}", started=5 * H) for n in range(4)))
+    calls = {"n": 0}
+
+    def explode(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PATCH":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("boom")
+        return None
+
+    platform.before.append(explode)
+    report = sweep(platform, clock, max_concurrency=1)
+    assert report.result is Result.CRASHED
+    assert report.exit_code is ExitCode.CRASHED
+    assert report.counts["marked"] == 1
+    assert report.counts["failed"] == 1  # sent; no answer says whether it was applied
+    assert report.counts["not_attempted"] == 2
+    assert [e["result"] for e in logs if e["event"] == "sweep.aborted"] == ["crashed"]
