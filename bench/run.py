@@ -90,11 +90,13 @@ class Platform:
         self.proc.wait(timeout=30)
 
 
-def sweeper_config(directory: Path, url: str, concurrency: int, page_size: int) -> Path:
+def sweeper_config(
+    directory: Path, url: str, concurrency: int, page_size: int, max_rate: int = 0
+) -> Path:
     path = directory / "config.toml"
     path.write_text(
         f'[api]\nbase_url = "{url}"\ntoken = "{TOKEN}"\nmax_concurrency = {concurrency}\n'
-        "max_rate = 0\n"
+        f"max_rate = {max_rate}\n"
         f'[sweep]\npage_size = {page_size}\nmax_steps = 1000000\ndeadline = "1h"\n'
     )
     path.chmod(0o600)
@@ -102,10 +104,15 @@ def sweeper_config(directory: Path, url: str, concurrency: int, page_size: int) 
 
 
 def sweeper_once(
-    url: str, *, concurrency: int = 32, page_size: int = 1000, dry_run: bool = False
+    url: str,
+    *,
+    concurrency: int = 32,
+    page_size: int = 1000,
+    dry_run: bool = False,
+    max_rate: int = 0,
 ) -> tuple[Run, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
-        config = sweeper_config(Path(tmp), url, concurrency, page_size)
+        config = sweeper_config(Path(tmp), url, concurrency, page_size, max_rate)
         argv = [
             PY,
             "-m",
