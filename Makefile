@@ -57,9 +57,11 @@ mutation: venv
 	$(PY) bench/mutation_score.py
 
 # Needs uv (pip install uv); the lock files are installed with plain pip.
+# runtime.lock is the production install (the image): the daemon only. dev.lock
+# adds the tools and the devserver extra (starlette, uvicorn) for demo and tests.
 lock:
 	uv pip compile pyproject.toml --generate-hashes --python-version 3.11 -o requirements/runtime.lock
-	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements/dev.lock
+	uv pip compile pyproject.toml --extra dev --extra devserver --generate-hashes --python-version 3.11 -o requirements/dev.lock
 	uv pip compile requirements/tools.in --generate-hashes --python-version 3.11 -o requirements/tools.lock
 	uv pip compile requirements/build.in --generate-hashes --python-version 3.11 -o requirements/build.lock
 	uv pip compile requirements/mutation.in -c requirements/dev.lock --generate-hashes --python-version 3.11 -o requirements/mutation.lock

@@ -21,13 +21,38 @@ for unit in sweeper.service sweeper-once.service; do
     systemd-analyze security --offline=true --threshold=20 "$work/$unit" | tail -n 1
 done
 
-echo "== kubernetes-validate --strict, Kubernetes 1.31"
-manifests=$(ls "$here"/kubernetes/*.yaml | grep -v kustomization.yaml)
-# shellcheck disable=SC2086
-"$tools/kubernetes-validate" --strict --quiet -k 1.31.0 $manifests
+echo "== kubernetes: render each overlay (one deploy mode each)"
+# kustomize as kubectl ships it, or a standalone kustomize binary.
+if command -v kubectl >/dev/null; then
+    render() { kubectl kustomize "$1"; }
+elif command -v kustomize >/dev/null; then
+    render() { kustomize build "$1"; }
+else
+    echo "kubectl (kubectl kustomize) or kustomize is required" >&2; exit 1
+fi
+for mode in cronjob daemon; do
+    render "$here/kubernetes/overlays/$mode" > "$work/k8s-$mode.yaml"
+    # Exactly one workload per overlay: two modes at once would sweep every step twice.
+    "$tools/python" - "$work/k8s-$mode.yaml" "$mode" <<'PY'
+import sys, yaml
+path, mode = sys.argv[1], sys.argv[2]
+workloads = {"CronJob", "Job", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod"}
+docs = [d for d in yaml.safe_load_all(open(path, encoding="utf-8")) if d]
+found = [f"{d['kind']}/{d['metadata']['name']}" for d in docs if d.get("kind") in workloads]
+expected = {"cronjob": "CronJob", "daemon": "Deployment"}[mode]
+if len(found) != 1 or not found[0].startswith(expected + "/"):
+    sys.exit(f"overlays/{mode}: expected one {expected}, found {found or 'no workload'}")
+print(f"overlays/{mode}: {len(docs)} objects, one workload: {found[0]}")
+PY
+done
 
-echo "== checkov: Kubernetes"
-"$tools/checkov" -d "$here/kubernetes" --framework kubernetes --skip-download --compact --quiet
+echo "== kubernetes-validate --strict, Kubernetes 1.31 (rendered overlays)"
+"$tools/kubernetes-validate" --strict --quiet -k 1.31.0 "$work/k8s-cronjob.yaml" "$work/k8s-daemon.yaml"
+
+echo "== checkov: Kubernetes (rendered overlays)"
+for mode in cronjob daemon; do
+    "$tools/checkov" -f "$work/k8s-$mode.yaml" --framework kubernetes --skip-download --compact --quiet
+done
 
 echo "== hadolint + checkov: Dockerfile"
 "$tools/hadolint" "$here/docker/Dockerfile"

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ log = structlog.get_logger("sweeper.cli")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, except that stray arguments are not echoed: one could be a token."""
+    """argparse, except that stray arguments and values are not echoed: one could be a token."""
 
     def error(self, message: str) -> NoReturn:
         prefix = "unrecognized arguments: "
@@ -38,7 +39,14 @@ class _Parser(argparse.ArgumentParser):
             others = len(words) - len(flags)
             shown = " ".join(flags) + (f" (and {others} other value(s))" if others else "")
             message = prefix + shown.strip()
+        # argparse quotes a value outside `choices`, or one its type function refused.
+        message = _CHOICE.sub("invalid choice (choose from", message)
+        message = _INVALID_VALUE.sub(r"invalid \1 value", message)
         super().error(message)
+
+
+_CHOICE = re.compile(r"invalid choice: .*? \(choose from", re.DOTALL)
+_INVALID_VALUE = re.compile(r"invalid (\S+) value: .*", re.DOTALL)
 
 
 def _global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -64,10 +72,17 @@ def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError("not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _final_status(text: str) -> str:
+    # Not argparse's `choices`: its error would repeat the value (a stray token, say).
+    if text.upper() not in ("FAILED", "CANCELLED"):
+        raise argparse.ArgumentTypeError("must be FAILED or CANCELLED")
+    return text.upper()
 
 
 def _error_code(text: str) -> str:
@@ -121,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     mark = commands.add_parser("mark", parents=[common], help="mark one step by hand")
     mark.add_argument("step_id", metavar="STEP_ID")
     mark.add_argument("--org", required=True, metavar="ORG", help="the step's organization")
-    mark.add_argument("--status", choices=("FAILED", "CANCELLED"), type=str.upper)
+    mark.add_argument("--status", type=_final_status, metavar="{FAILED,CANCELLED}")
     mark.add_argument("--error-code", type=_error_code, metavar="C")
     mark.add_argument("--message", type=_message, metavar="M")
     mark.add_argument("--dry-run", action="store_true")
@@ -242,13 +257,21 @@ async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
         return await _one_shot(settings, lambda sweeper, report: sweeper.run(report))
     from prometheus_client import CollectorRegistry
 
-    from sweeper.ops import Metrics
+    from sweeper.ops import Metrics, previous_last_success
 
     metrics = Metrics(CollectorRegistry())
     report = await _one_shot(
         settings, lambda sweeper, report: sweeper.run(report), metrics.observe_request
     )
     metrics.observe_sweep(report)
+    if not (report.succeeded and report.finished_at is not None):
+        # Keep the last good time for node_exporter's staleness alert; with none
+        # known, leave the gauge out rather than claim a success in 1970.
+        previous = previous_last_success(args.metrics_file)
+        if previous is not None:
+            metrics.last_success.set(previous)
+        else:
+            metrics.registry.unregister(metrics.last_success)
     try:
         metrics.write_textfile(str(args.metrics_file))
     except OSError as exc:

@@ -7,9 +7,11 @@ loop with the sweeps, and it costs the daemon almost nothing at rest.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -164,3 +166,28 @@ class OpsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+#: The gauge a textfile alert watches; a failed --once run must not reset it.
+LAST_SUCCESS_METRIC = "sweeper_last_success_timestamp_seconds"
+
+
+def previous_last_success(path: Path) -> float | None:
+    """The last success time in an earlier metrics file, if it holds a usable one.
+
+    A missing, unreadable or foreign file is no previous value, never an error.
+    """
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except (OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name != LAST_SUCCESS_METRIC:
+            continue
+        try:
+            seconds = float(value.split()[0])
+        except (ValueError, IndexError):
+            return None
+        return seconds if math.isfinite(seconds) and seconds > 0 else None
+    return None

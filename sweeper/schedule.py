@@ -11,6 +11,9 @@ from typing import Any
 
 import structlog
 
+# The cron helpers live in sweeper/cron.py; re-exported for callers of this module.
+from sweeper.cron import cron_trigger as cron_trigger
+from sweeper.cron import crontab_weekdays as crontab_weekdays
 from sweeper.notify import SystemdNotifier
 from sweeper.report import Result, SweepReport
 
@@ -18,64 +21,6 @@ from sweeper.report import Result, SweepReport
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 log = structlog.get_logger("sweeper.schedule")
-
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-
-
-def _weekday_number(text: str) -> int:
-    if text.lower() in _WEEKDAYS:
-        return _WEEKDAYS.index(text.lower())
-    if not text.isdigit() or int(text) > 7:
-        raise ValueError(f"day of week {text!r} is out of range 0-7")
-    return int(text) % 7
-
-
-def crontab_weekdays(field: str) -> str:
-    """A crontab day-of-week field as APScheduler 3 day names.
-
-    crontab counts 0 (and 7) as Sunday and steps from Sunday; APScheduler 3 counts
-    0 as Monday, a known 3.x mistake. Expanding to names sidesteps both.
-    """
-    if field == "*":
-        return field
-    days: set[int] = set()
-    for item in field.split(","):
-        base, _, step_text = item.partition("/")
-        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
-        if step_text and step is None:
-            raise ValueError(f"day of week step {step_text!r} is not a positive number")
-        if base == "*":
-            first, last = 0, 6
-        elif "-" in base:
-            low, high = base.split("-", 1)
-            first = _weekday_number(low)
-            last = 7 if high == "7" else _weekday_number(high)
-        else:
-            first = _weekday_number(base)
-            last = 6 if step else first
-        if last < first:
-            raise ValueError(f"day of week range {base!r} runs backwards")
-        days.update(day % 7 for day in range(first, last + 1, step or 1))
-    return ",".join(_WEEKDAYS[day] for day in sorted(days))
-
-
-def cron_trigger(expr: str, timezone: str, jitter: timedelta = timedelta(0)) -> Any:
-    """A CronTrigger for a five-field crontab expression, weekdays as crontab means them."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"expected 5 fields, got {len(fields)}")
-    minute, hour, day, month, weekday = fields
-    return CronTrigger(
-        minute=minute,
-        hour=hour,
-        day=day,
-        month=month,
-        day_of_week=crontab_weekdays(weekday),
-        timezone=timezone,
-        jitter=int(jitter.total_seconds()) or None,
-    )
 
 
 def install_stop_handlers(stop: asyncio.Event, on_hangup: Callable[[], None] | None = None) -> None:

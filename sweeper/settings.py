@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import string
 import tomllib
 import zoneinfo
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,12 +31,12 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
-    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-from sweeper.durations import format_duration, parse_duration
+from sweeper.durations import format_duration, parse_duration, parse_positive_duration
+from sweeper.envvars import environment_values
 from sweeper.errors import ConfigError
 from sweeper.model import MATCHABLE_FIELDS, StepStatus
 from sweeper.policy import (
@@ -60,36 +62,87 @@ class KeyProblem(ValueError):
         self.reason = reason
 
 
-def _parse_stale_after(value: object) -> timedelta | None:
-    if isinstance(value, str) and value.strip().lower() == "never":
+def _is_never(value: object) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "never"
+
+
+def _parse_stale_after(value: object) -> timedelta:
+    if _is_never(value):
+        raise ValueError('"never" is allowed only in a rule ([[sweep.rules]] stale_after)')
+    return parse_positive_duration(value)
+
+
+def _parse_rule_stale_after(value: object) -> timedelta | Literal["inherit"] | None:
+    """A rule's own limit: a duration, `never` (None: exempt), or `inherit` from [sweep]."""
+    if _is_never(value):
         return None
-    return parse_duration(value)
+    if value == "inherit":
+        return "inherit"
+    return parse_positive_duration(value)
 
 
-def _print_stale_after(value: timedelta | None) -> str:
-    return "never" if value is None else format_duration(value)
+def _print_rule_stale_after(value: timedelta | str | None) -> str:
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    return "never" if value is None else value
 
 
+def _choice(*allowed: str, fold: bool = False) -> BeforeValidator:
+    """One of `allowed`, or an error that lists them (and never repeats the value)."""
+
+    def check(value: object) -> str:
+        text = value.lower() if fold and isinstance(value, str) else value
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return str(text)
+
+    return BeforeValidator(check)
+
+
+#: A duration from 0s (where zero has a meaning: no jitter, no wait) to 3650d.
 Duration = Annotated[
     timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
 ]
-StaleAfter = Annotated[
-    timedelta | None,
-    BeforeValidator(_parse_stale_after),
-    PlainSerializer(_print_stale_after, return_type=str),
+#: A duration where zero would mean nothing sensible: longer than 0s, at most 3650d.
+PositiveDuration = Annotated[
+    timedelta,
+    BeforeValidator(parse_positive_duration),
+    PlainSerializer(format_duration, return_type=str),
 ]
-FinalStatus = Literal[StepStatus.FAILED, StepStatus.CANCELLED]
+StaleAfter = Annotated[
+    timedelta,
+    BeforeValidator(_parse_stale_after),
+    PlainSerializer(format_duration, return_type=str),
+]
+RuleStaleAfter = Annotated[
+    timedelta | Literal["inherit"] | None,
+    BeforeValidator(_parse_rule_stale_after),
+    PlainSerializer(_print_rule_stale_after, return_type=str),
+]
+FINAL_STATUSES = (StepStatus.FAILED.value, StepStatus.CANCELLED.value)
+FinalStatus = Annotated[Literal[StepStatus.FAILED, StepStatus.CANCELLED], _choice(*FINAL_STATUSES)]
 ErrorCode = Annotated[str, Field(min_length=1, max_length=64)]
 
 _STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=True)
 
 
 def _check_template(template: str) -> str:
+    """Only the plain placeholders: no attribute, index, conversion or format spec.
+
+    Anything more could fail or blow up (`{idle:>999999999}`) when a step is marked.
+    """
+    allowed = ", ".join("{" + f + "}" for f in MESSAGE_FIELDS)
     try:
-        template.format(**dict.fromkeys(MESSAGE_FIELDS, ""))
-    except (KeyError, IndexError, ValueError) as exc:
-        allowed = ", ".join("{" + f + "}" for f in MESSAGE_FIELDS)
-        raise ValueError(f"bad placeholder {exc}; only {allowed} may be used") from None
+        fields = [
+            (name, conversion, spec)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise ValueError(f"not a message template ({exc}); write {{{{ for a brace") from None
+    for name, conversion, spec in fields:
+        if name not in MESSAGE_FIELDS or conversion or spec:
+            raise ValueError(f"bad placeholder; only {allowed} may be used")
     return template
 
 
@@ -109,9 +162,9 @@ class ApiSettings(BaseModel):
     token: SecretStr | None = None
     token_file: Path | None = None
     ca_bundle: Path | None = None
-    timeout: Duration = timedelta(seconds=10)
+    timeout: PositiveDuration = timedelta(seconds=10)
     max_concurrency: int = Field(default=8, ge=1, le=1024)
-    max_rate: float = Field(default=20, ge=0)
+    max_rate: float = Field(default=20, ge=0, le=1_000_000, allow_inf_nan=False)
     max_attempts: int = Field(default=5, ge=1, le=100)
     max_retry_after: Duration = timedelta(seconds=60)
     retry_backoff: Duration = timedelta(seconds=0.5)
@@ -140,7 +193,7 @@ class ApiSettings(BaseModel):
 class ScheduleSettings(BaseModel):
     model_config = _STRICT
 
-    interval: Duration | None = None
+    interval: PositiveDuration | None = None
     cron: str | None = None
     timezone: str = "UTC"
     jitter: Duration = timedelta(0)
@@ -150,28 +203,27 @@ class ScheduleSettings(BaseModel):
     def _check_timezone(cls, value: str) -> str:
         try:
             zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError("not a known time zone") from None
         return value
 
-    @field_validator("interval")
+    @field_validator("cron")
     @classmethod
-    def _check_interval(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            raise ValueError("must be longer than 0s")
+    def _check_cron(cls, value: str | None) -> str | None:
+        # Checked in UTC: whether an expression parses, or ever fires, is the same in any zone.
+        from sweeper.cron import cron_trigger  # loads APScheduler only when used
+
+        if value is not None:
+            try:
+                cron_trigger(value, "UTC")
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")
     def _one_of(self) -> ScheduleSettings:
         if self.interval is not None and self.cron is not None:
             raise KeyProblem(("interval", "cron"), "set at most one of them")
-        if self.cron is not None:
-            from sweeper.schedule import cron_trigger  # loads APScheduler only when used
-
-            try:
-                cron_trigger(self.cron, self.timezone)
-            except ValueError as exc:
-                raise KeyProblem(("cron",), f"not a five-field cron expression ({exc})") from None
         return self
 
     @property
@@ -184,7 +236,7 @@ class RuleSettings(BaseModel):
 
     name: str = Field(min_length=1)
     match: dict[str, list[Annotated[str, Field(min_length=1)]]] = Field(default_factory=dict)
-    stale_after: StaleAfter | Literal["inherit"] = "inherit"
+    stale_after: RuleStaleAfter = "inherit"
     status: FinalStatus | None = None
     error_code: ErrorCode | None = None
     error_message: str | None = None
@@ -210,15 +262,15 @@ class RuleSettings(BaseModel):
 class SweepSettings(BaseModel):
     model_config = _STRICT
 
-    stale_after: Duration = timedelta(hours=2)
+    stale_after: StaleAfter = timedelta(hours=2)
     status: FinalStatus = StepStatus.FAILED
     error_code: ErrorCode = DEFAULT_ERROR_CODE
     error_message: str = DEFAULT_ERROR_MESSAGE
     page_size: int = Field(default=200, ge=1, le=1000)
     max_steps: int = Field(default=500, ge=0)
     recheck: bool = True
-    max_clock_skew: Duration = timedelta(minutes=2)
-    deadline: Duration = timedelta(minutes=4)
+    max_clock_skew: PositiveDuration = timedelta(minutes=2)
+    deadline: PositiveDuration = timedelta(minutes=4)
     organizations: list[str] = Field(default_factory=list)
     exclude_organizations: list[str] = Field(default_factory=list)
     dry_run: bool = False
@@ -267,13 +319,13 @@ class SweepSettings(BaseModel):
 class LogSettings(BaseModel):
     model_config = _STRICT
 
-    format: Literal["json", "console", "auto"] = "auto"
-    level: Literal["debug", "info", "warning", "error"] = "info"
-
-    @field_validator("level", mode="before")
-    @classmethod
-    def _lower(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
+    format: Annotated[Literal["json", "console", "auto"], _choice("json", "console", "auto")] = (
+        "auto"
+    )
+    level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        _choice("debug", "info", "warning", "error", fold=True),
+    ] = "info"
 
 
 class ServerSettings(BaseModel):
@@ -287,7 +339,8 @@ class ServerSettings(BaseModel):
         if value is None:
             return None
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536
+        if not sep or not host or not valid_port:
             raise ValueError("must be host:port, e.g. 0.0.0.0:9108")
         return value
 
@@ -302,8 +355,6 @@ class Settings(BaseSettings):
     """The whole configuration; build it with `load_settings`, never at import."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
         extra="forbid",
         hide_input_in_errors=True,
         validate_default=True,
@@ -317,6 +368,19 @@ class Settings(BaseSettings):
 
     #: The file the token came from (api.token_file or the systemd credential), if any.
     _token_path: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges file, environment (sweeper.envvars) and flags itself:
+        # pydantic-settings would ignore a misspelled variable and crash on a plain list.
+        return (init_settings,)
 
     def token(self) -> str:
         assert self.api.token is not None, "load_settings resolves the token"
@@ -337,60 +401,110 @@ class Settings(BaseSettings):
 def load_settings(
     config_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[Settings, list[str]]:
     """Build the settings from file, environment and flags; also return warnings to log.
 
-    Raises ConfigError naming every wrong key. Nothing here calls the platform.
+    Raises ConfigError naming every wrong key and variable at once. Nothing here
+    calls the platform.
     """
     env = os.environ if environ is None else environ
     if config_path is None and env.get(f"{ENV_PREFIX}CONFIG"):
         config_path = Path(env[f"{ENV_PREFIX}CONFIG"])
     warnings: list[str] = []
-    file_data = _read_config_file(config_path, warnings) if config_path else {}
+    file_data = _read_config_file(config_path) if config_path else {}
+    sections = {name: field.annotation for name, field in Settings.model_fields.items()}
+    env_data, origins, problems = environment_values(env, ENV_PREFIX, sections)
+    flags = overrides or {}
+    # Flags over environment over the TOML file, key by key within a section.
+    merged = _merge(_merge(file_data, env_data), flags)
 
-    class _Loaded(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            # Flags over environment over the TOML file.
-            return init_settings, env_settings, InitSettingsSource(settings_cls, file_data)
-
+    settings: Settings | None = None
     try:
-        settings: Settings = _Loaded(**(overrides or {}))
+        settings = Settings(**merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
-    token, path = resolve_token(settings.api.token, settings.api.token_file, env, warnings)
-    settings.api.token = SecretStr(token)
-    settings._token_path = path
+        problems.extend(_describe(exc, origins, flags))
+    api = merged.get("api")
+    token: tuple[str, Path | None] | None = None
+    if settings is not None:
+        token = _token(settings.api.token, settings.api.token_file, env, warnings, problems)
+    elif isinstance(api, dict) and _plain(api.get("token")) and _plain(api.get("token_file")):
+        # The rest is wrong, but say what is wrong with the token too, in the same message.
+        inline, path = api.get("token"), api.get("token_file")
+        _token(
+            None if inline is None else SecretStr(inline),
+            None if not path else Path(path),
+            env,
+            [],
+            problems,
+        )
+    if problems or settings is None or token is None:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    file_api = file_data.get("api")
+    if config_path is not None and isinstance(file_api, dict) and "token" in file_api:
+        # Only a configuration file that holds a secret has to be private.
+        warn_if_shared(config_path, "config file (it holds api.token)", warnings)
+    settings.api.token = SecretStr(token[0])
+    settings._token_path = token[1]
     return settings, warnings
 
 
-def _read_config_file(path: Path, warnings: list[str]) -> dict[str, Any]:
+def _plain(value: object) -> bool:
+    return value is None or (isinstance(value, str) and "\x00" not in value)
+
+
+def _token(
+    inline: SecretStr | None,
+    path: Path | None,
+    env: Mapping[str, str],
+    warnings: list[str],
+    problems: list[str],
+) -> tuple[str, Path | None] | None:
+    try:
+        return resolve_token(inline, path, env, warnings)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """Sections of `high` over those of `low`, key by key."""
+    merged = dict(low)
+    for section, values in high.items():
+        below = merged.get(section)
+        if isinstance(values, dict) and isinstance(below, dict):
+            merged[section] = {**below, **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"--config: {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"--config: {path} cannot be read ({exc.strerror})") from None
-    warn_if_shared(path, "config file", warnings)
+    except ValueError:  # a NUL byte in the path
+        raise ConfigError("--config: not a usable file name") from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
 
 
-def _describe(exc: ValidationError) -> str:
-    """One line per wrong key, named by its dotted path; values are never echoed."""
+def _describe(
+    exc: ValidationError, origins: dict[tuple[str, str], str], flags: dict[str, Any]
+) -> list[str]:
+    """One line per wrong key, named by its dotted path (and variable); values never echoed."""
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
         loc = ".".join(str(part) for part in error["loc"])
+        section, key = [*(str(part) for part in error["loc"][:2]), "", ""][:2]
+        variable = origins.get((section, key))
+        if variable and key not in flags.get(section, {}):
+            loc += f" (from {variable})"
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, KeyProblem):
             keys = ", ".join(f"{loc}.{key}" if loc else key for key in cause.keys)
@@ -402,4 +516,4 @@ def _describe(exc: ValidationError) -> str:
         elif error["type"] == "missing":
             message = "required"
         lines.append(f"{loc}: {message}" if loc else message)
-    return "invalid configuration: " + "; ".join(lines)
+    return lines

@@ -49,8 +49,8 @@ def read_token_file(path: Path, source: str) -> str:
     """The token in a file, surrounding whitespace stripped; ConfigError if unusable."""
     try:
         token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the name
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text, or a bad name"
         raise ConfigError(f"{source}: {path} cannot be read ({reason})") from None
     check_token(token, source)
     return token
@@ -67,7 +67,7 @@ def warn_if_shared(path: Path, what: str, warnings: list[str]) -> None:
     """Secrets and configuration should be readable by their owner alone."""
     try:
         mode = path.stat().st_mode
-    except OSError:
+    except (OSError, ValueError):
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings.append(f"{what} {path} is readable by group or others (mode {mode & 0o777:o})")

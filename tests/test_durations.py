@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sweeper.durations import format_duration, humanize, parse_duration
+from sweeper.durations import (
+    MAX_DURATION,
+    format_duration,
+    humanize,
+    parse_duration,
+    parse_positive_duration,
+)
 
 
 @pytest.mark.parametrize(
@@ -24,6 +30,8 @@ from sweeper.durations import format_duration, humanize, parse_duration
         (30, 30),
         (2.5, 2.5),
         ("0s", 0),
+        ("3650d", 3650 * 86400),
+        (3650 * 86400, 3650 * 86400),
     ],
 )
 def test_parse(text: object, seconds: float) -> None:
@@ -38,6 +46,49 @@ def test_parse_rejects(bad: object) -> None:
         parse_duration(bad)
     if isinstance(bad, str) and bad:
         assert repr(bad) not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "huge",
+    ["3651d", "3000000000d", "1000000d", "9" * 400, 10**400, 10**12, float("inf"), 3651 * 86400],
+)
+def test_parse_refuses_more_than_3650_days(huge: object) -> None:
+    """Past 3650d is a clean error, never an OverflowError."""
+    with pytest.raises(ValueError, match="too long: at most 3650d"):
+        parse_duration(huge)
+
+
+def test_max_duration_is_3650_days() -> None:
+    """The limit operations.md states."""
+    assert timedelta(days=3650) == MAX_DURATION
+
+
+@pytest.mark.parametrize("zero", ["0s", "0", 0, 0.0, "0.0000001s", 1e-9, "0d"])
+def test_positive_duration_refuses_zero(zero: object) -> None:
+    """Where zero means nothing sensible, it is refused (also what rounds to zero)."""
+    assert parse_duration(zero) == timedelta(0)
+    with pytest.raises(ValueError, match="must be longer than 0s"):
+        parse_positive_duration(zero)
+
+
+@given(
+    st.one_of(
+        st.text(),
+        st.integers(),
+        st.floats(),
+        st.booleans(),
+        st.none(),
+        st.lists(st.integers()),
+        st.timedeltas(),
+    )
+)
+def test_parse_never_raises_anything_but_value_error(value: object) -> None:
+    """Whatever the value, parse_duration returns a duration or raises ValueError."""
+    try:
+        parsed = parse_duration(value)
+    except ValueError:
+        return
+    assert timedelta(0) <= parsed <= MAX_DURATION
 
 
 @given(st.integers(min_value=0, max_value=10**7))

@@ -115,7 +115,7 @@ def test_token_from_systemd_credentials(tmp_path: Path) -> None:
 
 
 def test_group_readable_files_are_warned_about(tmp_path: Path) -> None:
-    """A config or token file others can read earns a warning (not a refusal)."""
+    """A token file, or a config file holding the token, others can read earns a warning."""
     token_file = write(tmp_path, TOKEN, "token")
     token_file.chmod(0o644)
     config = write(
@@ -123,8 +123,24 @@ def test_group_readable_files_are_warned_about(tmp_path: Path) -> None:
     )
     config.chmod(0o640)
     _, warnings = load_settings(config)
-    assert len(warnings) == 2
-    assert all("readable by group or others" in w for w in warnings)
+    assert warnings == [f"token file {token_file} is readable by group or others (mode 644)"]
+    inline = write(tmp_path, BASE, "inline.toml")
+    inline.chmod(0o644)
+    _, warnings = load_settings(inline)
+    assert len(warnings) == 1
+    assert "holds api.token" in warnings[0]
+    assert "readable by group or others" in warnings[0]
+
+
+def test_world_readable_config_without_secrets_is_not_warned_about(tmp_path: Path) -> None:
+    """A 0644 configuration that holds no token (systemd, Kubernetes ConfigMap) is fine."""
+    token_file = write(tmp_path, TOKEN, "token")
+    config = write(
+        tmp_path, f'[api]\nbase_url = "https://p.example.test"\ntoken_file = "{token_file}"\n'
+    )
+    config.chmod(0o644)
+    _, warnings = load_settings(config)
+    assert warnings == []
 
 
 def test_rules_inherit_from_sweep(tmp_path: Path) -> None:

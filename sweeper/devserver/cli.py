@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 from datetime import timedelta
 from typing import Any
 
 from sweeper.durations import parse_duration
 
 DEFAULT_TOKEN = "dev-token"
+#: The optional server stack (`pip install 'sweeper[devserver]'`) and what it pulls in.
+SERVER_STACK = frozenset({"starlette", "uvicorn", "click"})
+INSTALL_HINT = "pip install 'sweeper[devserver]'"
+#: Exit code when the stack is missing: the installation lacks a part, like a
+#: configuration that cannot work (EX_CONFIG); the command line itself was right.
+EXIT_MISSING_STACK = 78
 
 
 def _duration(text: str) -> timedelta:
@@ -44,7 +51,9 @@ def _count(text: str) -> int:
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     dev = commands.add_parser(
-        "dev-server", parents=[common], help="run the local stand-in of the platform API"
+        "dev-server",
+        parents=[common],
+        help="run the local stand-in of the platform API (needs sweeper[devserver])",
     )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=_count, default=8700)
@@ -62,11 +71,28 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     dev.add_argument("--seed", default="0", metavar="S")
     commands.add_parser(
-        "demo", parents=[common], help="sweep a local stand-in platform once and show what happened"
+        "demo",
+        parents=[common],
+        help="sweep a stand-in platform once and show what happened (needs sweeper[devserver])",
     )
 
 
 def run_command(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SERVER_STACK:
+            raise
+        print(
+            f"sweeper {args.command}: the stand-in platform needs the server stack "
+            f"(starlette, uvicorn), which this installation lacks ({exc.name} is missing).\n"
+            f"Install it with: {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return EXIT_MISSING_STACK
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from sweeper.devserver.demo import run_demo
 
