@@ -290,6 +290,7 @@ async def _daemon(settings: Settings, redactor: Redactor) -> int:
     install_stop_handlers(stop)
     state = DaemonState()
     metrics = Metrics(CollectorRegistry())
+    metrics.observe_reload(True, datetime.now(UTC))
     state.listeners.append(metrics.observe_sweep)
     outages = OutageLog(lambda: datetime.now(UTC))
     ops = None
