@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -22,6 +23,7 @@ from prometheus_client import (
     write_to_textfile,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from sweeper.report import Result, SweepReport
 
@@ -130,8 +132,25 @@ class Metrics:
                 self.last_success.set(report.finished_at.timestamp())
 
     def write_textfile(self, path: str) -> None:
-        """For node_exporter's textfile collector; written to a temporary file, then renamed."""
+        """For node_exporter's textfile collector; written to a temporary file, then renamed.
+
+        A run that did not succeed keeps the last success the file already holds, so
+        the textfile says when this host last swept successfully, as the daemon does.
+        """
+        if not self.registry.get_sample_value(LAST_SUCCESS):
+            self.last_success.set(_last_success_in(path))
         write_to_textfile(path, self.registry)
+
+
+def _last_success_in(path: str) -> float:
+    """The last-success time in an earlier textfile; 0 when there is none or it is unreadable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        families = list(text_string_to_metric_families(text))
+    except (OSError, ValueError):
+        return 0.0
+    values = [s.value for f in families for s in f.samples if s.name == LAST_SUCCESS]
+    return values[0] if values else 0.0
 
 
 class Health:

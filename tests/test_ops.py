@@ -194,6 +194,37 @@ def test_detection_lag_histogram_and_armed_timers(
     assert scrape(url)[("sweeper_timers_armed", ())] == 0
 
 
+def test_textfile_keeps_the_last_success_through_failed_runs(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A one-shot run that fails keeps the previous file's last success; a success replaces it."""
+    target = tmp_path / "sweeper.prom"
+
+    def run(result: Result) -> float:
+        metrics = Metrics(CollectorRegistry())
+        metrics.observe_sweep(report(clock, result))
+        metrics.write_textfile(str(target))
+        families = text_string_to_metric_families(target.read_text())
+        [value] = [
+            s.value
+            for f in families
+            for s in f.samples
+            if s.name == "sweeper_last_success_timestamp_seconds"
+        ]
+        return value
+
+    assert run(Result.REFUSED) == 0  # no earlier file: never succeeded here
+    first = clock().timestamp()
+    assert run(Result.COMPLETED) == first
+    clock.advance(timedelta(minutes=10))
+    assert run(Result.UNAVAILABLE) == first
+    assert run(Result.TOKEN_REFUSED) == first
+    clock.advance(timedelta(minutes=10))
+    assert run(Result.COMPLETED) == clock().timestamp()
+    target.write_text("not prometheus text {\n")
+    assert run(Result.REFUSED) == 0  # an unreadable earlier file is no success
+
+
 def test_systemd_notify_sends_datagrams(tmp_path: Path) -> None:
     """READY=1, WATCHDOG=1 and STOPPING=1 arrive on $NOTIFY_SOCKET; watchdog at half."""
     path = str(tmp_path / "notify.sock")
