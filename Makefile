@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 
 TOOLS := .venv-tools
+# Debian's promtool, extracted from its package (deploy/prometheus/install-promtool.sh).
+PROMTOOL_DIR := $(TOOLS)/promtool
 
 .PHONY: help venv lint test unit-test deploy-check demo bench mutation lock clean
 
@@ -24,14 +26,18 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml
 venv: $(VENV)/.installed
 
 lint: venv
-	$(BIN)/ruff check sweeper tests $(wildcard bench)
-	$(BIN)/ruff format --check sweeper tests $(wildcard bench)
+	$(BIN)/ruff check sweeper tests deploy $(wildcard bench)
+	$(BIN)/ruff format --check sweeper tests deploy $(wildcard bench)
 	$(BIN)/mypy --strict sweeper
 
 test: lint unit-test deploy-check
 
-unit-test: venv
+# Tests use only loopback: the promtool they run (tests/test_monitoring.py) is fetched here.
+unit-test: venv $(PROMTOOL_DIR)/promtool
 	$(BIN)/pytest --cov=sweeper --cov-branch --cov-report=term --cov-fail-under=95
+
+$(PROMTOOL_DIR)/promtool:
+	deploy/prometheus/install-promtool.sh $(PROMTOOL_DIR)
 
 # Validators for deploy/ live in their own environment (checkov's tree is large).
 $(TOOLS)/.installed: requirements/tools.lock

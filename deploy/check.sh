@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Static checks of everything in deploy/: systemd units, Kubernetes manifests and
-# the Dockerfile. Usage: deploy/check.sh TOOLS_BIN SWEEPER_BIN
-# (TOOLS_BIN holds checkov, kubernetes-validate and hadolint; see requirements/tools.lock).
+# Static checks of everything in deploy/: systemd units, Kubernetes manifests, the
+# Dockerfile, the Prometheus rules and the Grafana dashboard.
+# Usage: deploy/check.sh TOOLS_BIN SWEEPER_BIN
+# (TOOLS_BIN holds checkov, kubernetes-validate and hadolint; see requirements/tools.lock;
+# promtool is put beside it, in TOOLS_BIN/../promtool, by prometheus/install-promtool.sh).
 set -euo pipefail
 tools=$1
 sweeper_bin=$2
@@ -43,11 +45,16 @@ expected = {"cronjob": "CronJob", "daemon": "Deployment"}[mode]
 if len(found) != 1 or not found[0].startswith(expected + "/"):
     sys.exit(f"overlays/{mode}: expected one {expected}, found {found or 'no workload'}")
 print(f"overlays/{mode}: {len(docs)} objects, one workload: {found[0]}")
+# Core objects only for kubernetes-validate: it has no schema for the operator's
+# PrometheusRule, whose rules promtool checks below.
+core = [d for d in docs if d.get("kind") != "PrometheusRule"]
+with open(path.replace(".yaml", ".core.yaml"), "w", encoding="utf-8") as out:
+    yaml.safe_dump_all(core, out)
 PY
 done
 
 echo "== kubernetes-validate --strict, Kubernetes 1.31 (rendered overlays)"
-"$tools/kubernetes-validate" --strict --quiet -k 1.31.0 "$work/k8s-cronjob.yaml" "$work/k8s-daemon.yaml"
+"$tools/kubernetes-validate" --strict --quiet -k 1.31.0 "$work/k8s-cronjob.core.yaml" "$work/k8s-daemon.core.yaml"
 
 echo "== checkov: Kubernetes (rendered overlays)"
 for mode in cronjob daemon; do
@@ -57,4 +64,15 @@ done
 echo "== hadolint + checkov: Dockerfile"
 "$tools/hadolint" "$here/docker/Dockerfile"
 "$tools/checkov" -f "$here/docker/Dockerfile" --framework dockerfile --skip-download --compact --quiet
+echo "== promtool: alerting rules, their unit tests, the dashboard's queries"
+promtool=$("$here/prometheus/install-promtool.sh" "$(dirname "$tools")/promtool")
+"$promtool" --version 2>&1 | head -n 1
+"$promtool" check rules "$here/prometheus/alerts.yaml"
+"$promtool" test rules "$here/prometheus/alerts_test.yaml"
+# The PrometheusRule's spec, as Kubernetes would hand it to the operator.
+"$tools/python" -c 'import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["spec"]))' \
+    "$here/kubernetes/base/prometheusrule.yaml" > "$work/prometheusrule-spec.json"
+"$promtool" check rules "$work/prometheusrule-spec.json"
+python3 "$here/prometheus/render.py" dashboard-rules > "$work/dashboard-rules.json"
+"$promtool" check rules "$work/dashboard-rules.json"
 echo "deploy/: all checks passed"

@@ -257,21 +257,13 @@ async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
         return await _one_shot(settings, lambda sweeper, report: sweeper.run(report))
     from prometheus_client import CollectorRegistry
 
-    from sweeper.ops import Metrics, previous_last_success
+    from sweeper.ops import Metrics
 
     metrics = Metrics(CollectorRegistry())
     report = await _one_shot(
         settings, lambda sweeper, report: sweeper.run(report), metrics.observe_request
     )
     metrics.observe_sweep(report)
-    if not (report.succeeded and report.finished_at is not None):
-        # Keep the last good time for node_exporter's staleness alert; with none
-        # known, leave the gauge out rather than claim a success in 1970.
-        previous = previous_last_success(args.metrics_file)
-        if previous is not None:
-            metrics.last_success.set(previous)
-        else:
-            metrics.registry.unregister(metrics.last_success)
     try:
         metrics.write_textfile(str(args.metrics_file))
     except OSError as exc:
@@ -327,6 +319,7 @@ async def _daemon(settings: Settings, redactor: Redactor) -> int:
     install_stop_handlers(stop)
     state = DaemonState()
     metrics = Metrics(CollectorRegistry())
+    metrics.observe_reload(True, datetime.now(UTC))
     state.listeners.append(metrics.observe_sweep)
     outages = OutageLog(lambda: datetime.now(UTC))
     ops = None

@@ -25,9 +25,12 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from sweeper.report import SweepReport
+from sweeper.report import Result, SweepReport
 
+LAST_SUCCESS = "sweeper_last_success_timestamp_seconds"
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+#: Precise marking aims at well under a second; a listing-bound mark takes up to an interval.
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class Metrics:
@@ -52,7 +55,7 @@ class Metrics:
             registry=registry,
         )
         self.last_success = Gauge(
-            "sweeper_last_success_timestamp_seconds",
+            LAST_SUCCESS,
             "Unix time at which the last successful sweep finished.",
             registry=registry,
         )
@@ -65,6 +68,53 @@ class Metrics:
             ["method", "status"],
             registry=registry,
         )
+        for result in Result:  # every result from the first scrape, so increase() sees the first
+            self.sweeps.labels(result=result.value)
+        self.retries = Counter(
+            "sweeper_http_retries",
+            "Retries of requests to the platform by method and what was retried (status or error).",
+            ["method", "status"],
+            registry=registry,
+        )
+        # Registered by the first observe_reload: a one-shot run (and its textfile) has no reload.
+        self._reload_registered = False
+        self.reload_ok = Gauge(
+            "sweeper_config_last_reload_successful",
+            "1 if the configuration's last load or reload succeeded, 0 if it failed.",
+            registry=None,
+        )
+        self.reload_success = Gauge(
+            "sweeper_config_last_reload_success_timestamp_seconds",
+            "Unix time of the configuration's last successful load or reload.",
+            registry=None,
+        )
+        self.detection_lag = Histogram(
+            "sweeper_detection_lag_seconds",
+            "Precise marking: seconds from a step crossing its limit to its write.",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.timers_armed = Gauge(
+            "sweeper_timers_armed", "Precise-marking timers armed now.", registry=registry
+        )
+
+    def observe_retry(self, method: str, status: str) -> None:
+        self.retries.labels(method=method, status=status).inc()
+
+    def observe_reload(self, ok: bool, at: datetime) -> None:
+        if not self._reload_registered:
+            self.registry.register(self.reload_ok)
+            self.registry.register(self.reload_success)
+            self._reload_registered = True
+        self.reload_ok.set(1 if ok else 0)
+        if ok:
+            self.reload_success.set(at.timestamp())
+
+    def observe_detection_lag(self, seconds: float) -> None:
+        self.detection_lag.observe(seconds)
+
+    def set_timers_armed(self, n: int) -> None:
+        self.timers_armed.set(n)
 
     def observe_request(self, method: str, status: str) -> None:
         self.requests.labels(method=method, status=status).inc()
@@ -82,7 +132,14 @@ class Metrics:
                 self.last_success.set(report.finished_at.timestamp())
 
     def write_textfile(self, path: str) -> None:
-        """For node_exporter's textfile collector; written to a temporary file, then renamed."""
+        """For node_exporter's textfile collector; written to a temporary file, then renamed.
+
+        A run that did not succeed keeps the last success the file already holds, so
+        the textfile says when this host last swept successfully, as the daemon does.
+        """
+        if not self.registry.get_sample_value(LAST_SUCCESS):
+            # 0 means "never succeeded here", as the daemon's gauge does at start.
+            self.last_success.set(previous_last_success(Path(path)) or 0.0)
         write_to_textfile(path, self.registry)
 
 
@@ -168,10 +225,6 @@ class OpsServer:
         self._server.server_close()
 
 
-#: The gauge a textfile alert watches; a failed --once run must not reset it.
-LAST_SUCCESS_METRIC = "sweeper_last_success_timestamp_seconds"
-
-
 def previous_last_success(path: Path) -> float | None:
     """The last success time in an earlier metrics file, if it holds a usable one.
 
@@ -183,7 +236,7 @@ def previous_last_success(path: Path) -> float | None:
         return None
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name != LAST_SUCCESS_METRIC:
+        if name != LAST_SUCCESS:
             continue
         try:
             seconds = float(value.split()[0])

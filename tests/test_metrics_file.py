@@ -71,12 +71,12 @@ def test_failed_run_keeps_the_last_success_time(platform: Platform, tmp_path: Pa
     assert 'sweeper_sweeps_total{result="unavailable"} 1.0' in metrics.read_text()
 
 
-def test_failed_first_run_writes_no_last_success(platform: Platform, tmp_path: Path) -> None:
-    """With no success known, the gauge is left out rather than written as 0."""
+def test_failed_first_run_writes_never(platform: Platform, tmp_path: Path) -> None:
+    """With no success known the gauge is 0, "never", which SweeperOneShotNeverSucceeded watches."""
     platform.faults.error_rate = 1.0
     config = str(write_config(tmp_path, platform.base_url))
     metrics = tmp_path / "sweeper.prom"
     failed = sweeper("--config", config, "run", "--once", "--metrics-file", str(metrics))
     assert failed.code == 75
-    assert last_success_lines(metrics) == []
+    assert last_success_lines(metrics) == [f"{METRIC} 0.0"]
     assert 'sweeper_sweeps_total{result="unavailable"} 1.0' in metrics.read_text()

@@ -126,6 +126,104 @@ def test_textfile_is_written_atomically(tmp_path: Path, clock: FakeClock) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["sweeper.prom"]
 
 
+def test_every_sweep_result_is_exposed_from_the_start(
+    served: tuple[str, Metrics, dict[str, object]],
+) -> None:
+    """Each result of the enum has a zero series before any sweep, so increase() sees the first."""
+    url, _, _ = served
+    samples = scrape(url)
+    for result in Result:
+        assert samples[("sweeper_sweeps_total", (("result", result.value),))] == 0
+    results = {dict(labels)["result"] for name, labels in samples if name == "sweeper_sweeps_total"}
+    assert results == {r.value for r in Result}
+
+
+def test_retries_count_by_method_and_status(
+    served: tuple[str, Metrics, dict[str, object]],
+) -> None:
+    """observe_retry counts each retry under its method and HTTP status or error kind."""
+    url, metrics, _ = served
+    metrics.observe_retry("PATCH", "503")
+    metrics.observe_retry("PATCH", "503")
+    metrics.observe_retry("GET", "timeout")
+    samples = scrape(url)
+    assert samples[("sweeper_http_retries_total", (("method", "PATCH"), ("status", "503")))] == 2
+    assert samples[("sweeper_http_retries_total", (("method", "GET"), ("status", "timeout")))] == 1
+
+
+def test_reload_metrics_appear_with_the_first_load_and_keep_the_last_success(
+    served: tuple[str, Metrics, dict[str, object]],
+) -> None:
+    """No reload series until one is observed; a failed reload is 0 and keeps the last good time."""
+    url, metrics, _ = served
+    assert not any(name.startswith("sweeper_config_") for name, _ in scrape(url))
+    metrics.observe_reload(True, NOW)
+    samples = scrape(url)
+    assert samples[("sweeper_config_last_reload_successful", ())] == 1
+    assert samples[("sweeper_config_last_reload_success_timestamp_seconds", ())] == NOW.timestamp()
+    metrics.observe_reload(False, NOW + timedelta(minutes=5))
+    samples = scrape(url)
+    assert samples[("sweeper_config_last_reload_successful", ())] == 0
+    assert samples[("sweeper_config_last_reload_success_timestamp_seconds", ())] == NOW.timestamp()
+    metrics.observe_reload(True, NOW + timedelta(minutes=10))
+    samples = scrape(url)
+    assert samples[("sweeper_config_last_reload_successful", ())] == 1
+    later = (NOW + timedelta(minutes=10)).timestamp()
+    assert samples[("sweeper_config_last_reload_success_timestamp_seconds", ())] == later
+
+
+def test_detection_lag_histogram_and_armed_timers(
+    served: tuple[str, Metrics, dict[str, object]],
+) -> None:
+    """Lags land in buckets from 50 ms to 10 minutes; the armed-timer gauge is set as told."""
+    url, metrics, _ = served
+    for seconds in (0.03, 0.2, 0.9, 4.0, 700.0):
+        metrics.observe_detection_lag(seconds)
+    metrics.set_timers_armed(7)
+    samples = scrape(url)
+
+    def bucket(le: str) -> float:
+        return samples[("sweeper_detection_lag_seconds_bucket", (("le", le),))]
+
+    assert (bucket("0.05"), bucket("0.25"), bucket("1.0"), bucket("5.0")) == (1, 2, 3, 4)
+    assert (bucket("600.0"), bucket("+Inf")) == (4, 5)
+    assert samples[("sweeper_detection_lag_seconds_count", ())] == 5
+    assert samples[("sweeper_timers_armed", ())] == 7
+    metrics.set_timers_armed(0)
+    assert scrape(url)[("sweeper_timers_armed", ())] == 0
+
+
+def test_textfile_keeps_the_last_success_through_failed_runs(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A one-shot run that fails keeps the previous file's last success; a success replaces it."""
+    target = tmp_path / "sweeper.prom"
+
+    def run(result: Result) -> float:
+        metrics = Metrics(CollectorRegistry())
+        metrics.observe_sweep(report(clock, result))
+        metrics.write_textfile(str(target))
+        families = text_string_to_metric_families(target.read_text())
+        [value] = [
+            s.value
+            for f in families
+            for s in f.samples
+            if s.name == "sweeper_last_success_timestamp_seconds"
+        ]
+        return value
+
+    assert run(Result.REFUSED) == 0  # no earlier file: never succeeded here
+    first = clock().timestamp()
+    assert run(Result.COMPLETED) == first
+    clock.advance(timedelta(minutes=10))
+    assert run(Result.UNAVAILABLE) == first
+    assert run(Result.TOKEN_REFUSED) == first
+    clock.advance(timedelta(minutes=10))
+    assert run(Result.COMPLETED) == clock().timestamp()
+    target.write_text("not prometheus text {\n")
+    assert run(Result.REFUSED) == 0  # an unreadable earlier file is no success
+
+
 def test_systemd_notify_sends_datagrams(tmp_path: Path) -> None:
     """READY=1, WATCHDOG=1 and STOPPING=1 arrive on $NOTIFY_SOCKET; watchdog at half."""
     path = str(tmp_path / "notify.sock")

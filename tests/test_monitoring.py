@@ -1,0 +1,298 @@
+"""The alerts and the dashboard against the real daemon's /metrics, checked with promtool.
+
+promtool is Debian's, put in .venv-tools/promtool/ by `make unit-test` (or $PROMTOOL):
+tests use only loopback, so they never fetch it themselves, and fail when it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e import Platform, signal_and_collect, start_sweeper, sweeper, wait_for, write_config
+from tests.helpers import record
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+PROMETHEUSRULE = ROOT / "deploy" / "kubernetes" / "base" / "prometheusrule.yaml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "sweeper.json"
+README = ROOT / "README.md"
+
+#: PromQL words that are not metric names.
+KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
+GROUPING = r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
+#: Exposed by Prometheus itself (`up`) or by node_exporter (`node_*`), not by sweeper.
+NOT_OURS = re.compile(r"up|node_\w+")
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+
+
+def load_render() -> ModuleType:
+    path = ROOT / "deploy" / "prometheus" / "render.py"
+    spec = importlib.util.spec_from_file_location("deploy_render", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = load_render()
+
+
+def promtool() -> str:
+    """The promtool `make unit-test` installed (or $PROMTOOL); a failure, never a skip, if none."""
+    path = os.environ.get("PROMTOOL") or str(ROOT / ".venv-tools" / "promtool" / "promtool")
+    if not os.access(path, os.X_OK):
+        pytest.fail(
+            f"promtool not found at {path}: run `make unit-test`, or "
+            "deploy/prometheus/install-promtool.sh .venv-tools/promtool, or set PROMTOOL"
+        )
+    return path
+
+
+def check_metrics(text: str) -> None:
+    done = subprocess.run(
+        [promtool(), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (functions, labels and keywords left out)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", text)
+    text = re.sub(GROUPING, " ", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", text):
+        word = match.group()
+        if text[match.end() :].lstrip().startswith("(") or word.lower() in KEYWORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def alert_expressions(text: str) -> dict[str, str]:
+    """Alert name -> expr of a rules file as alerts.yaml writes them (one line, or a `|` block)."""
+    found: dict[str, str] = {}
+    lines = text.splitlines()
+    alert = None
+    for i, line in enumerate(lines):
+        if m := re.match(r"\s*- alert: (\w+)$", line):
+            alert = m.group(1)
+        elif (m := re.match(r"(\s*)expr: (.*)$", line)) and alert is not None:
+            indent, value = len(m.group(1)), m.group(2)
+            if value == "|":
+                block = []
+                for following in lines[i + 1 :]:
+                    if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                        break
+                    block.append(following.strip())
+                value = " ".join(block)
+            found[alert] = value
+            alert = None
+    return found
+
+
+def exposed_names(exposition: str) -> set[str]:
+    """Every name a query can select in this exposition, families without samples included."""
+    names = set()
+    for family in text_string_to_metric_families(exposition):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def referenced_names() -> dict[str, set[str]]:
+    """Where each metric name is used, alerts and dashboard, minus `up` and node_exporter's."""
+    uses: dict[str, set[str]] = {}
+    exprs = [(f"alert {n}", e) for n, e in alert_expressions(ALERTS.read_text()).items()]
+    exprs += render.dashboard_expressions(json.loads(DASHBOARD.read_text()))
+    for where, expr in exprs:
+        names = metric_names(expr)
+        assert names, f"{where} selects no metric: {expr}"
+        for name in names:
+            if not NOT_OURS.fullmatch(name):
+                uses.setdefault(name, set()).add(where)
+    return uses
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ('up{job="sweeper"} == 0', {"up"}),
+        ('absent(up{job="sweeper"})', {"up"}),
+        (
+            'time() - sweeper_last_success_timestamp_seconds{job="a"} > 900 and x_total > 0',
+            {"sweeper_last_success_timestamp_seconds", "x_total"},
+        ),
+        (
+            "histogram_quantile(0.99, sum by (job, le) (rate(a_bucket{le=~'1|2'}[5m] offset 1h)))",
+            {"a_bucket"},
+        ),
+        ("sum(rate(a_total[1m])) without (instance) / on(job) group_left(x) b", {"a_total", "b"}),
+        ('count(a{s="by (x) sum(y) \\" z"}) > 1e3', {"a"}),
+        ('label_replace(a, "dst", "$1", "src", "(.*)") unless b:c_ratio', {"a", "b:c_ratio"}),
+    ],
+)
+def test_metric_names_are_found_in_promql(expr: str, names: set[str]) -> None:
+    """The name extraction used below finds metrics, and nothing else, in PromQL."""
+    assert metric_names(expr) == names
+
+
+def test_every_alert_has_an_expression_severity_and_annotations() -> None:
+    """Each alert: expr, a severity label, summary, description, and a runbook_url."""
+    text = ALERTS.read_text()
+    blocks = re.split(r"\n\s*- alert: ", text)[1:]
+    assert len(blocks) == len(alert_expressions(text)) >= 10
+    for block in blocks:
+        for key in ("expr:", "severity:", "summary:", "description:", "runbook_url:"):
+            assert key in block, f"{block.split()[0]} has no {key}"
+        assert re.search(r"severity: (critical|warning)\n", block), block.split()[0]
+
+
+def test_every_runbook_url_is_a_readme_heading() -> None:
+    """runbook_url anchors resolve to headings of the README (as a Git forge slugs them)."""
+    text = re.sub(r"^```.*?^```", "", README.read_text(), flags=re.MULTILINE | re.DOTALL)
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    urls = re.findall(r"runbook_url: (\S+)", ALERTS.read_text())
+    assert urls
+    for url in urls:
+        base, _, anchor = url.partition("#")
+        assert base.endswith("/README.md"), url
+        assert anchor in anchors, f"README has no heading for #{anchor}"
+
+
+def test_prometheusrule_is_rendered_from_alerts_yaml() -> None:
+    """base/prometheusrule.yaml is alerts.yaml under spec: (one source of truth)."""
+    expected = render.prometheusrule(ALERTS.read_text())
+    assert PROMETHEUSRULE.read_text() == expected, (
+        "prometheusrule.yaml is out of date: python3 deploy/prometheus/render.py "
+        "prometheusrule > deploy/kubernetes/base/prometheusrule.yaml"
+    )
+    kustomization = (ROOT / "deploy" / "kubernetes" / "base" / "kustomization.yaml").read_text()
+    assert "\n  - prometheusrule.yaml\n" in kustomization
+
+
+def test_dashboard_has_a_datasource_variable_used_by_every_panel() -> None:
+    """Every panel and target queries the ${datasource} the importer picks."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(panels) >= 10
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+@pytest.fixture(name="platform")
+def _platform(shared_platform: Platform) -> Platform:
+    shared_platform.reset()
+    return shared_platform
+
+
+@pytest.fixture(name="daemon_scrape")
+def _daemon_scrape(platform: Platform, tmp_path: Path) -> Iterator[str]:
+    """/metrics of a real `sweeper run` after its first sweep, on a free loopback port."""
+    for i in range(3):
+        platform.state.add(record(f"z{i}", started=timedelta(hours=5), now=datetime.now(UTC)))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    extra = f'[schedule]\ninterval = "1h"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    url = f"http://127.0.0.1:{port}/metrics"
+    scraped: list[str] = []
+
+    def swept() -> bool:
+        try:
+            text = httpx.get(url).text
+        except httpx.TransportError:
+            return False
+        scraped[:] = [text]
+        return 'sweeper_sweeps_total{result="completed"} 1.0' in text
+
+    try:
+        wait_for(swept)
+        yield scraped[0]
+    finally:
+        result = signal_and_collect(proc)
+    assert result.code == 0, result.stderr
+
+
+def test_alerts_and_dashboard_name_only_metrics_the_daemon_exposes(daemon_scrape: str) -> None:
+    """Every metric the alerts or the dashboard select is in the real daemon's /metrics."""
+    exposed = exposed_names(daemon_scrape)
+    uses = referenced_names()
+    missing = {name: sorted(where) for name, where in uses.items() if name not in exposed}
+    assert not missing, f"selected but not exposed by `sweeper run`: {missing}"
+    # The new metrics are selected, the retries one with HELP/TYPE but no sample yet.
+    for name in (
+        "sweeper_http_retries_total",
+        "sweeper_detection_lag_seconds_bucket",
+        "sweeper_config_last_reload_successful",
+        "sweeper_timers_armed",
+    ):
+        assert name in uses, name
+    assert "sweeper_http_retries_total" not in {
+        s.name for f in text_string_to_metric_families(daemon_scrape) for s in f.samples
+    }
+
+
+def test_a_name_the_daemon_does_not_expose_is_caught(daemon_scrape: str) -> None:
+    """The check above fails on a misspelt or missing name (it is not vacuous)."""
+    exposed = exposed_names(daemon_scrape)
+    assert metric_names("rate(sweeper_sweep_total[5m])") - exposed == {"sweeper_sweep_total"}
+    assert "sweeper_http_retries" in exposed and "sweeper_http_retries_total" in exposed
+
+
+def test_promtool_check_metrics_passes_on_the_daemon_scrape(daemon_scrape: str) -> None:
+    """promtool's linter accepts the real /metrics exposition."""
+    assert "# TYPE sweeper_http_retries_total counter" in daemon_scrape
+    check_metrics(daemon_scrape)
+
+
+def test_promtool_check_metrics_passes_on_a_metrics_file(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """promtool's linter accepts `run --once --metrics-file` output, as node_exporter reads it."""
+    platform.state.add(record("z0", started=timedelta(hours=5), now=datetime.now(UTC)))
+    target = tmp_path / "sweeper.prom"
+    config = write_config(tmp_path, platform.base_url)
+    result = sweeper("--config", str(config), "run", "--once", "--metrics-file", str(target))
+    assert result.code == 0, result.stderr
+    text = target.read_text()
+    assert 'sweeper_steps_total{outcome="marked",status="FAILED"} 1.0' in text
+    check_metrics(text)
+
+
+def test_promtool_check_metrics_is_not_a_rubber_stamp() -> None:
+    """The linter does reject a bad exposition (a counter without _total)."""
+    bad = "# HELP sweeper_bad Bad.\n# TYPE sweeper_bad counter\nsweeper_bad 1\n"
+    with pytest.raises(AssertionError):
+        check_metrics(bad)
