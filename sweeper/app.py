@@ -6,7 +6,6 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import structlog
@@ -20,13 +19,10 @@ from sweeper.api import (
     build_http_client,
     utc_now,
 )
-from sweeper.errors import ConfigError
 from sweeper.guards import ClockCheck
-from sweeper.logs import Redactor
 from sweeper.outages import NO_OUTAGES, OutageWindows
 from sweeper.settings import Settings
 from sweeper.sweep import SweepConfig, Sweeper
-from sweeper.tokens import read_token_file
 
 log = structlog.get_logger("sweeper.app")
 
@@ -91,35 +87,3 @@ def build_sweeper(
         on_retry=on_retry,
     )
     return Sweeper(client, sweep_config(settings), clock=clock, stop=stop, outages=outages)
-
-
-class TokenRefresher:
-    """Re-reads a token file before each daemon sweep, so a rotated secret is picked up.
-
-    Kubernetes updates a mounted Secret in place; a daemon that kept the old token
-    would fail every sweep with 401 until restarted. An unreadable or empty file
-    keeps the token in use (and says so); the new token joins the log redaction
-    before it is ever sent.
-    """
-
-    def __init__(
-        self, path: Path, http: httpx.AsyncClient, redactor: Redactor, current: str
-    ) -> None:
-        self._path = path
-        self._http = http
-        self._redactor = redactor
-        self._current = current
-
-    def refresh(self) -> bool:
-        try:
-            token = read_token_file(self._path, "token file")
-        except ConfigError as exc:
-            log.warning("token.unreadable", error=str(exc), detail="keeping the token in use")
-            return False
-        if token == self._current:
-            return False
-        self._redactor.add(token)
-        self._http.headers["Authorization"] = f"Bearer {token}"
-        self._current = token
-        log.info("token.rotated", path=str(self._path))
-        return True

@@ -9,7 +9,6 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -208,7 +207,9 @@ def _configured_command(args: argparse.Namespace) -> int:
         return _finish(asyncio.run(_mark(settings, args)), args, redactor)
     if args.once:
         return _finish(asyncio.run(_once(settings, args)), args, redactor)
-    return asyncio.run(_daemon(settings, redactor))
+    from sweeper.daemon import run
+
+    return run(settings, redactor, args.config, _overrides(args))
 
 
 def _finish(report: SweepReport, args: argparse.Namespace, redactor: Redactor) -> int:
@@ -282,94 +283,6 @@ async def _mark(settings: Settings, args: argparse.Namespace) -> SweepReport:
     return await _one_shot(
         settings, lambda sweeper, report: sweeper.mark(args.step_id, args.org, rule, report)
     )
-
-
-def _trigger(settings: Settings) -> tuple[Any, timedelta, timedelta]:
-    """The schedule's trigger, its misfire grace, and the gap between two sweeps."""
-    from sweeper.schedule import cron_trigger
-
-    schedule = settings.schedule
-    if schedule.cron:
-        trigger = cron_trigger(schedule.cron, schedule.timezone, schedule.jitter)
-        first = trigger.get_next_fire_time(None, datetime.now(UTC))
-        second = trigger.get_next_fire_time(first, first + timedelta(seconds=1))
-        return trigger, schedule.jitter + timedelta(minutes=5), second - first
-    from apscheduler.triggers.interval import IntervalTrigger
-
-    interval = schedule.effective_interval
-    trigger = IntervalTrigger(
-        seconds=interval.total_seconds(),
-        timezone="UTC",
-        jitter=int(schedule.jitter.total_seconds()) or None,
-    )
-    return trigger, interval, interval
-
-
-async def _daemon(settings: Settings, redactor: Redactor) -> int:
-    from prometheus_client import CollectorRegistry
-
-    from sweeper.app import TokenRefresher, build_sweeper, http_client
-    from sweeper.notify import SystemdNotifier
-    from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
-    from sweeper.outages import OutageLog
-    from sweeper.schedule import DaemonState, install_stop_handlers, run_daemon
-
-    trigger, misfire, gap = _trigger(settings)
-    stop = asyncio.Event()
-    install_stop_handlers(stop)
-    state = DaemonState()
-    metrics = Metrics(CollectorRegistry())
-    metrics.observe_reload(True, datetime.now(UTC))
-    state.listeners.append(metrics.observe_sweep)
-    outages = OutageLog(lambda: datetime.now(UTC))
-    ops = None
-    if settings.server.listen:
-        host, port = settings.server.host_port
-        health = Health(
-            lambda: state.running,
-            lambda: state.last_success_at,
-            3 * gap,
-            blocked=lambda: state.blocked_by is not None,
-        )
-        try:
-            ops = OpsServer(host, port, wsgi_app(metrics, health)).start()
-        except OSError as exc:
-            log.error("server.unavailable", listen=settings.server.listen, error=exc.strerror)
-            return ExitCode.UNAVAILABLE
-        log.info("server.listening", listen=f"{host}:{ops.port}")
-
-    def observe(method: str, status: str) -> None:
-        metrics.observe_request(method, status)
-        outages.observe(method, status)
-
-    try:
-        async with http_client(settings) as http:
-            sweeper = build_sweeper(
-                settings, http, stop=stop, observer=observe, outages=outages.windows
-            )
-
-            refresher = None
-            if settings.token_path is not None:
-                refresher = TokenRefresher(settings.token_path, http, redactor, settings.token())
-
-            def new_sweep() -> tuple[SweepReport, Any]:
-                if refresher is not None and refresher.refresh():
-                    sweeper.client.token_changed()
-                report = sweeper.new_report()
-                return report, sweeper.run(report)
-
-            await run_daemon(
-                new_sweep,
-                stop=stop,
-                trigger=trigger,
-                misfire_grace=misfire,
-                state=state,
-                notifier=SystemdNotifier(),
-            )
-    finally:
-        if ops is not None:
-            ops.stop()
-    return ExitCode.OK
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

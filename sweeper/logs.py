@@ -55,11 +55,17 @@ def configure_logging(
     level: str = "info",
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    redactor: Redactor | None = None,
 ) -> Redactor:
-    """Set up structlog and the standard library's root logger; returns the redactor."""
+    """Set up structlog and the standard library's root logger; returns the redactor.
+
+    Pass the redactor in use to configure again (a reload) without forgetting a secret.
+    """
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    redactor = Redactor(secrets)
+    redactor = redactor or Redactor()
+    for secret in secrets:
+        redactor.add(secret)
     level_number = _LEVELS.get(level.lower(), logging.INFO)
 
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)

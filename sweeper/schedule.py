@@ -74,6 +74,8 @@ class DaemonState:
     last_success_at: datetime | None = None
     #: A sweep whose token was refused or that crashed: not ready until one succeeds.
     blocked_by: Result | None = None
+    #: The APScheduler scheduler while the daemon runs (a reload reschedules its job).
+    scheduler: Any = None
     listeners: list[Callable[[SweepReport], None]] = field(default_factory=list)
 
 
@@ -151,6 +153,7 @@ async def run_daemon(
             misfire_grace_time=None,
         )
     scheduler.start()
+    state.scheduler = scheduler
     state.running = True
     notifier.ready()
     log.info("daemon.started", next_sweep="now", systemd_notify=notifier.enabled)

@@ -1,0 +1,292 @@
+"""The long-running process, built in one place: listings on the schedule, health,
+metrics, and reload.
+
+Reload (operations.md, "Reload"): SIGHUP, or a change in the content of the
+configuration file or the token file (checked before each listing), loads the
+configuration again and validates it whole. A wrong one is logged and the one in
+force stays; a good one applies from the next listing, while writes in flight
+finish under the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+from prometheus_client import CollectorRegistry
+
+from sweeper.app import build_sweeper, http_client
+from sweeper.errors import ConfigError
+from sweeper.logs import Redactor, configure_logging
+from sweeper.notify import SystemdNotifier
+from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
+from sweeper.outages import OutageLog
+from sweeper.report import ExitCode, SweepReport
+from sweeper.schedule import DaemonState, install_stop_handlers, run_daemon
+from sweeper.settings import Settings, load_settings
+from sweeper.sweep import Sweeper
+
+log = structlog.get_logger("sweeper.daemon")
+
+#: Keys that only a restart can change.
+RESTART_ONLY = ("server.listen",)
+
+
+def schedule_of(
+    settings: Settings, now: datetime | None = None
+) -> tuple[Any, timedelta, timedelta]:
+    """The schedule's trigger, its misfire grace, and the gap between two listings."""
+    from sweeper.cron import cron_trigger
+
+    schedule = settings.schedule
+    if schedule.cron:
+        trigger = cron_trigger(schedule.cron, schedule.timezone, schedule.jitter)
+        first = trigger.get_next_fire_time(None, now or datetime.now(UTC))
+        second = trigger.get_next_fire_time(first, first + timedelta(seconds=1))
+        return trigger, schedule.jitter + timedelta(minutes=5), second - first
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    interval = schedule.effective_interval
+    trigger = IntervalTrigger(
+        seconds=interval.total_seconds(),
+        timezone="UTC",
+        jitter=int(schedule.jitter.total_seconds()) or None,
+    )
+    return trigger, interval, interval
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    """Dotted names of the keys whose values differ (never the values themselves)."""
+    names = [
+        name
+        for name in sorted(_flatten(old.redacted()).keys() | _flatten(new.redacted()).keys())
+        if _flatten(old.redacted()).get(name) != _flatten(new.redacted()).get(name)
+    ]
+    if old.token() != new.token() and "api.token" not in names:
+        names.append("api.token")
+    return names
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _fingerprint(paths: list[Path | None]) -> bytes:
+    """What the configuration and token files hold now (unreadable counts as a state)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            digest.update(path.read_bytes())
+        except OSError as exc:
+            digest.update(f"unreadable:{exc.errno}".encode())
+        digest.update(b"\0")
+    return digest.digest()
+
+
+@dataclass
+class _Generation:
+    """One configuration in force, with the client and sweeper built from it."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    sweeper: Sweeper
+
+
+class Daemon:
+    """`sweeper run`: everything the long-running process needs, and its reload."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redactor: Redactor,
+        *,
+        config_path: Path | None,
+        overrides: dict[str, Any],
+        environ: Mapping[str, str] | None = None,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redactor = redactor
+        self.config_path = config_path
+        self.overrides = overrides
+        self.environ = environ
+        self.notifier = notifier or SystemdNotifier()
+        self.stop = asyncio.Event()
+        self.state = DaemonState()
+        self.metrics = Metrics(CollectorRegistry())
+        self.state.listeners.append(self.metrics.observe_sweep)
+        self.outages = OutageLog(lambda: datetime.now(UTC))
+        self.pending: Settings | None = None
+        self.generation: _Generation | None = None
+        self.health: Health | None = None
+        self._closing: set[asyncio.Future[None]] = set()
+        self._seen = self._files_now()
+
+    # -- wiring ------------------------------------------------------------------
+
+    def _files_now(self) -> bytes:
+        return _fingerprint([self.config_path, self.settings.token_path])
+
+    def _observe(self, method: str, status: str) -> None:
+        self.metrics.observe_request(method, status)
+        self.outages.observe(method, status)
+
+    def _build(self, settings: Settings) -> _Generation:
+        http = http_client(settings)
+        sweeper = build_sweeper(
+            settings,
+            http,
+            stop=self.stop,
+            observer=self._observe,
+            on_retry=self.metrics.observe_retry,
+            outages=self.outages.windows,
+        )
+        return _Generation(settings, http, sweeper)
+
+    async def run(self) -> int:
+        trigger, misfire, gap = schedule_of(self.settings)
+
+        def hangup() -> None:
+            self.reload("SIGHUP")
+
+        install_stop_handlers(self.stop, on_hangup=hangup)
+        self.metrics.observe_reload(True, datetime.now(UTC))
+        ops = None
+        if self.settings.server.listen:
+            host, port = self.settings.server.host_port
+            self.health = Health(
+                lambda: self.state.running,
+                lambda: self.state.last_success_at,
+                3 * gap,
+                blocked=lambda: self.state.blocked_by is not None,
+            )
+            try:
+                ops = OpsServer(host, port, wsgi_app(self.metrics, self.health)).start()
+            except OSError as exc:
+                log.error(
+                    "server.unavailable", listen=self.settings.server.listen, error=exc.strerror
+                )
+                return ExitCode.UNAVAILABLE
+            log.info("server.listening", listen=f"{host}:{ops.port}")
+        self.generation = self._build(self.settings)
+        try:
+            await run_daemon(
+                self.new_sweep,
+                stop=self.stop,
+                trigger=trigger,
+                misfire_grace=misfire,
+                state=self.state,
+                notifier=self.notifier,
+            )
+        finally:
+            await self.generation.http.aclose()
+            if ops is not None:
+                ops.stop()
+        return ExitCode.OK
+
+    # -- each listing ------------------------------------------------------------
+
+    def new_sweep(self) -> tuple[SweepReport, Any]:
+        """Called before each listing: pick up a changed file, apply a pending reload."""
+        if self._files_now() != self._seen:
+            self.reload("file changed")
+        if self.pending is not None:
+            self._apply(self.pending)
+        assert self.generation is not None
+        sweeper = self.generation.sweeper
+        report = sweeper.new_report()
+        return report, sweeper.run(report)
+
+    def _apply(self, settings: Settings) -> None:
+        """The new configuration takes over from this listing on."""
+        old = self.generation
+        self.pending = None
+        self.settings = settings
+        self.generation = self._build(settings)
+        if old is not None:
+            # The previous sweep has ended (one listing at a time): nothing uses it now.
+            closing = asyncio.ensure_future(old.http.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        trigger, misfire, gap = schedule_of(settings)
+        if old is None or old.settings.schedule != settings.schedule:
+            self._reschedule(trigger, misfire)
+        if self.health is not None:
+            self.health.ready_within = 3 * gap
+
+    def _reschedule(self, trigger: Any, misfire: timedelta) -> None:
+        scheduler = self.state.scheduler
+        if scheduler is not None:
+            scheduler.reschedule_job("sweep", trigger=trigger)
+            scheduler.modify_job("sweep", misfire_grace_time=max(1, int(misfire.total_seconds())))
+
+    # -- reload ------------------------------------------------------------------
+
+    def reload(self, why: str) -> bool:
+        """Load and validate the configuration again; keep it for the next listing."""
+        self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            return self._reload(why)
+        finally:
+            self.notifier.notify("READY=1")
+
+    def _reload(self, why: str) -> bool:
+        self._seen = self._files_now()
+        current = self.pending or self.settings
+        try:
+            settings, warnings = load_settings(self.config_path, self.overrides, self.environ)
+        except ConfigError as exc:
+            log.error("config.reload_failed", trigger=why, error=str(exc))
+            self.metrics.observe_reload(False, datetime.now(UTC))
+            return False
+        # A new token is a secret from the moment it is read.
+        self.redactor.add(settings.token())
+        if (settings.log.format, settings.log.level) != (current.log.format, current.log.level):
+            configure_logging(settings.log.format, settings.log.level, redactor=self.redactor)
+        for warning in warnings:
+            log.warning("config.warning", detail=warning)
+        changed = changed_keys(current, settings)
+        for key in RESTART_ONLY:
+            if key in changed:
+                log.warning("config.warning", detail=f"{key} changes only with a restart")
+        self.metrics.observe_reload(True, datetime.now(UTC))
+        log.info("config.reloaded", trigger=why, changed=changed)
+        if changed:
+            self.pending = settings
+            if "api.token" in changed and self.generation is not None:
+                self.generation.sweeper.client.token_changed()
+        self._seen = _fingerprint([self.config_path, settings.token_path])
+        return True
+
+
+def config_path_of(given: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The configuration file the daemon watches: --config, else SWEEPER_CONFIG."""
+    env = os.environ if environ is None else environ
+    if given is not None:
+        return given
+    return Path(env["SWEEPER_CONFIG"]) if env.get("SWEEPER_CONFIG") else None
+
+
+def run(
+    settings: Settings, redactor: Redactor, config: Path | None, overrides: dict[str, Any]
+) -> int:
+    daemon = Daemon(settings, redactor, config_path=config_path_of(config), overrides=overrides)
+    return asyncio.run(daemon.run())

@@ -1,0 +1,148 @@
+"""Reload through the real daemon: a changed file or SIGHUP, validated whole, applied later."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sweeper.daemon import changed_keys
+from sweeper.settings import load_settings
+from tests.e2e import Platform, Result, signal_and_collect, start_sweeper, wait_for, write_config
+from tests.helpers import record
+
+
+@pytest.fixture(name="platform")
+def _platform(shared_platform: Platform) -> Platform:
+    shared_platform.reset()
+    return shared_platform
+
+
+def zombies(platform: Platform, n: int, hours: float = 5) -> None:
+    now = datetime.now(UTC)
+    for i in range(n):
+        platform.state.add(record(f"z{i}", now=now, started=timedelta(hours=hours)))
+
+
+class Lines:
+    """The daemon's JSON events as they arrive (read on demand from its stderr)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def named(self, event: str) -> list[dict[str, object]]:
+        return Result(0, "", self.path.read_text()).named(event)
+
+
+def start(config: Path, tmp_path: Path) -> tuple[object, Lines]:
+    import subprocess
+    import sys
+
+    from tests.e2e import environment
+
+    err = tmp_path / "daemon.log"
+    argv = ["--log-format", "json", "--config", str(config), "run"]
+    with err.open("w") as handle:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            text=True,
+            env=environment(),
+        )
+    return proc, Lines(err)
+
+
+def test_a_changed_rule_threshold_applies_from_the_next_listing(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """stale_after 10h -> 1h in the file: config.reloaded names the key; the next listing marks."""
+    zombies(platform, 3)
+    extra = '[schedule]\ninterval = "1s"\n[sweep]\nstale_after = "10h"\n'
+    config = write_config(tmp_path, platform.base_url, extra)
+    proc, lines = start(config, tmp_path)
+    try:
+        wait_for(lambda: len(lines.named("sweep.finished")) >= 1)
+        assert platform.state.patches == []
+        config.write_text(config.read_text().replace('"10h"', '"1h"'))
+        wait_for(lambda: len(platform.state.patches) == 3)
+        (reloaded,) = lines.named("config.reloaded")
+        assert reloaded["changed"] == ["sweep.stale_after"]
+        assert reloaded["trigger"] == "file changed"
+        started = lines.named("sweep.started")
+        assert started[0]["stale_after"] == "10h"
+        assert started[-1]["stale_after"] == "1h"
+    finally:
+        proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+        proc.wait(timeout=30)  # type: ignore[attr-defined]
+    assert proc.returncode == 0  # type: ignore[attr-defined]
+
+
+def test_a_broken_file_is_refused_and_the_old_one_kept(platform: Platform, tmp_path: Path) -> None:
+    """A wrong key: config.reload_failed naming it; the daemon goes on with the old values."""
+    extra = '[schedule]\ninterval = "1s"\n[sweep]\nstale_after = "10h"\n'
+    config = write_config(tmp_path, platform.base_url, extra)
+    good = config.read_text()
+    proc, lines = start(config, tmp_path)
+    try:
+        wait_for(lambda: len(lines.named("sweep.finished")) >= 1)
+        config.write_text(good.replace('stale_after = "10h"', 'stale_after = "0s"\nbogus = 1'))
+        wait_for(lambda: len(lines.named("config.reload_failed")) == 1)
+        (failed,) = lines.named("config.reload_failed")
+        assert "sweep.stale_after" in str(failed["error"])
+        assert "sweep.bogus" in str(failed["error"])
+        sweeps = len(lines.named("sweep.finished"))
+        wait_for(lambda: len(lines.named("sweep.finished")) >= sweeps + 2)
+        assert lines.named("sweep.started")[-1]["stale_after"] == "10h"
+        assert len(lines.named("config.reload_failed")) == 1  # once per change, not per listing
+        zombies(platform, 1, hours=20)
+        wait_for(lambda: len(platform.state.patches) == 1)  # still sweeping, old limits
+    finally:
+        proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+        proc.wait(timeout=30)  # type: ignore[attr-defined]
+    assert proc.returncode == 0  # type: ignore[attr-defined]
+
+
+def test_sighup_reloads_and_loses_no_write(platform: Platform, tmp_path: Path) -> None:
+    """SIGHUP mid-writes: every write is logged, the daemon goes on, the new limit applies."""
+    zombies(platform, 12)
+    platform.faults.latency = timedelta(milliseconds=60)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    extra = (
+        f'max_concurrency = 2\n[schedule]\ninterval = "1h"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    config = write_config(tmp_path, platform.base_url, extra)
+    proc = start_sweeper("--config", str(config), "run")
+    wait_for(lambda: len(platform.state.patches) >= 2)
+    config.write_text(config.read_text().replace("max_concurrency = 2", "max_concurrency = 4"))
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: len(platform.state.patches) == 12)
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert "sweeper_config_last_reload_successful 1.0" in metrics
+    result = signal_and_collect(proc)
+    assert result.code == 0, result.stderr
+    (reloaded,) = result.named("config.reloaded")
+    assert (reloaded["trigger"], reloaded["changed"]) == ("SIGHUP", ["api.max_concurrency"])
+    assert len(result.named("step.marked")) == 12
+
+
+def test_changed_keys_names_keys_never_values(tmp_path: Path) -> None:
+    """Dotted key names only; a new token is named api.token, its value never shown."""
+    base = tmp_path / "a.toml"
+    base.write_text('[api]\nbase_url = "https://p.test"\ntoken = "one-secret"\n')
+    other = tmp_path / "b.toml"
+    other.write_text(
+        '[api]\nbase_url = "https://p.test"\ntoken = "two-secret"\n'
+        '[sweep]\nstale_after = "3h"\n[server]\nlisten = "127.0.0.1:9100"\n'
+    )
+    old, _ = load_settings(base, environ={})
+    new, _ = load_settings(other, environ={})
+    names = changed_keys(old, new)
+    assert names == ["server.listen", "sweep.stale_after", "api.token"]
+    assert "secret" not in " ".join(names)
