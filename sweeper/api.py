@@ -36,6 +36,7 @@ from sweeper.errors import (
     Interrupted,
     InvalidAnswer,
     InvalidListing,
+    ListingNotFound,
     PlatformUnavailable,
     StepNotFound,
     TokenRefused,
@@ -196,7 +197,16 @@ class PlatformClient:
             }
             if cursor is not None:
                 params["cursor"] = cursor
-            page = _parse_page(await self._call("GET", STEPS_PATH, params=params))
+            try:
+                answer = await self._call("GET", STEPS_PATH, params=params)
+            except StepNotFound as exc:
+                raise ListingNotFound(
+                    f"GET {self._base}{STEPS_PATH}: HTTP 404: api.base_url points at no"
+                    " platform (or at another version of it)",
+                    http_status=404,
+                    attempts=exc.attempts,
+                ) from None
+            page = _parse_page(answer)
             pages += 1
             yield page
             if page.next_cursor is None:

@@ -225,6 +225,7 @@ async def _one_shot(
     settings: Settings,
     work: Callable[[Sweeper, SweepReport], Awaitable[SweepReport]],
     observer: Callable[[str, str], None] | None = None,
+    on_retry: Callable[[str, str], None] | None = None,
 ) -> SweepReport:
     """Run one piece of work (a sweep, a mark) with signal handling and a drained stop."""
     from sweeper.app import build_sweeper, http_client
@@ -233,7 +234,7 @@ async def _one_shot(
     stop = asyncio.Event()
     install_stop_handlers(stop)
     async with http_client(settings) as http:
-        sweeper = build_sweeper(settings, http, stop=stop, observer=observer)
+        sweeper = build_sweeper(settings, http, stop=stop, observer=observer, on_retry=on_retry)
         report = sweeper.new_report()
         task = asyncio.ensure_future(work(sweeper, report))
         await drain(task, stop, SHUTDOWN_GRACE_SECONDS)
@@ -262,7 +263,10 @@ async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
 
     metrics = Metrics(CollectorRegistry())
     report = await _one_shot(
-        settings, lambda sweeper, report: sweeper.run(report), metrics.observe_request
+        settings,
+        lambda sweeper, report: sweeper.run(report),
+        metrics.observe_request,
+        metrics.observe_retry,
     )
     metrics.observe_sweep(report)
     try:

@@ -14,6 +14,7 @@
           └── PlatformRefused        a 4xx the platform meant
                ├── TokenRefused      401/403: stop everything, exit 77
                ├── StepNotFound      404
+               ├── ListingNotFound   404 on the listing: base_url is wrong, exit 78
                ├── StepConflict      409
                └── BodyRejected      400/422 (and any other refusal)
 
@@ -114,6 +115,11 @@ class TokenRefused(PlatformRefused):
 
 class StepNotFound(PlatformRefused):
     """404: no such step in that organization."""
+
+
+class ListingNotFound(PlatformRefused):
+    """404 on the listing itself: base_url points at no platform. A configuration
+    error (exit 78): retrying a permanent misconfiguration helps nobody."""
 
 
 class StepConflict(PlatformRefused):

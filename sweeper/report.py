@@ -38,6 +38,7 @@ class Result(StrEnum):
     UNAVAILABLE = "unavailable"
     INTERRUPTED = "interrupted"
     INVALID_LISTING = "invalid_listing"
+    MISCONFIGURED = "misconfigured"
     CRASHED = "crashed"
 
 
@@ -47,6 +48,7 @@ _EXIT_CODE_OF = {
     Result.UNAVAILABLE: ExitCode.UNAVAILABLE,
     Result.INTERRUPTED: ExitCode.UNAVAILABLE,
     Result.INVALID_LISTING: ExitCode.UNAVAILABLE,
+    Result.MISCONFIGURED: ExitCode.CONFIG,
     Result.CRASHED: ExitCode.CRASHED,
 }
 

@@ -28,6 +28,7 @@ from sweeper.errors import (
     Interrupted,
     InvalidAnswer,
     InvalidListing,
+    ListingNotFound,
     PlatformError,
     PlatformRefused,
     PlatformUnavailable,
@@ -168,6 +169,8 @@ class _Run:
             self.end(Result.INTERRUPTED, exc)
         except InvalidListing as exc:
             self.end(Result.INVALID_LISTING, exc)
+        except ListingNotFound as exc:
+            self.end(Result.MISCONFIGURED, exc)
         except ListingOverran as exc:
             self.end(Result.UNAVAILABLE, exc)
         except PlatformError as exc:

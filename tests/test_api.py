@@ -554,3 +554,53 @@ def test_redirects_are_never_followed() -> None:
     with pytest.raises(PlatformRefused):
         run(client.get_step("s1", "org-a"))
     assert [r.url.host for r in handler.seen] == ["platform.test"]  # type: ignore[attr-defined]
+
+
+def _chained(outer: Exception, inner: Exception) -> Exception:
+    outer.__cause__ = inner
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (
+            httpx.ConnectError(
+                "Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed]"
+            ),
+            "connection refused",
+        ),
+        (
+            _chained(
+                httpx.ConnectError("Cannot connect to host platform.test:443 ssl:default"),
+                OSError("[Errno -2] Name or service not known"),
+            ),
+            "DNS lookup failed",
+        ),
+        (
+            httpx.ConnectError(
+                "Cannot connect to host p.test:443 ssl:True [SSLCertVerificationError:"
+                " certificate verify failed: self-signed certificate]"
+            ),
+            "TLS error",
+        ),
+        (
+            httpx.ConnectError(
+                "Cannot connect to host 127.0.0.1:8700 ssl:default"
+                " [[SSL: WRONG_VERSION_NUMBER] wrong version number]"
+            ),
+            "TLS error",
+        ),
+        (httpx.RemoteProtocolError("peer closed"), "transport error (RemoteProtocolError)"),
+    ],
+)
+def test_transport_errors_name_their_cause_and_the_host(exc: Exception, kind: str) -> None:
+    """Refused, DNS, TLS: the reason and host:port, not just the exception's class."""
+    handler = answers(exc)
+    client, _ = client_for(handler, max_attempts=1)
+    with pytest.raises(PlatformUnavailable) as caught:
+        run(client.get_step("s1", "org-a"))
+    message = str(caught.value)
+    assert kind in message
+    assert "(platform.test:443)" in message
+    assert "https://platform.test/api/data-platform/workflow-run-steps/s1" in message

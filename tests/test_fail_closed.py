@@ -292,3 +292,43 @@ def test_sighup_never_kills_a_one_shot_sweep(platform: Platform, tmp_path: Path)
     assert result.code == 0, stderr
     assert result.named("signal.ignored")[0]["signal"] == "SIGHUP"
     assert len(result.named("step.marked")) == 12 == len(platform.state.patches)
+
+
+def test_a_base_url_that_points_at_no_platform_is_a_configuration_error(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """The listing answers 404: exit 78 (not retried forever as 75), naming the full URL."""
+    config = write_config(tmp_path, platform.base_url + "/not-the-platform")
+    result = sweeper("--config", str(config), "run", "--once")
+    assert result.code == 78, result.stderr
+    (aborted,) = result.named("sweep.aborted")
+    assert aborted["result"] == "misconfigured"
+    assert f"{platform.base_url}/not-the-platform/api/data-platform" in aborted["error"]
+
+
+def test_retries_are_logged_and_counted(platform: Platform, tmp_path: Path) -> None:
+    """Each retry is a request.retried event and a sweeper_http_retries_total sample."""
+    zombie(platform)
+    answers = iter([503, 429])
+
+    async def flaky(request: Request) -> Response | None:
+        if request.url.path == LISTING:
+            status = next(answers, None)
+            if status is not None:
+                return Response(status_code=status, headers={"Retry-After": "0"})
+        return None
+
+    platform.hooks.append(flaky)
+    config = write_config(tmp_path, platform.base_url, "max_attempts = 3\n")
+    metrics = tmp_path / "sweeper.prom"
+    result = sweeper("--config", str(config), "run", "--once", "--metrics-file", str(metrics))
+    assert result.code == 0, result.stderr
+    retried = result.named("request.retried")
+    assert [(e["method"], e["http_status"], e["attempt"]) for e in retried] == [
+        ("GET", 503, 1),
+        ("GET", 429, 2),
+    ]
+    assert all(e["path"] == LISTING and e["wait_seconds"] == 0 for e in retried)
+    text = metrics.read_text()
+    assert 'sweeper_http_retries_total{method="GET",status="503"} 1.0' in text
+    assert 'sweeper_http_retries_total{method="GET",status="429"} 1.0' in text

@@ -239,3 +239,23 @@ def test_report_counts_add_up_whatever_ends_the_sweep(
     assert report.counts["failed"] == 1  # sent; no answer says whether it was applied
     assert report.counts["not_attempted"] == 2
     assert [e["result"] for e in logs if e["event"] == "sweep.aborted"] == ["crashed"]
+
+
+def test_shutdown_and_deadline_skips_are_quiet(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """Hundreds of zombies left at a stop are logged one by one only at debug; counted at info."""
+    platform.add(*(record(f"z{n:03d}", started=5 * H) for n in range(50)))
+    stop = asyncio.Event()
+
+    def stop_at_first_write(request: httpx.Request) -> None:
+        if request.method == "PATCH":
+            stop.set()
+
+    platform.before.append(stop_at_first_write)
+    report = asyncio.run(make_sweeper(platform, clock, stop=stop, max_concurrency=1).run())
+    skipped = [e for e in logs if e["event"] == "step.skipped"]
+    assert len(skipped) == report.counts["skipped_shutdown"] == 49
+    assert {e["log_level"] for e in skipped} == {"debug"}
+    (finished,) = [e for e in logs if e["event"] == "sweep.finished"]
+    assert (finished["log_level"], finished["skipped_shutdown"]) == ("info", 49)
