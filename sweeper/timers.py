@@ -189,7 +189,8 @@ class TimerHeap:
         if delta < timedelta(0):
             raise ValueError("shift only ever delays timers")
         moved: list[tuple[datetime, int, Timer]] = []
-        for timer in self.timers():
+        # In (due, arming order), so ties keep popping in the order they were armed.
+        for _, _, timer in sorted(e for e in self._heap if self._live.get(e[2].key) is e[2]):
             due = _later(timer.due, delta)
             moved.append((due, next(self._order), Timer(timer.step, due, timer.sweep_id)))
         self._heap = moved  # sorted, so already a heap

@@ -254,6 +254,16 @@ def test_shift_clamps_at_the_end_of_the_calendar_and_refuses_going_back() -> Non
         heap.shift(-S)
 
 
+def test_shift_keeps_arming_order_among_ties() -> None:
+    """Timers due together still pop in the order they were armed after a shift."""
+    heap = TimerHeap(5)
+    for name in ["z", "a", "m"]:
+        heap.arm(step(name), NOW, "sw")
+    heap.shift(2 * S)
+    assert heap.pop_due(NOW + S) == []
+    assert [t.step.step_id for t in heap.pop_due(NOW + 2 * S)] == ["z", "a", "m"]
+
+
 def test_heavy_rearming_keeps_the_heap_small() -> None:
     """Lazy deletion is bounded: stale entries are compacted away."""
     heap = TimerHeap(3)
