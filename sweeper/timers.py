@@ -1,0 +1,343 @@
+"""Precise marking, the pure part: when each listed step crosses its limit, and the
+heap of timers the daemon keeps between two listings.
+
+No I/O, no clock, no asyncio: `now`, the rules and the outage windows are passed
+in, so the daemon owns the waiting and this module owns the arithmetic.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from sweeper.model import Step, StepStatus
+from sweeper.outages import NO_OUTAGES, OutageWindows
+from sweeper.policy import Decision, Rules, SkipReason, recheck
+
+#: The resolution of datetime: a step is due one tick after its idle time reaches its limit,
+#: because `policy.decide` marks only when idle time is strictly more than the limit.
+TICK = timedelta(microseconds=1)
+#: The latest moment a timer can hold; anything later is never due in this process's life.
+LATEST = datetime.max.replace(tzinfo=UTC)
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+Key = tuple[str, str]
+
+
+def due_at(step: Step, rules: Rules, outages: OutageWindows = NO_OUTAGES) -> datetime | None:
+    """The first moment at which `policy.decide` calls this step stale.
+
+    None for a step that is not RUNNING, one whose rule never marks, or one whose
+    due moment lies past the end of the calendar (hostile timestamps).
+    """
+    if step.status != StepStatus.RUNNING:
+        return None
+    limit = rules.rule_for(step).stale_after
+    if limit is None:
+        return None
+    _, last_seen = step.last_sign_of_life
+    try:
+        return _cross(last_seen, limit, outages) + TICK
+    except OverflowError:
+        # Past datetime.max: no timer can wait that long, and the next listing sees it again.
+        return None
+
+
+def _cross(last_seen: datetime, limit: timedelta, outages: OutageWindows) -> datetime:
+    """The last moment at which idle time is still exactly `limit` (decide still spares).
+
+    Idle time grows one for one outside outage windows and stands still inside them
+    (see `OutageWindows.overlap`), so walk the windows after `last_seen`, spending the
+    limit on the gaps between them. The discount depends on the due moment itself, and
+    this walk is the fixed point of `t = last_seen + limit + overlap(last_seen, t)`,
+    taken at its latest: when idle time reaches the limit at a window's start, it stays
+    there until the window's end, and decide spares the step all that time.
+    """
+    remaining = limit
+    cursor = last_seen
+    # Windows are sorted and disjoint, so their ends are sorted too: skip those before.
+    first = bisect_right(outages.ends, last_seen)
+    for start, end in zip(outages.starts[first:], outages.ends[first:], strict=True):
+        gap = max(start, last_seen) - cursor
+        if gap > remaining:
+            break
+        remaining -= gap
+        cursor = end
+    return cursor + remaining
+
+
+def listing_horizon(
+    now: datetime, interval: timedelta, rules: Rules, jitter: timedelta = timedelta(0)
+) -> datetime:
+    """The `startedBefore` of a listing that must include every RUNNING step that can
+    cross its limit before the next listing.
+
+    A step is due no earlier than startedAt + the smallest limit (a later sign of life
+    and outages only delay it), and the next listing comes at most `interval + jitter`
+    from now: pass the largest jitter the schedule may add, or steps due in that extra
+    time are marked at the listing after, one interval late. Rounded up to the next
+    millisecond because the wire format carries milliseconds and the filter is strict
+    (startedAt < startedBefore); clamped to the calendar.
+    """
+    try:
+        horizon = now + interval + jitter - rules.smallest_stale_after
+    except OverflowError:
+        horizon = LATEST if interval + jitter > rules.smallest_stale_after else EARLIEST
+    extra = horizon.microsecond % 1000
+    if extra:
+        try:
+            horizon += timedelta(microseconds=1000 - extra)
+        except OverflowError:
+            return LATEST
+    return horizon
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """One armed timer: the step as listed, when it is due, and the listing that armed it."""
+
+    step: Step
+    due: datetime
+    sweep_id: str
+
+    @property
+    def key(self) -> Key:
+        return self.step.key
+
+
+class TimerHeap:
+    """Armed timers keyed by step identity, earliest due first; at most `max_steps` live.
+
+    Re-arming or disarming leaves the old heap entry behind (lazy deletion): the
+    `_live` map says which entry is current, and stale ones are dropped when they
+    reach the top or when they outnumber the live ones.
+
+    Capacity: `arm` returns False and changes nothing when a new key would exceed
+    `max_steps` (re-arming a key already armed is always accepted). Refusing rather
+    than raising lets the daemon count it as a guard, the way a sweep counts
+    `max_steps`; `plan` refuses a whole listing before it gets there.
+    """
+
+    def __init__(self, max_steps: int) -> None:
+        if max_steps < 0:
+            raise ValueError("max_steps must be 0 or more")
+        self.max_steps = max_steps
+        self._heap: list[tuple[datetime, int, Timer]] = []
+        self._live: dict[Key, Timer] = {}
+        # Ties on the due moment pop in arming order; the counter also keeps heapq
+        # from ever comparing two Timers.
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._live
+
+    def get(self, key: Key) -> Timer | None:
+        return self._live.get(key)
+
+    def arm(self, step: Step, due: datetime, sweep_id: str) -> bool:
+        """Arm (or move) the timer of this step; False when the heap is full."""
+        if step.key not in self._live and len(self._live) >= self.max_steps:
+            return False
+        timer = Timer(step, due, sweep_id)
+        self._live[step.key] = timer
+        heapq.heappush(self._heap, (due, next(self._order), timer))
+        self._compact()
+        return True
+
+    def disarm(self, key: Key) -> Timer | None:
+        """Forget the timer of this step; the one removed, or None if none was armed."""
+        return self._live.pop(key, None)
+
+    def pop_due(self, now: datetime) -> list[Timer]:
+        """Remove and return every live timer due at or before `now`, earliest first."""
+        fired: list[Timer] = []
+        while self._heap and self._heap[0][0] <= now:
+            _, _, timer = heapq.heappop(self._heap)
+            if self._live.get(timer.key) is timer:
+                del self._live[timer.key]
+                fired.append(timer)
+        return fired
+
+    def next_due(self) -> datetime | None:
+        """When the earliest live timer is due: how long the daemon may sleep."""
+        self._drop_stale_top()
+        return self._heap[0][0] if self._heap else None
+
+    def timers(self) -> list[Timer]:
+        """The live timers, earliest first (for reports and tests)."""
+        return sorted(self._live.values(), key=lambda t: t.due)
+
+    def clear(self) -> None:
+        """Forget everything: each listing rebuilds the timers from scratch."""
+        self._heap.clear()
+        self._live.clear()
+
+    def shift(self, delta: timedelta) -> None:
+        """Move every live timer later by `delta` (outage grace), clamped to the calendar.
+
+        Moving all of them by the same amount keeps their order, so the heap is rebuilt
+        from the live entries in that order, which also drops every stale entry.
+        """
+        if delta < timedelta(0):
+            raise ValueError("shift only ever delays timers")
+        moved: list[tuple[datetime, int, Timer]] = []
+        # In (due, arming order), so ties keep popping in the order they were armed.
+        for _, _, timer in sorted(e for e in self._heap if self._live.get(e[2].key) is e[2]):
+            due = _later(timer.due, delta)
+            moved.append((due, next(self._order), Timer(timer.step, due, timer.sweep_id)))
+        self._heap = moved  # sorted, so already a heap
+        self._live = {t.key: t for _, _, t in moved}
+
+    def _drop_stale_top(self) -> None:
+        while self._heap and self._live.get(self._heap[0][2].key) is not self._heap[0][2]:
+            heapq.heappop(self._heap)
+
+    def _compact(self) -> None:
+        # Bound memory under heavy re-arming: stale entries never exceed the live ones
+        # by more than a constant, so the heap stays O(max_steps).
+        if len(self._heap) > 2 * len(self._live) + 64:
+            self._heap = [e for e in self._heap if self._live.get(e[2].key) is e[2]]
+            heapq.heapify(self._heap)
+
+
+def _later(moment: datetime, delta: timedelta) -> datetime:
+    try:
+        return moment + delta
+    except OverflowError:
+        return LATEST
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The blast-radius guard fired for one listing interval (`sweep.refused guard=max_steps`)."""
+
+    due_in_interval: int
+    max_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one listing means for the next interval; every listed step is in exactly one
+    of the tuples, so `total` equals the number listed.
+
+    When `refused` is set, `due_now` and `arm` are empty and the steps they would have
+    held are in `held`: a caller that forgets to check `refused` still marks nothing.
+    """
+
+    due_now: tuple[Timer, ...] = ()
+    arm: tuple[Timer, ...] = ()
+    dropped: tuple[Step, ...] = ()
+    exempt: tuple[Step, ...] = ()
+    not_running: tuple[Step, ...] = ()
+    held: tuple[Timer, ...] = ()
+    refused: Refused | None = None
+
+    @property
+    def due_in_interval(self) -> int:
+        """Zombies due from the listing until the next one: what the guard compares."""
+        return len(self.due_now) + len(self.arm) + len(self.held)
+
+    @property
+    def total(self) -> int:
+        return self.due_in_interval + len(self.dropped) + len(self.exempt) + len(self.not_running)
+
+
+def plan(
+    steps: Iterable[Step],
+    now: datetime,
+    next_listing_at: datetime,
+    rules: Rules,
+    outages: OutageWindows = NO_OUTAGES,
+    max_steps: int = 500,
+    sweep_id: str = "",
+) -> Plan:
+    """Sort one listing's steps into: mark now, arm a timer, or leave to the next listing.
+
+    A step due exactly at `next_listing_at` is left to that listing (it will find it
+    stale), so a step is never both armed here and marked there. A step due past the
+    calendar's end is dropped, like one due after the next listing.
+    """
+    due_now: list[Timer] = []
+    arm: list[Timer] = []
+    dropped: list[Step] = []
+    exempt: list[Step] = []
+    not_running: list[Step] = []
+    for step in steps:
+        if step.status != StepStatus.RUNNING:
+            not_running.append(step)
+            continue
+        if rules.rule_for(step).stale_after is None:
+            exempt.append(step)
+            continue
+        due = due_at(step, rules, outages)
+        if due is None or due >= next_listing_at:
+            dropped.append(step)
+        elif due <= now:
+            due_now.append(Timer(step, due, sweep_id))
+        else:
+            arm.append(Timer(step, due, sweep_id))
+    due_now.sort(key=lambda t: t.due)
+    arm.sort(key=lambda t: t.due)
+    rest = Plan(dropped=tuple(dropped), exempt=tuple(exempt), not_running=tuple(not_running))
+    count = len(due_now) + len(arm)
+    if count > max_steps:
+        held = tuple(sorted(due_now + arm, key=lambda t: t.due))
+        return replace(rest, held=held, refused=Refused(count, max_steps))
+    return replace(rest, due_now=tuple(due_now), arm=tuple(arm))
+
+
+class Next(StrEnum):
+    """What to do with a step after its timer fired and it was read again."""
+
+    WRITE = "write"
+    REARM = "rearm"
+    DROP = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class Rearm:
+    """The verdict after a timer fired: write `decision`, re-arm at `due` with `step` as
+    the new baseline, or drop for `reason` (logged as `step.skipped`)."""
+
+    next: Next
+    decision: Decision | None = None
+    step: Step | None = None
+    due: datetime | None = None
+    reason: SkipReason | None = None
+
+
+def rearm(
+    listed_step: Step,
+    current_step: Step | None,
+    now: datetime,
+    next_listing_at: datetime,
+    rules: Rules,
+    outages: OutageWindows = NO_OUTAGES,
+) -> Rearm:
+    """Judge a fired timer's step from a fresh read, as a sweep does before its write.
+
+    The write decision is `policy.recheck` itself, so a timer writes exactly when a
+    sweep would. A sign of life that moved never writes: the worker was alive after
+    the listing, so the step gets a new due moment from its new sign of life.
+    """
+    verdict = recheck(listed_step, current_step, now, rules, outages)
+    if isinstance(verdict, Decision):
+        return Rearm(Next.WRITE, decision=verdict)
+    if verdict is not SkipReason.ALIVE or current_step is None:
+        return Rearm(Next.DROP, reason=verdict)
+    # Alive: it moved, or is not stale yet (an outage opened since it was armed, or the
+    # timer fired early). Either way its own due moment says when to look again.
+    due = due_at(current_step, rules, outages)
+    if due is None or due >= next_listing_at:
+        return Rearm(Next.DROP, reason=SkipReason.ALIVE)
+    # A moved step may already be past its new due moment (a backdated sign of life):
+    # it fires at once, is read again and, unmoved, is judged like any other.
+    return Rearm(Next.REARM, step=current_step, due=due)
