@@ -30,15 +30,19 @@ from sweeper.logs import Redactor, configure_logging
 from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
 from sweeper.outages import OutageLog
+from sweeper.precise import Interval
 from sweeper.report import ExitCode, SweepReport
 from sweeper.schedule import DaemonState, install_stop_handlers, run_daemon
 from sweeper.settings import Settings, load_settings
 from sweeper.sweep import Sweeper
+from sweeper.timers import TimerHeap
 
 log = structlog.get_logger("sweeper.daemon")
 
 #: Keys that only a restart can change.
 RESTART_ONLY = ("server.listen",)
+#: Precise marking ends an interval this long (at most) before the next listing.
+LISTING_MARGIN = timedelta(milliseconds=250)
 
 
 def schedule_of(
@@ -137,6 +141,7 @@ class Daemon:
         self.pending: Settings | None = None
         self.generation: _Generation | None = None
         self.health: Health | None = None
+        self.timers = TimerHeap(settings.sweep.max_steps)
         self._closing: set[asyncio.Future[None]] = set()
         self._seen = self._files_now()
 
@@ -213,7 +218,23 @@ class Daemon:
         assert self.generation is not None
         sweeper = self.generation.sweeper
         report = sweeper.new_report()
-        return report, sweeper.run(report)
+        return report, sweeper.run(report, self._interval())
+
+    def _interval(self) -> Interval | None:
+        """Precise marking: timers run until just before the next listing."""
+        scheduler = self.state.scheduler
+        job = scheduler.get_job("sweep") if scheduler is not None else None
+        if not self.settings.schedule.precise or job is None or job.next_run_time is None:
+            return None
+        now = datetime.now(UTC)
+        following: datetime = job.next_run_time
+        # End a little early, so that this run has ended when the next listing is due
+        # (one listing at a time); steps due in that margin are the next listing's.
+        margin = min(LISTING_MARGIN, (following - now) / 10)
+        self.timers.max_steps = self.settings.sweep.max_steps
+        return Interval(
+            until=following - margin, timers=self.timers, on_armed=self.metrics.set_timers_armed
+        )
 
     def _apply(self, settings: Settings) -> None:
         """The new configuration takes over from this listing on."""

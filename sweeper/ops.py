@@ -122,8 +122,9 @@ class Metrics:
     def observe_sweep(self, report: SweepReport) -> None:
         self.sweeps.labels(result=report.result.value).inc()
         for entry in report.entries:
-            outcome = entry.outcome if entry.outcome != "skipped" else f"skipped_{entry.reason}"
-            self.steps.labels(outcome=outcome, status=entry.status or "").inc()
+            self.steps.labels(outcome=entry.count_name, status=entry.status or "").inc()
+            if entry.lagSeconds is not None:
+                self.observe_detection_lag(max(entry.lagSeconds, 0.0))
         self.records_invalid.inc(report.counts["invalid"])
         self.zombies.set(report.counts["zombies"])
         if report.finished_at is not None:

@@ -74,6 +74,7 @@ LISTING_COUNTS = (
     "not_running",
     "exempt",
     "not_stale",
+    "armed",
     "zombies",
 )
 #: The zombie outcomes, as counted; derived from the entries, so they add up to `zombies`.
@@ -115,6 +116,8 @@ class StepEntry:
     idleSeconds: int | None = None
     httpStatus: int | None = None
     attempts: int | None = None
+    #: For a marked step: seconds from crossing its limit to its write.
+    lagSeconds: float | None = None
 
     @property
     def key(self) -> StepKey:

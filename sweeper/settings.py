@@ -197,6 +197,8 @@ class ScheduleSettings(BaseModel):
     cron: str | None = None
     timezone: str = "UTC"
     jitter: Duration = timedelta(0)
+    #: Daemon only: mark each zombie the moment it crosses its limit, between listings.
+    precise: bool = True
 
     @field_validator("timezone")
     @classmethod

@@ -53,7 +53,9 @@ from sweeper.policy import (
     decide_by_hand,
     recheck,
 )
+from sweeper.precise import Interval, run_timers
 from sweeper.report import Outcome, Result, StepEntry, StepKey, SweepReport
+from sweeper.timers import Timer, due_at, listing_horizon
 
 log = structlog.get_logger("sweeper.sweep")
 
@@ -90,6 +92,8 @@ class ListingOverran(Exception):
 
 #: How a step is judged again from a fresh read: a Decision to write, or why not.
 Judge = Callable[[Step | None], Decision | SkipReason]
+#: Sleep for so many seconds, or less if the event is set (or a stop comes).
+Nap = Callable[[float, asyncio.Event], Awaitable[None]]
 
 
 class Sweeper:
@@ -104,6 +108,7 @@ class Sweeper:
         stop: asyncio.Event | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         outages: Callable[[], OutageWindows] = lambda: NO_OUTAGES,
+        nap: Nap | None = None,
     ) -> None:
         self.client = client
         self.config = config
@@ -111,6 +116,16 @@ class Sweeper:
         self.stop = stop or asyncio.Event()
         self.monotonic = monotonic
         self.outages = outages
+        self.nap = nap or self._nap
+
+    async def _nap(self, seconds: float, wake: asyncio.Event) -> None:
+        """Sleep between timers; a stop or a re-armed timer ends it early."""
+        stop, woken = (asyncio.ensure_future(e.wait()) for e in (self.stop, wake))
+        try:
+            await asyncio.wait({stop, woken}, timeout=seconds, return_when="FIRST_COMPLETED")
+        finally:
+            stop.cancel()
+            woken.cancel()
 
     def new_report(self, *, manual: bool = False) -> SweepReport:
         return SweepReport(
@@ -120,10 +135,17 @@ class Sweeper:
             manual=manual,
         )
 
-    async def run(self, report: SweepReport | None = None) -> SweepReport:
-        """One sweep. Pass the report in to keep it when the sweep is cancelled."""
+    async def run(
+        self, report: SweepReport | None = None, interval: Interval | None = None
+    ) -> SweepReport:
+        """One sweep. Pass the report in to keep it when the sweep is cancelled.
+
+        With an `interval` (the daemon's precise marking), the listing also arms a
+        timer for each step due before the interval ends, and the sweep lasts until
+        then: its report counts everything done until the next listing.
+        """
         report = report or self.new_report()
-        await _Run(self, report).execute(_Run.sweep)
+        await _Run(self, report, interval).execute(_Run.sweep)
         return report
 
     async def mark(
@@ -143,8 +165,12 @@ class Sweeper:
 class _Run:
     """The state of one sweep in progress."""
 
-    def __init__(self, sweeper: Sweeper, report: SweepReport) -> None:
+    def __init__(
+        self, sweeper: Sweeper, report: SweepReport, interval: Interval | None = None
+    ) -> None:
         self.s = sweeper
+        self.interval = interval
+        self.soon: list[Timer] = []  # precise mode: steps due before the interval ends
         self.client = sweeper.client
         self.cfg = sweeper.config
         self.report = report
@@ -230,8 +256,25 @@ class _Run:
 
     async def sweep(self) -> None:
         zombies = await self.collect()
-        check_blast_radius(len(zombies), self.cfg.max_steps)
-        await self.write_all(zombies)
+        interval = self.interval
+        if interval is None:
+            check_blast_radius(len(zombies), self.cfg.max_steps)
+            await self.write_all(zombies)
+            return
+        # Precise: the guard counts every zombie due in this listing interval.
+        interval.timers.clear()
+        check_blast_radius(len(zombies) + len(self.soon), self.cfg.max_steps)
+        for timer in self.soon:
+            interval.timers.arm(timer.step, timer.due, self.report.sweep_id)
+        self.counts["armed"] = len(interval.timers)
+        interval.on_armed(len(interval.timers))
+        await asyncio.gather(self.write_all(zombies), run_timers(self, interval))
+
+    def new_entry(self, step: Step) -> StepEntry:
+        """A step a timer found due: a zombie of this listing from now on."""
+        entry = StepEntry(stepId=step.step_id, organizationId=step.organization_id)
+        self.report.entries.append(entry)
+        return entry
 
     async def mark_one(self, step_id: str, organization_id: str, rule: Rule) -> None:
         entry = StepEntry(stepId=step_id, organizationId=organization_id)
@@ -296,7 +339,11 @@ class _Run:
         cfg = self.cfg
         zombies: dict[StepKey, Decision] = {}
         seen: set[StepKey] = set()  # spared steps, by identity: exact, no hash to collide
-        started_before = self.s.clock() - cfg.rules.smallest_stale_after
+        now = self.s.clock()
+        started_before = now - cfg.rules.smallest_stale_after
+        if self.interval is not None:
+            # Young steps that will be due before the next listing are listed too.
+            started_before = listing_horizon(now, self.interval.until - now, cfg.rules)
         async for page in self.client.list_running(started_before, cfg.page_size):
             now = self.s.clock()
             outages = self.s.outages()
@@ -333,6 +380,10 @@ class _Run:
         if isinstance(verdict, Spared):
             seen.add(key)
             self.counts[verdict.value] += 1
+            if verdict is Spared.NOT_STALE and self.interval is not None:
+                due = due_at(record, self.cfg.rules, outages)
+                if due is not None and due < self.interval.until:
+                    self.soon.append(Timer(record, due, self.report.sweep_id))
             return
         zombies[key] = verdict
         self.report.entries.append(_entry(verdict))
@@ -374,20 +425,30 @@ class _Run:
         verdict: Decision | SkipReason | None = None if self.cfg.recheck else decision
         await self.handle(judge, entry, verdict)
 
-    def why_not_start(self) -> SkipReason | None:
-        return why_not_start(self.s.stop.is_set(), self.s.monotonic(), self.deadline_at)
+    def why_not_start(self, deadline_at: float | None = None) -> SkipReason | None:
+        deadline = self.deadline_at if deadline_at is None else deadline_at
+        return why_not_start(self.s.stop.is_set(), self.s.monotonic(), deadline)
 
     async def handle(
-        self, judge: Judge, entry: StepEntry, verdict: Decision | SkipReason | None
+        self,
+        judge: Judge,
+        entry: StepEntry,
+        verdict: Decision | SkipReason | None,
+        deadline_at: float | None = None,
     ) -> None:
-        """Settle one zombie. `verdict` is the first attempt's judgement (None: re-read first)."""
+        """Settle one zombie. `verdict` is the first attempt's judgement (None: re-read
+        first); `deadline_at` replaces the sweep's deadline (a timer's own)."""
         try:
-            await self.attempt_writes(judge, entry, verdict)
+            await self.attempt_writes(judge, entry, verdict, deadline_at)
         except Exception as exc:
             self.settle_failure(entry, exc)
 
     async def attempt_writes(
-        self, judge: Judge, entry: StepEntry, verdict: Decision | SkipReason | None
+        self,
+        judge: Judge,
+        entry: StepEntry,
+        verdict: Decision | SkipReason | None,
+        deadline_at: float | None,
     ) -> None:
         """Re-read, judge, write; after an unanswered write, wait and do it all again."""
         client, sweep_id = self.client, self.report.sweep_id
@@ -397,7 +458,7 @@ class _Run:
         while True:
             if self.halted is not None:
                 return  # pending; settled with the halt's outcome
-            reason = self.why_not_start()
+            reason = self.why_not_start(deadline_at)
             if reason is not None:
                 self.skip(entry, reason)
                 return
@@ -419,7 +480,7 @@ class _Run:
             # Nothing awaits between the re-read above and the write below but these checks.
             if self.halted is not None:
                 return
-            reason = self.why_not_start()
+            reason = self.why_not_start(deadline_at)
             if reason is not None:
                 self.skip(entry, reason)
                 return
@@ -441,7 +502,7 @@ class _Run:
                 return
             except WriteUnanswered as exc:
                 if attempts >= client.max_attempts or not await self.wait_to_retry(
-                    entry, exc, attempts
+                    entry, exc, attempts, deadline_at
                 ):
                     raise
                 continue
@@ -453,10 +514,12 @@ class _Run:
             self.settle(entry, decision, Outcome.MARKED)
             return
 
-    async def wait_to_retry(self, entry: StepEntry, exc: WriteUnanswered, attempts: int) -> bool:
+    async def wait_to_retry(
+        self, entry: StepEntry, exc: WriteUnanswered, attempts: int, deadline_at: float | None
+    ) -> bool:
         """Wait before the next attempt, unless that would cross the deadline or a stop."""
         wait = exc.retry_after or 0.0
-        if self.s.monotonic() + wait >= self.deadline_at:
+        if self.s.monotonic() + wait >= (self.deadline_at if deadline_at is None else deadline_at):
             return False
         await self.client.wait_to_retry("PATCH", step_url(entry.stepId), exc, attempts)
         return not self.s.stop.is_set()
@@ -495,6 +558,10 @@ class _Run:
         self, entry: StepEntry, decision: Decision, outcome: Outcome, reason: str | None = None
     ) -> None:
         entry.settle(outcome, reason)
+        if outcome is Outcome.MARKED and not self.report.manual:
+            # Detection lag: from the moment the step crossed its limit to its write.
+            due = decision.last_sign_of_life_at + decision.stale_after + decision.outage_discount
+            entry.lagSeconds = round((self.s.clock() - due).total_seconds(), 3)
         self.log.info(
             "step.marked" if outcome is Outcome.MARKED else "step.would_mark",
             step_id=entry.stepId,

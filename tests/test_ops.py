@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
-from sweeper.report import Result, StepEntry, SweepReport
+from sweeper.report import Outcome, Result, StepEntry, SweepReport
 from tests.helpers import NOW, FakeClock
 
 
@@ -23,9 +23,9 @@ def report(clock: FakeClock, result: Result = Result.COMPLETED) -> SweepReport:
     r.finished_at = clock()
     r.counts.update(zombies=3, invalid=2)
     r.entries += [
-        StepEntry("a", "org", "marked", status="FAILED"),
-        StepEntry("b", "org", "marked", status="CANCELLED"),
-        StepEntry("c", "org", "skipped", reason="finished", status="FAILED"),
+        StepEntry("a", "org", Outcome.MARKED, status="FAILED", lagSeconds=0.4),
+        StepEntry("b", "org", Outcome.MARKED, status="CANCELLED"),
+        StepEntry("c", "org", Outcome.SKIPPED, reason="finished", status="FAILED"),
     ]
     return r
 
@@ -78,6 +78,9 @@ def test_metrics_endpoint_serves_every_documented_metric(
     assert samples[("sweeper_sweep_duration_seconds_sum", ())] == 3
     assert samples[("sweeper_last_success_timestamp_seconds", ())] == NOW.timestamp()
     assert samples[("sweeper_zombies_found", ())] == 3
+    # The detection lag of each marked step that carries one.
+    assert samples[("sweeper_detection_lag_seconds_count", ())] == 1
+    assert samples[("sweeper_detection_lag_seconds_bucket", (("le", "0.5"),))] == 1
     assert samples[("sweeper_records_invalid_total", ())] == 2
     assert samples[("sweeper_http_requests_total", (("method", "PATCH"), ("status", "503")))] == 1
 

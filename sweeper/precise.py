@@ -1,0 +1,121 @@
+"""Precise marking, the moving part: between two listings, fire each armed timer
+at its step's due moment and settle the step exactly as a sweep does.
+
+A listing in precise mode (`Sweeper.run(report, interval)`) reads every RUNNING
+step that can cross its limit before the next listing, writes those already due
+and arms a timer for the others (`sweeper.timers`, pure). This module runs the
+timers until the interval ends: one loop, one heap, sleeping until the earliest
+due moment; each timer that fires re-reads its step and either writes it (through
+the sweep's own write path: same checks, events and accounting), re-arms it when
+its sign of life moved, or drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sweeper.model import Step
+from sweeper.policy import Decision, SkipReason, recheck
+from sweeper.report import StepEntry
+from sweeper.timers import Next, Timer, TimerHeap, due_at, rearm
+
+if TYPE_CHECKING:
+    from sweeper.sweep import _Run
+
+
+@dataclass
+class Interval:
+    """One listing interval of the daemon in precise mode."""
+
+    #: When this interval ends: shortly before the next listing.
+    until: datetime
+    timers: TimerHeap
+    #: Called with the number of armed timers whenever it changes (a metrics gauge).
+    on_armed: Callable[[int], None] = lambda _: None
+    #: Set when a timer is re-armed, so that the loop looks at the heap again.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def run_timers(run: _Run, interval: Interval) -> None:
+    """Fire timers as they come due until the interval ends, a guard fires or a stop."""
+    sweeper, heap = run.s, interval.timers
+    slots = asyncio.Semaphore(run.cfg.max_concurrency)
+    firing: set[asyncio.Task[None]] = set()
+    failures: list[BaseException] = []
+
+    def done(task: asyncio.Task[None]) -> None:
+        firing.discard(task)
+        slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(task.exception())  # type: ignore[arg-type]
+
+    try:
+        while run.halted is None and not sweeper.stop.is_set() and not failures:
+            due = heap.next_due()
+            if due is None or due >= interval.until:
+                break
+            wait = (due - sweeper.clock()).total_seconds()
+            if wait > 0:
+                interval.wake.clear()
+                await sweeper.nap(wait, interval.wake)
+                continue
+            for timer in heap.pop_due(sweeper.clock()):
+                await slots.acquire()
+                task = asyncio.ensure_future(fire(run, interval, timer))
+                firing.add(task)
+                task.add_done_callback(done)
+            interval.on_armed(len(heap))
+    finally:
+        # Writes in flight finish (a stop drains them); the timers not fired are
+        # simply not zombies yet: the next listing rebuilds them all.
+        if firing:
+            await asyncio.wait(set(firing))
+        interval.on_armed(len(heap))
+    if failures:
+        raise failures[0]
+
+
+async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
+    """A timer came due: read the step again, then write, re-arm or drop it."""
+    sweeper, cfg = run.s, run.cfg
+    if run.halted is not None or sweeper.stop.is_set():
+        return
+    # Outage grace: an outage since the timer was armed moves its step's due moment.
+    due = due_at(timer.step, cfg.rules, sweeper.outages())
+    if due is None:
+        return
+    if due > sweeper.clock():
+        arm(interval, timer.step, due, timer.sweep_id)
+        return
+    # A write never starts later than sweep.deadline after its timer fired.
+    deadline_at = sweeper.monotonic() + cfg.deadline.total_seconds()
+    step = timer.step
+    try:
+        current = await run.client.get_step(
+            step.step_id, step.organization_id, then_write=not cfg.dry_run
+        )
+    except Exception as exc:
+        run.settle_failure(run.new_entry(step), exc)
+        return
+    verdict = rearm(step, current, sweeper.clock(), interval.until, cfg.rules, sweeper.outages())
+    if verdict.next is Next.REARM and verdict.step is not None and verdict.due is not None:
+        arm(interval, verdict.step, verdict.due, timer.sweep_id)
+        return
+    entry: StepEntry = run.new_entry(step)
+    if verdict.next is Next.DROP:
+        run.skip(entry, verdict.reason or SkipReason.ALIVE)
+        return
+
+    def judge(again: Step | None) -> Decision | SkipReason:
+        return recheck(step, again, sweeper.clock(), cfg.rules, sweeper.outages())
+
+    await run.handle(judge, entry, verdict.decision, deadline_at)
+
+
+def arm(interval: Interval, step: Step, due: datetime, sweep_id: str) -> None:
+    if due < interval.until and interval.timers.arm(step, due, sweep_id):
+        interval.wake.set()
