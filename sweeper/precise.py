@@ -55,20 +55,28 @@ async def run_timers(run: _Run, interval: Interval) -> None:
 
     try:
         while run.halted is None and not sweeper.stop.is_set() and not failures:
+            interval.wake.clear()
             due = heap.next_due()
-            if due is None or due >= interval.until:
+            if due is not None and due < interval.until:
+                wait = (due - sweeper.clock()).total_seconds()
+                if wait > 0:
+                    await sweeper.nap(wait, interval.wake)
+                    continue
+                for timer in heap.pop_due(sweeper.clock()):
+                    await slots.acquire()
+                    task = asyncio.ensure_future(fire(run, interval, timer))
+                    firing.add(task)
+                    task.add_done_callback(done)
+                interval.on_armed(len(heap))
+            elif firing:
+                # A timer firing now may re-arm its step: wait for that, or for it to end.
+                woken = asyncio.ensure_future(interval.wake.wait())
+                try:
+                    await asyncio.wait({*firing, woken}, return_when="FIRST_COMPLETED")
+                finally:
+                    woken.cancel()
+            else:
                 break
-            wait = (due - sweeper.clock()).total_seconds()
-            if wait > 0:
-                interval.wake.clear()
-                await sweeper.nap(wait, interval.wake)
-                continue
-            for timer in heap.pop_due(sweeper.clock()):
-                await slots.acquire()
-                task = asyncio.ensure_future(fire(run, interval, timer))
-                firing.add(task)
-                task.add_done_callback(done)
-            interval.on_armed(len(heap))
     finally:
         # Writes in flight finish (a stop drains them); the timers not fired are
         # simply not zombies yet: the next listing rebuilds them all.

@@ -1,0 +1,255 @@
+"""Precise marking over MockTransport with an injected clock: timers fire at due moments."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from sweeper.api import STEPS_PATH
+from sweeper.model import format_timestamp
+from sweeper.precise import Interval
+from sweeper.report import Outcome, Result
+from sweeper.sweep import Sweeper
+from sweeper.timers import TimerHeap
+from tests.helpers import NOW, FakeClock, FakePlatform, record
+from tests.test_sweep import H, make_sweeper
+
+M = timedelta(minutes=1)
+S = timedelta(seconds=1)
+
+
+def precise(sweeper: Sweeper, clock: FakeClock, until: timedelta = 5 * M) -> Interval:
+    naps: list[float] = []
+
+    async def nap(seconds: float, wake: asyncio.Event) -> None:
+        naps.append(seconds)
+        clock.advance(timedelta(seconds=seconds))
+
+    sweeper.nap = nap
+    interval = Interval(until=clock() + until, timers=TimerHeap(sweeper.config.max_steps))
+    interval.naps = naps  # type: ignore[attr-defined]
+    return interval
+
+
+def writes(platform: FakePlatform) -> list[tuple[str, Any]]:
+    return [(r.url.path.rsplit("/", 1)[1], r.extensions.get("at")) for r in platform.patches]
+
+
+def timestamped(platform: FakePlatform, clock: FakeClock) -> None:
+    def note(request: httpx.Request) -> None:
+        request.extensions["at"] = clock()
+
+    platform.before.append(note)
+
+
+def test_a_step_due_before_the_next_listing_is_marked_at_its_moment(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Due at +90 s: listed now (the horizon reaches it), armed, written at +90 s, not before."""
+    platform.add(record("soon", started=2 * H - 90 * S), record("later", started=2 * H - 10 * M))
+    timestamped(platform, clock)
+    sweeper = make_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert report.counts["armed"] == 1
+    assert report.counts["not_stale"] == 2
+    ((step_id, at),) = writes(platform)
+    assert step_id == "soon"
+    assert NOW + 90 * S <= at <= NOW + 91 * S
+    (entry,) = report.entries
+    assert entry.outcome is Outcome.MARKED
+    assert 0 <= (entry.lagSeconds or 0) < 1
+    listing = next(r for r in platform.requests if r.url.path == STEPS_PATH)
+    # startedBefore reaches steps that will be due before the interval ends (the
+    # smallest limit of any rule is 30 minutes).
+    assert listing.url.params["startedBefore"] == format_timestamp(NOW + 5 * M - 30 * M)
+
+
+def test_a_heartbeat_just_before_the_due_moment_leaves_the_step_alone(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """The worker beats 1 s before the timer: re-armed at its new moment, past the interval."""
+    platform.add(record("beating", started=2 * H - 60 * S))
+    sweeper = make_sweeper(platform, clock)
+    interval = precise(sweeper, clock, until=2 * M)
+
+    def heartbeat(request: httpx.Request) -> None:
+        if request.method == "GET" and request.url.path != STEPS_PATH:
+            platform.state.update("beating", lastHeartbeatAt=format_timestamp(clock() - S))
+
+    platform.before.append(heartbeat)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert platform.patches == []
+    # Its new moment is past the interval: dropped, left to the next listing.
+    (entry,) = report.entries
+    assert (entry.outcome, entry.reason) == (Outcome.SKIPPED, "alive")
+    assert len(interval.timers) == 0
+
+
+def test_a_heartbeat_moves_the_timer_within_the_interval(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A beat at +30 s: re-armed at its new moment (+30 s + 2 h), then written there."""
+    platform.add(record("s", org="org-a", started=2 * H - 60 * S))
+    timestamped(platform, clock)
+    sweeper = make_sweeper(platform, clock)
+    interval = precise(sweeper, clock, until=3 * H)
+    beats = {"n": 0}
+
+    def heartbeat(request: httpx.Request) -> None:
+        if request.method == "GET" and request.url.path != STEPS_PATH and not beats["n"]:
+            beats["n"] += 1
+            platform.state.update("s", lastHeartbeatAt=format_timestamp(NOW + 30 * S))
+
+    platform.before.append(heartbeat)
+    report = asyncio.run(sweeper.run(interval=interval))
+    ((_, at),) = writes(platform)
+    assert NOW + 2 * H + 30 * S <= at <= NOW + 2 * H + 31 * S
+    assert report.counts["marked"] == 1
+    assert report.counts["skipped_alive"] == 0
+
+
+def test_a_step_that_finished_before_its_moment_is_skipped(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Its timer fires, the re-read shows SUCCEEDED: step.skipped finished, never written."""
+    platform.add(record("done", started=2 * H - 30 * S))
+    sweeper = make_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+
+    def finish(request: httpx.Request) -> None:
+        if request.method == "GET" and request.url.path != STEPS_PATH:
+            platform.state.update("done", status="SUCCEEDED")
+
+    platform.before.append(finish)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert platform.patches == []
+    (entry,) = report.entries
+    assert (entry.outcome, entry.reason) == (Outcome.SKIPPED, "finished")
+
+
+def test_the_blast_radius_counts_every_step_due_in_the_interval(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """2 due now + 2 due soon > max_steps 3: nothing is written, no timer is armed."""
+    platform.add(
+        *(record(f"now{n}", started=5 * H) for n in range(2)),
+        *(record(f"soon{n}", started=2 * H - 30 * S) for n in range(2)),
+    )
+    sweeper = make_sweeper(platform, clock, max_steps=3)
+    interval = precise(sweeper, clock)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert report.result is Result.REFUSED
+    assert platform.patches == []
+    assert len(interval.timers) == 0
+
+
+def test_no_timer_write_after_a_stop(platform: FakePlatform, clock: FakeClock) -> None:
+    """A stop while waiting for the next timer: the loop ends, nothing more is written."""
+    platform.add(record("a", started=2 * H - 30 * S), record("b", started=2 * H - 60 * S))
+    stop = asyncio.Event()
+    sweeper = make_sweeper(platform, clock, stop=stop)
+    interval = precise(sweeper, clock)
+
+    def stop_after_first(request: httpx.Request) -> None:
+        if request.method == "PATCH":
+            stop.set()
+
+    platform.before.append(stop_after_first)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert len(platform.patches) == 1
+    assert report.result is Result.INTERRUPTED
+    assert report.counts["marked"] == 1
+
+
+def test_an_outage_since_arming_moves_the_timer(platform: FakePlatform, clock: FakeClock) -> None:
+    """The platform was away after the timer was armed: it fires later, by the outage's length."""
+    from sweeper.outages import OutageWindows
+
+    platform.add(record("s", started=2 * H - 60 * S))
+    timestamped(platform, clock)
+    sweeper = make_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+    windows = {"now": OutageWindows()}
+    sweeper.outages = lambda: windows["now"]
+
+    async def nap(seconds: float, wake: asyncio.Event) -> None:
+        clock.advance(timedelta(seconds=seconds))
+        # 40 s of outage, between the listing and the timer's moment.
+        windows["now"] = OutageWindows.of([(NOW + 10 * S, NOW + 50 * S)])
+
+    sweeper.nap = nap
+    asyncio.run(sweeper.run(interval=interval))
+    ((_, at),) = writes(platform)
+    assert NOW + 100 * S <= at <= NOW + 101 * S
+
+
+def test_timer_writes_keep_the_listings_sweep_id_and_the_counts_add_up(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """One sweep.finished for the interval: listing writes and timer writes, one sweep_id."""
+    platform.add(
+        record("now", started=5 * H),
+        *(record(f"soon{n}", started=2 * H - (20 + n) * S) for n in range(3)),
+    )
+    sweeper = make_sweeper(platform, clock)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    marked = [e for e in logs if e["event"] == "step.marked"]
+    assert len(marked) == 4
+    assert {e["sweep_id"] for e in marked} == {report.sweep_id}
+    (finished,) = [e for e in logs if e["event"] == "sweep.finished"]
+    assert (finished["zombies"], finished["marked"], finished["armed"]) == (4, 4, 3)
+
+
+# -- the real daemon against the stand-in -------------------------------------------
+
+
+def test_the_daemon_marks_each_zombie_within_a_second_of_its_moment(
+    shared_platform: Any, tmp_path: Any
+) -> None:
+    """A worker that dies is marked within 1 s of its limit; one that beats is left alone."""
+    import signal
+    import time
+    from datetime import UTC, datetime
+
+    from sweeper.devserver.state import _parse_time
+    from tests.e2e import signal_and_collect, start_sweeper, wait_for, write_config
+
+    platform = shared_platform
+    platform.reset()
+    limit = timedelta(seconds=5)
+    started = datetime.now(UTC)
+    platform.state.add(record("dies", now=started, started=timedelta(0)))
+    platform.state.add(record("beats", now=started, started=timedelta(0)))
+    extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "5s"\n'
+    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    try:
+
+        def beat() -> None:
+            now = datetime.now(UTC)
+            platform.state.steps["beats"]["lastHeartbeatAt"] = format_timestamp(now)
+
+        def dies_marked() -> bool:
+            beat()
+            time.sleep(0.05)  # a worker heartbeating every 50 ms, not a wait for time
+            return any(p.step_id == "dies" for p in platform.state.patches)
+
+        wait_for(dies_marked)
+        (dies,) = [p for p in platform.state.patches if p.step_id == "dies"]
+        due = _parse_time(platform.state.steps["dies"]["startedAt"]) + limit
+        assert timedelta(0) <= dies.at - due < timedelta(seconds=1)
+        assert platform.state.steps["beats"]["status"] == "RUNNING"
+        last_beat = _parse_time(platform.state.steps["beats"]["lastHeartbeatAt"])
+        # The worker stops beating now: marked within a second of its new moment.
+        wait_for(lambda: any(p.step_id == "beats" for p in platform.state.patches))
+        (beats,) = [p for p in platform.state.patches if p.step_id == "beats"]
+        assert timedelta(0) <= beats.at - (last_beat + limit) < timedelta(seconds=1)
+    finally:
+        result = signal_and_collect(proc, signal.SIGTERM)
+    assert result.code == 0, result.stderr
+    marked = result.named("step.marked")
+    assert [e["step_id"] for e in marked] == ["dies", "beats"]
+    assert len({e["sweep_id"] for e in marked}) == 1  # both armed by the first listing
