@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,12 +39,15 @@ from sweeper.api import STEPS_PATH, PlatformClient, build_http_client
 from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus, format_timestamp
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
+from sweeper.precise import Interval
 from sweeper.report import OUTCOME_COUNTS, ExitCode, Outcome, Result, SweepReport
 from sweeper.sweep import SweepConfig, Sweeper
+from sweeper.timers import TimerHeap
 from tests.helpers import NOW, TOKEN, FakeClock
 
 LIMIT = timedelta(hours=1)
 DEADLINE = timedelta(minutes=10)
+INTERVAL = timedelta(minutes=5)
 RULES = Rules((), Rule("default", LIMIT, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
 HARMLESS = {Outcome.MARKED, Outcome.SKIPPED}
 
@@ -204,10 +207,9 @@ class Hostile:
         return self.answer(200, {"success": True, "data": record})
 
     def stale(self, record: dict[str, Any]) -> bool:
-        last = max(
-            record.get("lastHeartbeatAt", record["startedAt"]), record["startedAt"]
-        )  # same format: text order is time order
-        return last < format_timestamp(self.clock() - LIMIT)
+        times = [record["startedAt"], record.get("lastHeartbeatAt", record["startedAt"])]
+        last = max(datetime.fromisoformat(t.replace("Z", "+00:00")) for t in times)
+        return self.clock() - last > LIMIT
 
     require_reread: bool = True
     patched: set[tuple[str, str]] = field(default_factory=set)
@@ -235,7 +237,7 @@ scenario = st.fixed_dictionaries(
             st.tuples(
                 st.sampled_from(["a", "b", "c", "d", "e", "f"]),
                 st.sampled_from(["org-a", "org-b"]),
-                st.sampled_from(["zombie", "zombie", "live"]),
+                st.sampled_from(["zombie", "zombie", "live", "soon"]),
             ),
             max_size=10,
             unique_by=lambda t: (t[0], t[1]),
@@ -247,6 +249,7 @@ scenario = st.fixed_dictionaries(
         "recheck": st.booleans(),
         "concurrency": st.integers(1, 4),
         "max_steps": st.sampled_from([3, 100]),
+        "precise": st.booleans(),
     }
 )
 
@@ -261,8 +264,9 @@ def run_scenario(case: dict[str, Any]) -> tuple[Hostile, SweepReport]:
         repeat_cursor=case["repeat_cursor"],
     )
     platform.require_reread = case["recheck"]
+    ago = {"zombie": 5 * LIMIT, "live": timedelta(minutes=5), "soon": LIMIT - timedelta(minutes=2)}
     for step_id, org, kind in case["steps"]:
-        started = NOW - (5 * LIMIT if kind == "zombie" else timedelta(minutes=5))
+        started = NOW - ago[kind]
         platform.steps[(org, step_id)] = {
             "stepId": step_id,
             "organizationId": org,
@@ -296,12 +300,22 @@ def run_scenario(case: dict[str, Any]) -> tuple[Hostile, SweepReport]:
         deadline=DEADLINE,
         page_size=case["page_size"],
     )
-    sweeper = Sweeper(client, config, clock=clock, monotonic=clock.monotonic)
-    platform.deadline_at = clock.monotonic() + DEADLINE.total_seconds()
+
+    async def nap(seconds: float, wake: asyncio.Event) -> None:
+        clock.advance(timedelta(seconds=seconds))
+
+    sweeper = Sweeper(client, config, clock=clock, monotonic=clock.monotonic, nap=nap)
+    # A sweep's writes start within its deadline; with precise marking, a timer fires
+    # before the interval ends and its write starts within the deadline after that.
+    last_start = DEADLINE + (INTERVAL if case["precise"] else timedelta(0))
+    platform.deadline_at = clock.monotonic() + last_start.total_seconds()
 
     async def sweep() -> SweepReport:
+        interval = None
+        if case["precise"]:
+            interval = Interval(until=NOW + INTERVAL, timers=TimerHeap(100))
         async with http:
-            return await asyncio.wait_for(sweeper.run(), timeout=30)
+            return await asyncio.wait_for(sweeper.run(interval=interval), timeout=30)
 
     with timeline_of_events(platform.timeline):
         report = asyncio.run(sweep())
