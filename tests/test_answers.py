@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from sweeper.answers import (
+    DEEP,
     MESSAGE_LIMIT,
     Transient,
     classify,
+    decode_json,
     platform_message,
     retry_after_seconds,
 )
@@ -176,3 +178,94 @@ def test_retry_after_date_is_measured_from_the_given_now() -> None:
     with pytest.raises(Transient) as caught:
         answer(503, retry_after=when)
     assert caught.value.retry_after == 20.0
+
+
+# A listing too deep for the JSON parser is parsed record by record (_decode_deep).
+DEEP_RECORD = '{"a":' * 5000 + "1" + "}" * 5000
+DEEP_ARRAY = "[" * 5000 + "]" * 5000
+
+
+def doc(text: str) -> bytes:
+    return text.replace("@DEEP@", DEEP_RECORD).replace("@DEEPARRAY@", DEEP_ARRAY).encode()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '{"data": [{"id": "a"}, @DEEP@, {"id": "b"}], "next": "c"}',
+            {"data": [{"id": "a"}, DEEP, {"id": "b"}], "next": "c"},
+        ),
+        ('{"data":[@DEEP@,{"id":"b"}]}', {"data": [DEEP, {"id": "b"}]}),
+        ('{"data":[{"id":"a"},@DEEP@]}', {"data": [{"id": "a"}, DEEP]}),
+        ('{"data":[@DEEPARRAY@]}', {"data": [DEEP]}),
+        (
+            '{"data":[@DEEP@, 7, "x", null, [1, [2, 3]]]}',
+            {"data": [DEEP, 7, "x", None, [1, [2, 3]]]},
+        ),
+        (
+            '{"meta": [1, 2], "links": {"data": [3]}, "data": [@DEEP@], "n": {"k": [4]}}',
+            {"meta": [1, 2], "links": {"data": [3]}, "data": [DEEP], "n": {"k": [4]}},
+        ),
+        (
+            '{"data": [{"s": "a,]}[{\\"x"}, @DEEP@, {"t": "]"}], "z": "}"}',
+            {"data": [{"s": 'a,]}[{"x'}, DEEP, {"t": "]"}], "z": "}"},
+        ),
+        ('{"data": [@DEEP@], "more": [{"data": [5]}]}', {"data": [DEEP], "more": [{"data": [5]}]}),
+        ('  {"data" : [ @DEEP@ , {"id":"b"} ] }  ', {"data": [DEEP, {"id": "b"}]}),
+    ],
+    ids=[
+        "middle",
+        "first",
+        "last",
+        "deep-array",
+        "scalars-and-arrays-beside",
+        "data-key-only-at-top-level",
+        "brackets-commas-quotes-in-strings",
+        "a-later-data-array-is-not-the-listing",
+        "whitespace",
+    ],
+)
+def test_a_listing_too_deep_is_parsed_record_by_record(text: str, expected: object) -> None:
+    """Each record of `data` too deep becomes DEEP; the rest of the document is kept as is."""
+    decoded = decode_json(doc(text))
+    assert decoded == expected
+    assert [type(r) for r in decoded["data"]] == [type(r) for r in expected["data"]]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"items": [@DEEP@]}', "nesting too deep to parse"),
+        ("[@DEEP@]", "nesting too deep to parse"),
+        ('["data", [@DEEP@]]', "nesting too deep to parse"),
+        ('{"x": {"data": [@DEEP@]}}', "nesting too deep to parse"),
+        ('{"data": [@DEEP@', "nesting too deep to parse"),
+        ('{"data": [1], "x": @DEEP@}', "nesting too deep to parse, outside the records"),
+        ('{"x": @DEEP@, "data": [1]}', "nesting too deep to parse, outside the records"),
+    ],
+    ids=[
+        "no-data-array",
+        "top-level-array",
+        "data-as-an-array-element",
+        "data-not-at-top",
+        "unclosed",
+        "deep-after",
+        "deep-before",
+    ],
+)
+def test_too_deep_without_a_data_array_to_split_is_a_value_error(text: str, message: str) -> None:
+    """No top-level `data` array to split, or the depth is outside it: ValueError, no records."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        decode_json(doc(text))
+
+
+def test_deep_answer_through_classify_is_the_payload() -> None:
+    """A 2xx listing with a record too deep still succeeds: the record is DEEP, the rest kept."""
+    content = doc('{"success": true, "data": [{"id": "a"}, @DEEP@]}')
+    assert answer(200, content) == {"success": True, "data": [{"id": "a"}, DEEP]}
+
+
+def test_deep_stands_in_readably() -> None:
+    """DEEP shows as DEEP in logs and reprs."""
+    assert repr(DEEP) == "DEEP"

@@ -263,3 +263,15 @@ def test_recheck_applies_the_outage_discount_too() -> None:
     outage = OutageWindows.of([(NOW - 2 * H, NOW - 30 * M)])
     assert recheck(s, s, NOW, DEFAULT, outage) is SkipReason.ALIVE
     assert isinstance(recheck(s, s, NOW, DEFAULT), Decision)
+
+
+def test_manual_decision_has_no_limit_and_names_its_sign_of_life() -> None:
+    """`sweeper mark`: stale_after is zero (not None, not a day), and the sign of life is named."""
+    by_hand = manual_rule(StepStatus.FAILED, "BY_HAND", "after {idle}, limit {stale_after}")
+    assert by_hand.stale_after == timedelta(0)
+    verdict = decide_by_hand(step(heartbeat=3 * M), NOW, by_hand)
+    assert isinstance(verdict, Decision)
+    assert (verdict.stale_after, verdict.error_message) == (timedelta(0), "after 3m, limit 0s")
+    assert verdict.last_sign_of_life_field == "lastHeartbeatAt"
+    details = build_update(verdict, NOW, "s", "h", "v").error_details
+    assert (details["staleAfterSeconds"], details["lastSignOfLifeField"]) == (0, "lastHeartbeatAt")
