@@ -90,7 +90,9 @@ def _decode_deep(content: bytes) -> Any:
     for first, last in elements:
         piece = content[first:last]
         if not piece.strip():
-            continue
+            if len(elements) == 1:
+                continue  # "data": [] is empty, not malformed
+            raise ValueError("not JSON: an empty element in the data array")
         try:
             records.append(json.loads(piece))
         except RecursionError:

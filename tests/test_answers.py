@@ -269,3 +269,20 @@ def test_deep_answer_through_classify_is_the_payload() -> None:
 def test_deep_stands_in_readably() -> None:
     """DEEP shows as DEEP in logs and reprs."""
     assert repr(DEEP) == "DEEP"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"success": true, "data": [DEEP, , {"stepId": "a"}]}',
+        '{"success": true, "data": [DEEP,]}',
+        '{"success": true, "data": [, DEEP]}',
+    ],
+)
+def test_a_deep_page_that_is_also_malformed_is_not_json(body: str) -> None:
+    """An empty element is malformed JSON, deep records or not: the page is refused."""
+    from sweeper.answers import decode_json
+
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    with pytest.raises(ValueError):  # json's own error, or ours past the deep record
+        decode_json(body.replace("DEEP", deep).encode())
