@@ -219,6 +219,7 @@ class _Run:
             rules={r.name: _threshold(r) for r in (*rules.overrides, rules.default)},
             max_steps=cfg.max_steps,
             deadline=format_duration(cfg.deadline),
+            precise=self.interval is not None,
         )
 
     def finish(self, started: float) -> None:
