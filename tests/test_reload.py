@@ -146,3 +146,55 @@ def test_changed_keys_names_keys_never_values(tmp_path: Path) -> None:
     names = changed_keys(old, new)
     assert names == ["server.listen", "sweep.stale_after", "api.token"]
     assert "secret" not in " ".join(names)
+
+
+class Recorder:
+    """A systemd notifier that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def notify(self, message: str) -> bool:
+        self.messages.append(message)
+        return True
+
+
+def test_reload_tells_systemd_and_warns_about_restart_only_keys(
+    tmp_path: Path, logs: list[dict[str, object]]
+) -> None:
+    """RELOADING=1 with MONOTONIC_USEC, then READY=1; server.listen needs a restart."""
+    import asyncio
+
+    from sweeper.daemon import Daemon
+    from sweeper.logs import Redactor
+
+    config = tmp_path / "c.toml"
+    config.write_text('[api]\nbase_url = "https://p.test"\ntoken = "old-secret"\n')
+    settings, _ = load_settings(config, environ={})
+    recorder = Recorder()
+
+    async def reload() -> Daemon:
+        daemon = Daemon(
+            settings,
+            Redactor(),
+            config_path=config,
+            overrides={},
+            environ={},
+            notifier=recorder,  # type: ignore[arg-type]
+        )
+        config.write_text(
+            '[api]\nbase_url = "https://p.test"\ntoken = "new-secret"\n'
+            '[server]\nlisten = "127.0.0.1:9999"\n'
+        )
+        assert daemon.reload("SIGHUP")
+        return daemon
+
+    daemon = asyncio.run(reload())
+    assert recorder.messages[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert recorder.messages[-1] == "READY=1"
+    assert daemon.pending is not None
+    assert daemon.redactor("new-secret") == "[REDACTED]"
+    warnings = [str(e["detail"]) for e in logs if e["event"] == "config.warning"]
+    assert "server.listen changes only with a restart" in warnings
+    (reloaded,) = [e for e in logs if e["event"] == "config.reloaded"]
+    assert reloaded["changed"] == ["server.listen", "api.token"]
