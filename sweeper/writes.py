@@ -1,0 +1,236 @@
+"""Writing one zombie: re-read, judge, write, retry, and settle its one outcome.
+
+A mixin of the sweep in progress (`sweep._Run`): every write, a listing's or a
+precise-marking timer's, goes through `handle`, and every error becomes an
+outcome in one place (`settle_failure`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sweeper.api import step_url
+from sweeper.errors import (
+    BodyRejected,
+    GuardRefused,
+    Interrupted,
+    InvalidAnswer,
+    PlatformError,
+    PlatformRefused,
+    PlatformUnavailable,
+    StepConflict,
+    StepNotFound,
+    TokenRefused,
+    WriteAppliedUnderSkew,
+    WriteUnanswered,
+)
+from sweeper.guards import why_not_start
+from sweeper.model import Step
+from sweeper.policy import Decision, SkipReason, applied_by, build_update
+from sweeper.report import Outcome, Result, StepEntry, SweepReport
+
+if TYPE_CHECKING:
+    from sweeper.api import PlatformClient
+    from sweeper.sweep import SweepConfig, Sweeper
+
+#: How a step is judged again from a fresh read: a Decision to write, or why not.
+Judge = Callable[[Step | None], Decision | SkipReason]
+
+
+class Writes:
+    """The write path of a sweep in progress; `_Run` provides the state it reads."""
+
+    s: Sweeper
+    cfg: SweepConfig
+    client: PlatformClient
+    report: SweepReport
+    log: Any
+    deadline_at: float
+    halted: tuple[Result, str] | None
+
+    def halt(self, result: Result, reason: str, exc: BaseException) -> None:
+        raise NotImplementedError  # pragma: no cover - _Run's
+
+    def why_not_start(self, deadline_at: float | None = None) -> SkipReason | None:
+        deadline = self.deadline_at if deadline_at is None else deadline_at
+        return why_not_start(self.s.stop.is_set(), self.s.monotonic(), deadline)
+
+    async def handle(
+        self,
+        judge: Judge,
+        entry: StepEntry,
+        verdict: Decision | SkipReason | None,
+        deadline_at: float | None = None,
+    ) -> None:
+        """Settle one zombie. `verdict` is the first attempt's judgement (None: re-read
+        first); `deadline_at` replaces the sweep's deadline (a timer's own)."""
+        try:
+            await self.attempt_writes(judge, entry, verdict, deadline_at)
+        except Exception as exc:
+            self.settle_failure(entry, exc)
+
+    async def attempt_writes(
+        self,
+        judge: Judge,
+        entry: StepEntry,
+        verdict: Decision | SkipReason | None,
+        deadline_at: float | None,
+    ) -> None:
+        """Re-read, judge, write; after an unanswered write, wait and do it all again."""
+        client, sweep_id = self.client, self.report.sweep_id
+        step_id, org = entry.stepId, entry.organizationId
+        attempts, resolve_only = 0, False
+        decision: Decision | None = None
+        while True:
+            if self.halted is not None:
+                return  # pending; settled with the halt's outcome
+            reason = self.why_not_start(deadline_at)
+            if reason is not None:
+                self.skip(entry, reason)
+                return
+            if verdict is None:
+                current = await client.get_step(step_id, org, then_write=not self.cfg.dry_run)
+                if decision is not None and applied_by(current, sweep_id, decision.status):
+                    # An earlier attempt was applied though its answer was lost.
+                    self.settle(entry, decision, Outcome.MARKED, "applied_earlier")
+                    return
+                verdict = SkipReason.CONFLICT if resolve_only else judge(current)
+            if isinstance(verdict, SkipReason):
+                self.skip(entry, verdict)
+                return
+            decision, verdict = verdict, None
+            fill(entry, decision)
+            if self.cfg.dry_run:
+                self.settle(entry, decision, Outcome.WOULD_MARK)
+                return
+            # Nothing awaits between the re-read above and the write below but these checks.
+            if self.halted is not None:
+                return
+            reason = self.why_not_start(deadline_at)
+            if reason is not None:
+                self.skip(entry, reason)
+                return
+            update = build_update(
+                decision, self.s.clock(), sweep_id, self.cfg.host, self.cfg.version
+            )
+            attempts += 1
+            entry.attempts = attempts
+            try:
+                await client.patch_step(step_id, update)
+            except TokenRefused as exc:
+                self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
+                if exc.attempts:  # sent and refused; else never sent: not_attempted
+                    self.fail(entry, "token_refused", exc)
+                return
+            except WriteAppliedUnderSkew as exc:
+                self.settle(entry, decision, Outcome.MARKED)
+                self.halt(Result.REFUSED, exc.guard, exc)
+                return
+            except WriteUnanswered as exc:
+                if attempts >= client.max_attempts or not await self.wait_to_retry(
+                    entry, exc, attempts, deadline_at
+                ):
+                    raise
+                continue
+            except StepConflict:
+                if attempts == 1:
+                    raise
+                resolve_only = True  # a 409 on a retry: was the lost attempt ours?
+                continue
+            self.settle(entry, decision, Outcome.MARKED)
+            return
+
+    async def wait_to_retry(
+        self, entry: StepEntry, exc: WriteUnanswered, attempts: int, deadline_at: float | None
+    ) -> bool:
+        """Wait before the next attempt, unless that would cross the deadline or a stop."""
+        wait = exc.retry_after or 0.0
+        if self.s.monotonic() + wait >= (self.deadline_at if deadline_at is None else deadline_at):
+            return False
+        await self.client.wait_to_retry("PATCH", step_url(entry.stepId), exc, attempts)
+        return not self.s.stop.is_set()
+
+    def settle_failure(self, entry: StepEntry, exc: Exception) -> None:
+        """The one place where an error becomes a zombie's outcome."""
+        if entry.outcome is not Outcome.PENDING:
+            raise exc
+        match exc:
+            case StepNotFound():
+                self.skip(entry, SkipReason.GONE)
+            case StepConflict():
+                self.skip(entry, SkipReason.CONFLICT)
+            case Interrupted():
+                self.skip(entry, SkipReason.SHUTDOWN)
+            case TokenRefused():
+                # On a re-read: not written (not_attempted), or, after an earlier attempt
+                # whose fate is unknown, failed (see finish).
+                self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
+            case GuardRefused():
+                self.halt(Result.REFUSED, exc.guard, exc)
+            case BodyRejected():
+                self.fail(entry, "rejected", exc)
+            case PlatformUnavailable():
+                self.fail(entry, "unavailable", exc)
+            case InvalidAnswer():
+                self.fail(entry, "invalid_answer", exc)
+            case PlatformRefused():
+                self.fail(entry, "rejected", exc)
+            case _:
+                self.halt(Result.CRASHED, "crashed", exc)
+
+    # -- outcomes ------------------------------------------------------------
+
+    def settle(
+        self, entry: StepEntry, decision: Decision, outcome: Outcome, reason: str | None = None
+    ) -> None:
+        entry.settle(outcome, reason)
+        if outcome is Outcome.MARKED and not self.report.manual:
+            # Detection lag: from the moment the step crossed its limit to its write.
+            due = decision.last_sign_of_life_at + decision.stale_after + decision.outage_discount
+            entry.lagSeconds = round((self.s.clock() - due).total_seconds(), 3)
+        self.log.info(
+            "step.marked" if outcome is Outcome.MARKED else "step.would_mark",
+            step_id=entry.stepId,
+            organization_id=entry.organizationId,
+            status=decision.status.value,
+            error_code=decision.error_code,
+            rule=decision.rule,
+            idle_seconds=int(decision.idle.total_seconds()),
+            attempts=entry.attempts,
+            **({"detail": reason} if reason else {}),
+        )
+
+    def skip(self, entry: StepEntry, reason: SkipReason) -> None:
+        entry.settle(Outcome.SKIPPED, reason.value)
+        # Stop and deadline skips can be hundreds at once: counted in sweep.finished.
+        quiet = reason in (SkipReason.SHUTDOWN, SkipReason.DEADLINE)
+        (self.log.debug if quiet else self.log.info)(
+            "step.skipped",
+            step_id=entry.stepId,
+            organization_id=entry.organizationId,
+            reason=reason.value,
+            rule=entry.rule,
+        )
+
+    def fail(self, entry: StepEntry, reason: str, exc: PlatformError) -> None:
+        entry.settle(Outcome.FAILED, reason)
+        entry.httpStatus = exc.http_status
+        entry.attempts = entry.attempts or exc.attempts
+        self.log.warning(
+            "step.failed",
+            step_id=entry.stepId,
+            organization_id=entry.organizationId,
+            reason=reason,
+            http_status=exc.http_status,
+            attempts=entry.attempts,
+            error=str(exc),
+        )
+
+
+def fill(entry: StepEntry, decision: Decision) -> None:
+    """What the report says of a zombie's decision."""
+    entry.rule = decision.rule
+    entry.status = decision.status.value
+    entry.errorCode = decision.error_code
+    entry.idleSeconds = int(decision.idle.total_seconds())
