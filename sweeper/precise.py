@@ -24,7 +24,7 @@ from sweeper.report import StepEntry
 from sweeper.timers import Next, Timer, TimerHeap, due_at, rearm
 
 if TYPE_CHECKING:
-    from sweeper.sweep import _Run
+    from sweeper.sweep import Sweeper, _Run
 
 
 @dataclass
@@ -99,8 +99,11 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
     if due > sweeper.clock():
         arm(interval, timer.step, due, timer.sweep_id)
         return
-    # A write never starts later than sweep.deadline after its timer fired.
-    deadline_at = sweeper.monotonic() + cfg.deadline.total_seconds()
+    # A write never starts later than sweep.deadline after its timer fired, nor after
+    # the interval ends (the next listing reads the step again and takes it over).
+    deadline_at = min(
+        sweeper.monotonic() + cfg.deadline.total_seconds(), interval_end(sweeper, interval)
+    )
     step = timer.step
     try:
         current = await run.client.get_step(
@@ -122,6 +125,11 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
         return recheck(step, again, sweeper.clock(), cfg.rules, sweeper.outages())
 
     await run.handle(judge, entry, verdict.decision, deadline_at)
+
+
+def interval_end(sweeper: Sweeper, interval: Interval) -> float:
+    """The interval's end on the monotonic clock the deadlines use."""
+    return sweeper.monotonic() + (interval.until - sweeper.clock()).total_seconds()
 
 
 def arm(interval: Interval, step: Step, due: datetime, sweep_id: str) -> None:

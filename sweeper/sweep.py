@@ -43,7 +43,7 @@ from sweeper.policy import (
     decide_by_hand,
     recheck,
 )
-from sweeper.precise import Interval, run_timers
+from sweeper.precise import Interval, interval_end, run_timers
 from sweeper.report import Outcome, Result, StepEntry, StepKey, SweepReport
 from sweeper.timers import Timer, due_at, listing_horizon
 from sweeper.writes import Writes, fill
@@ -165,6 +165,9 @@ class _Run(Writes):
         self.report = report
         self.counts = report.counts
         self.deadline_at = sweeper.monotonic() + self.cfg.deadline.total_seconds()
+        if interval is not None:
+            # No write of this listing starts after its interval: the next listing is due.
+            self.deadline_at = min(self.deadline_at, interval_end(sweeper, interval))
         # Set once, by the first thing that stops every write: (result, reason).
         self.halted: tuple[Result, str] | None = None
         self.log = log.bind(sweep_id=report.sweep_id)

@@ -253,3 +253,19 @@ def test_the_daemon_marks_each_zombie_within_a_second_of_its_moment(
     marked = result.named("step.marked")
     assert [e["step_id"] for e in marked] == ["dies", "beats"]
     assert len({e["sweep_id"] for e in marked}) == 1  # both armed by the first listing
+
+
+def test_no_timer_write_starts_after_the_interval(platform: FakePlatform, clock: FakeClock) -> None:
+    """A write still retrying when the interval ends stops there: the next listing takes over."""
+    platform.add(record("s", started=2 * H - 30 * S))
+    platform.before.append(
+        lambda r: (
+            httpx.Response(503, headers={"Retry-After": "50"}) if r.method == "PATCH" else None
+        )
+    )
+    sweeper = make_sweeper(platform, clock, max_attempts=5)
+    interval = precise(sweeper, clock, until=M)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert len(platform.patches) == 1  # +30 s; a retry at +80 s would cross the interval
+    assert report.counts["failed"] == 1
+    assert clock() < NOW + M
