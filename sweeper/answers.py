@@ -117,7 +117,7 @@ def retry_after_seconds(header: str | None, now: datetime) -> float | None:
     if not header:
         return None
     header = header.strip()
-    if header.isdigit():
+    if header.isascii() and header.isdigit():
         return float(header)
     try:
         when = email.utils.parsedate_to_datetime(header)

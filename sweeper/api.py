@@ -33,12 +33,14 @@ from sweeper import __version__
 from sweeper.answers import DEEP, Transient, classify
 from sweeper.errors import (
     ClockSkewRefused,
+    GuardRefused,
     Interrupted,
     InvalidAnswer,
     InvalidListing,
     ListingNotFound,
     PlatformUnavailable,
     StepNotFound,
+    SweeperError,
     TokenRefused,
     WriteAppliedUnderSkew,
     WriteUnanswered,
@@ -104,15 +106,24 @@ class RateLimiter:
         self._sleep = sleep
         self._next = 0.0
 
-    async def acquire(self, slots: int = 1) -> None:
-        """Wait for `slots` requests' worth of budget, then send them back to back."""
+    async def acquire(self, slots: int = 1, give_up_at: float | None = None) -> None:
+        """Wait for `slots` requests' worth of budget, then send them back to back.
+
+        OutOfTime, reserving nothing, when the slot comes at or after `give_up_at`.
+        """
         if not self._interval:
             return
         now = self._monotonic()
         slot = max(now, self._next)
+        if give_up_at is not None and slot >= give_up_at:
+            raise OutOfTime(f"the rate limit's next slot is {slot - now:.1f}s away")
         self._next = slot + self._interval * slots
         if slot > now:
             await self._sleep(slot - now)
+
+
+class OutOfTime(Exception):
+    """Waiting (a retry, a rate-limit slot) would end past the caller's deadline."""
 
 
 class PlatformClient:
@@ -179,9 +190,15 @@ class PlatformClient:
         """A new token (rotated file, reload) is worth one more try."""
         self._token_refused_at = None
 
+    def carry_refusal(self, previous: PlatformClient) -> None:
+        """A client rebuilt with the same token (a reload) keeps its refusal."""
+        self._token_refused_at = previous._token_refused_at
+
     # -- the read side -------------------------------------------------------
 
-    async def list_running(self, started_before: datetime, page_size: int) -> AsyncIterator[Page]:
+    async def list_running(
+        self, started_before: datetime, page_size: int, give_up_at: float | None = None
+    ) -> AsyncIterator[Page]:
         """Every page of RUNNING steps that started before the given moment.
 
         A cursor seen before means a listing that never ends: InvalidListing.
@@ -198,7 +215,7 @@ class PlatformClient:
             if cursor is not None:
                 params["cursor"] = cursor
             try:
-                answer = await self._call("GET", STEPS_PATH, params=params)
+                answer = await self._call("GET", STEPS_PATH, params=params, give_up_at=give_up_at)
             except StepNotFound as exc:
                 raise ListingNotFound(
                     f"GET {self._base}{STEPS_PATH}: HTTP 404: api.base_url points at no"
@@ -220,12 +237,18 @@ class PlatformClient:
             cursor = page.next_cursor
 
     async def get_step(
-        self, step_id: str, organization_id: str, *, then_write: bool = False
+        self,
+        step_id: str,
+        organization_id: str,
+        *,
+        then_write: bool = False,
+        give_up_at: float | None = None,
     ) -> Step | None:
         """The step as it is now, or None when it is not in that organization.
 
         `then_write` reserves the rate-limit slot of the write that follows, so
-        that nothing waits between this answer and that write.
+        that nothing waits between this answer and that write. No wait (retry,
+        rate limit) runs past `give_up_at` (monotonic seconds): the read has failed.
         """
         try:
             answer = await self._call(
@@ -233,6 +256,7 @@ class PlatformClient:
                 step_url(step_id),
                 params={"organizationId": organization_id},
                 slots=2 if then_write else 1,
+                give_up_at=give_up_at,
             )
         except StepNotFound:
             return None
@@ -275,9 +299,13 @@ class PlatformClient:
                 f"PATCH {path}: {exc}", http_status=exc.http_status, retry_after=exc.retry_after
             ) from None
         except WriteAppliedUnderSkew as exc:
-            exc.data = _written(path, exc.data, update)
+            try:
+                exc.data = _written(path, exc.data, update, step_id)
+            except InvalidAnswer:
+                # Not applied as sent, as far as the answer says: the guard still fires.
+                raise GuardRefused(exc.guard, str(exc), **exc.figures) from None
             raise
-        return _written(path, answer, update)
+        return _written(path, answer, update, step_id)
 
     async def wait_to_retry(
         self, method: str, path: str, failure: WriteUnanswered, attempt: int
@@ -301,13 +329,20 @@ class PlatformClient:
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
         slots: int = 1,
+        give_up_at: float | None = None,
     ) -> dict[str, Any]:
+        def before_sleep(state: RetryCallState) -> None:
+            wait = state.next_action.sleep if state.next_action else 0.0
+            if give_up_at is not None and self._monotonic() + wait >= give_up_at:
+                raise OutOfTime(f"the next try would wait past the deadline ({wait:.1f}s)")
+            self._before_retry(method, path, state)
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=self._wait,
             retry=retry_if_exception_type(Transient),
             sleep=self._sleep,
-            before_sleep=lambda state: self._before_retry(method, path, state),
+            before_sleep=before_sleep,
             reraise=True,
         )
         attempts = 0
@@ -315,11 +350,18 @@ class PlatformClient:
             async for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return await self._try_once(method, path, params, body, attempts, slots=slots)
+                    return await self._try_once(
+                        method, path, params, body, attempts, slots=slots, give_up_at=give_up_at
+                    )
         except Transient as exc:
             raise PlatformUnavailable(
                 f"{method} {self._base}{path}: {exc} (after {attempts} tries)",
                 http_status=exc.http_status,
+                attempts=attempts,
+            ) from None
+        except OutOfTime as exc:
+            raise PlatformUnavailable(
+                f"{method} {self._base}{path}: given up, {exc} (after {attempts} tries)",
                 attempts=attempts,
             ) from None
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
@@ -378,13 +420,16 @@ class PlatformClient:
         *,
         slots: int = 1,
         paced: bool = True,
+        give_up_at: float | None = None,
     ) -> dict[str, Any]:
         if self._token_refused_at is not None:
             raise TokenRefused(f"{method} {path}: not sent, the token was refused", attempts=0)
         if self._stop is not None and self._stop.is_set():
             raise Interrupted(f"{method} {path}: not sent, stopping")
         if paced:
-            await self._limiter.acquire(slots)
+            await self._limiter.acquire(slots, give_up_at)
+            if self._stop is not None and self._stop.is_set():
+                raise Interrupted(f"{method} {path}: not sent, stopping")
         url = self._base + path
         if params:
             url += "?" + urlencode(params, quote_via=quote)
@@ -407,6 +452,8 @@ class PlatformClient:
             ) from None
         date = response_headers.get("date")
         problem = self.clock_check.check(date) if self.clock_check is not None else None
+        if status in (401, 403):
+            problem = None  # a refused token is the answer that matters: stop everything
         if problem is not None and not (method == "PATCH" and 200 <= status < 300):
             raise problem
         try:
@@ -421,6 +468,10 @@ class PlatformClient:
             )
         except TokenRefused:
             self._token_refused_at = self._monotonic()  # no further call with it
+            raise
+        except SweeperError:
+            if problem is not None:
+                raise problem from None  # a 2xx write that is no success: the guard wins
             raise
         if isinstance(problem, ClockSkewRefused):
             # The platform applied the write: say so, and let the guard stop the rest.
@@ -452,7 +503,8 @@ class PlatformClient:
 
     async def _read_capped(self, response: httpx.Response, method: str, url: str) -> bytes:
         declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        too_large = declared is not None and declared.isascii() and declared.isdigit()
+        if too_large and int(declared or 0) > MAX_ANSWER_BYTES:
             raise InvalidAnswer(f"{method} {url}: answer of {declared} bytes refused unread")
         chunks: list[bytes] = []
         size = 0
@@ -507,9 +559,15 @@ def describe_transport_error(exc: httpx.HTTPError) -> str:
     return f"{kind}: {detail[:300]}" if detail else kind
 
 
-def _written(path: str, answer: dict[str, Any], update: StepUpdate) -> dict[str, Any]:
-    """The updated step of a write's answer, which must show the status that was sent."""
+def _written(path: str, answer: dict[str, Any], update: StepUpdate, step_id: str) -> dict[str, Any]:
+    """The updated step of a write's answer: it must show the status that was sent, and
+    name this step (when it names one at all)."""
     data = answer.get("data")
+    if isinstance(data, dict) and data.get("stepId", step_id) != step_id:
+        raise InvalidAnswer(
+            f"PATCH {path}: answered 2xx for step {data.get('stepId')!r}: not this write's",
+            http_status=200,
+        )
     if not isinstance(data, dict) or data.get("status") != update.status.value:
         shown = data.get("status") if isinstance(data, dict) else None
         raise InvalidAnswer(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import structlog
@@ -79,7 +79,7 @@ def build_sweeper(
         backoff_initial=api.retry_backoff.total_seconds(),
         backoff_max=api.retry_backoff_max.total_seconds(),
         request_timeout=api.timeout,
-        limiter=RateLimiter(api.max_rate),
+        limiter=RateLimiter(api.max_rate, sleep=_until_stopped(stop)),
         clock_check=ClockCheck(settings.sweep.max_clock_skew, clock),
         clock=clock,
         stop=stop,
@@ -87,3 +87,15 @@ def build_sweeper(
         on_retry=on_retry,
     )
     return Sweeper(client, sweep_config(settings), clock=clock, stop=stop, outages=outages)
+
+
+def _until_stopped(stop: asyncio.Event) -> Callable[[float], Awaitable[None]]:
+    """A sleep that a stop request ends early (the rate limiter's)."""
+
+    async def sleep(seconds: float) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+
+    return sleep

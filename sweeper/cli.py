@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -294,6 +295,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = run_cli(argv)
     except Exception as exc:
         # Fail closed: never Python's default 1, which the one-shot timer counts as success.
-        log.error("sweeper.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         code = ExitCode.CRASHED
+        with contextlib.suppress(Exception):  # the log itself may be what failed
+            log.error("sweeper.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+    try:
+        sys.stderr.flush()
+    except OSError:
+        # stderr is gone (a full disk, a closed pipe): say nothing more, keep the code.
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+        code = code or ExitCode.CRASHED
     sys.exit(code)

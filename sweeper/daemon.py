@@ -242,6 +242,8 @@ class Daemon:
         self.pending = None
         self.settings = settings
         self.generation = self._build(settings)
+        if old is not None and old.settings.token() == settings.token():
+            self.generation.sweeper.client.carry_refusal(old.sweeper.client)
         if old is not None:
             # The previous sweep has ended (one listing at a time): nothing uses it now.
             closing = asyncio.ensure_future(old.http.aclose())

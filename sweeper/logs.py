@@ -8,6 +8,7 @@ covers tracebacks and messages we did not write ourselves.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -29,11 +30,17 @@ class Redactor:
     """Replaces every known secret in a rendered line; the set can grow after start-up."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets = tuple(s for s in secrets if s)
+        self._secrets: tuple[str, ...] = ()
+        for secret in secrets:
+            self.add(secret)
 
     def add(self, secret: str) -> None:
-        if secret and secret not in self._secrets:
-            self._secrets = (*self._secrets, secret)
+        # As written, and as JSON or repr() escape it (a quote, a backslash, non-ASCII):
+        # lines are scrubbed after rendering.
+        forms = {secret, json.dumps(secret)[1:-1], repr(secret)[1:-1]}
+        for form in sorted(forms, key=len, reverse=True):
+            if form and form not in self._secrets:
+                self._secrets = (*self._secrets, form)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:

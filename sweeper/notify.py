@@ -21,7 +21,7 @@ class SystemdNotifier:
         pid = env.get("WATCHDOG_PID", "")
         watchdog_is_ours = not pid or pid == str(os.getpid())
         self.watchdog_interval: timedelta | None = None
-        if usec.isdigit() and int(usec) > 0 and watchdog_is_ours:
+        if usec.isascii() and usec.isdigit() and 0 < int(usec) < 10**15 and watchdog_is_ours:
             # Ping at half the timeout, as sd_watchdog_enabled(3) advises.
             self.watchdog_interval = timedelta(microseconds=int(usec) / 2)
 

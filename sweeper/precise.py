@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sweeper.errors import GuardRefused
 from sweeper.model import Step
 from sweeper.policy import Decision, SkipReason, recheck
-from sweeper.report import StepEntry
+from sweeper.report import Result, StepEntry
 from sweeper.timers import Next, Timer, TimerHeap, due_at, rearm
 
 if TYPE_CHECKING:
@@ -107,7 +108,10 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
     step = timer.step
     try:
         current = await run.client.get_step(
-            step.step_id, step.organization_id, then_write=not cfg.dry_run
+            step.step_id,
+            step.organization_id,
+            then_write=not cfg.dry_run,
+            give_up_at=deadline_at,
         )
     except Exception as exc:
         run.settle_failure(run.new_entry(step), exc)
@@ -120,6 +124,21 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
     if verdict.next is Next.DROP:
         run.skip(entry, verdict.reason or SkipReason.ALIVE)
         return
+    run.confirmed += 1
+    if run.confirmed > cfg.max_steps:
+        # More zombies in this interval than sweep.max_steps: no more writes in it;
+        # the next listing sees them all and refuses them all if they are still there.
+        run.halt(
+            Result.REFUSED,
+            "max_steps",
+            GuardRefused(
+                "max_steps",
+                f"{run.confirmed} zombies in this listing interval, more than sweep.max_steps",
+                zombies=run.confirmed,
+                max_steps=cfg.max_steps,
+            ),
+        )
+        return  # left pending: refused when the interval ends
 
     def judge(again: Step | None) -> Decision | SkipReason:
         return recheck(step, again, sweeper.clock(), cfg.rules, sweeper.outages())

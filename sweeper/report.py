@@ -118,6 +118,8 @@ class StepEntry:
     attempts: int | None = None
     #: For a marked step: seconds from crossing its limit to its write.
     lagSeconds: float | None = None
+    #: True when a write was sent whose answer was lost: it may have been applied.
+    unconfirmed: bool | None = None
 
     @property
     def key(self) -> StepKey:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 import string
 import tomllib
 import zoneinfo
@@ -123,6 +124,9 @@ FINAL_STATUSES = (StepStatus.FAILED.value, StepStatus.CANCELLED.value)
 FinalStatus = Annotated[Literal[StepStatus.FAILED, StepStatus.CANCELLED], _choice(*FINAL_STATUSES)]
 ErrorCode = Annotated[str, Field(min_length=1, max_length=64)]
 
+#: Slower than one request a minute is no rate limit but a stall.
+MIN_RATE = 1 / 60
+
 _STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=True)
 
 
@@ -165,6 +169,14 @@ class ApiSettings(BaseModel):
     timeout: PositiveDuration = timedelta(seconds=10)
     max_concurrency: int = Field(default=8, ge=1, le=1024)
     max_rate: float = Field(default=20, ge=0, le=1_000_000, allow_inf_nan=False)
+
+    @field_validator("max_rate")
+    @classmethod
+    def _check_rate(cls, value: float) -> float:
+        if 0 < value < MIN_RATE:
+            raise ValueError(f"must be 0 (no limit) or at least {MIN_RATE} requests per second")
+        return value
+
     max_attempts: int = Field(default=5, ge=1, le=100)
     max_retry_after: Duration = timedelta(seconds=60)
     retry_backoff: Duration = timedelta(seconds=0.5)
@@ -179,14 +191,23 @@ class ApiSettings(BaseModel):
             raise KeyProblem(("base_url",), "not a URL") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise KeyProblem(("base_url",), "must be http(s)://host[:port]")
+        if url.port is not None and not 0 < url.port < 65536:
+            raise KeyProblem(("base_url",), "the port must be 1 to 65535")
         if url.scheme == "http" and not self.allow_insecure_http and not is_loopback(url.host):
             raise KeyProblem(
                 ("base_url",),
                 "plain http:// is refused except to a loopback host; "
                 "use https:// or set api.allow_insecure_http = true",
             )
-        if self.ca_bundle is not None and not self.ca_bundle.is_file():
-            raise KeyProblem(("ca_bundle",), f"{self.ca_bundle} is not a readable file")
+        if self.ca_bundle is not None:
+            if not self.ca_bundle.is_file():
+                raise KeyProblem(("ca_bundle",), f"{self.ca_bundle} is not a readable file")
+            try:
+                ssl.create_default_context(cafile=str(self.ca_bundle))
+            except (ssl.SSLError, OSError, ValueError):
+                raise KeyProblem(
+                    ("ca_bundle",), f"{self.ca_bundle} holds no usable PEM certificate"
+                ) from None
         return self
 
 
@@ -494,6 +515,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"--config: {path} is nested too deeply to read") from None
 
 
 def _describe(

@@ -160,6 +160,7 @@ class _Run(Writes):
         self.s = sweeper
         self.interval = interval
         self.soon: list[Timer] = []  # precise mode: steps due before the interval ends
+        self.confirmed = 0  # precise mode: zombies confirmed in this interval so far
         self.client = sweeper.client
         self.cfg = sweeper.config
         self.report = report
@@ -254,10 +255,18 @@ class _Run(Writes):
             check_blast_radius(len(zombies), self.cfg.max_steps)
             await self.write_all(zombies)
             return
-        # Precise: the guard counts every zombie due in this listing interval.
+        # Precise: the guard counts the zombies due in this listing interval: those due
+        # now, and those due later that have already been silent a whole interval. A
+        # step that showed life within the interval is not counted as a coming zombie:
+        # with a limit shorter than the interval every healthy step has a due moment
+        # in it, and counting them would refuse every listing of a large fleet. The
+        # zombies the timers then confirm are counted as they come (`precise.fire`).
         interval.timers.clear()
-        check_blast_radius(len(zombies) + len(self.soon), self.cfg.max_steps)
-        for timer in self.soon:
+        now, length = self.s.clock(), interval.until - self.s.clock()
+        silent = [t for t in self.soon if now - t.step.last_sign_of_life[1] >= length]
+        check_blast_radius(len(zombies) + len(silent), self.cfg.max_steps)
+        self.confirmed = len(zombies)
+        for timer in sorted(self.soon, key=lambda t: t.due):  # the earliest first, if full
             interval.timers.arm(timer.step, timer.due, self.report.sweep_id)
         self.counts["armed"] = len(interval.timers)
         interval.on_armed(len(interval.timers))
@@ -337,7 +346,8 @@ class _Run(Writes):
         if self.interval is not None:
             # Young steps that will be due before the next listing are listed too.
             started_before = listing_horizon(now, self.interval.until - now, cfg.rules)
-        async for page in self.client.list_running(started_before, cfg.page_size):
+        pages = self.client.list_running(started_before, cfg.page_size, self.deadline_at)
+        async for page in pages:
             now = self.s.clock()
             outages = self.s.outages()
             for record in page.records:

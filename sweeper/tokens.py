@@ -61,6 +61,9 @@ def check_token(token: str, source: str) -> None:
         raise ConfigError(f"{source}: the token is empty")
     if any(ch.isspace() or not ch.isprintable() for ch in token):
         raise ConfigError(f"{source}: the token contains whitespace or control characters")
+    if not token.isascii():
+        # An HTTP header carries ASCII only: such a token could never be sent.
+        raise ConfigError(f"{source}: the token must be ASCII (an HTTP header carries no other)")
 
 
 def warn_if_shared(path: Path, what: str, warnings: list[str]) -> None:

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from sweeper.api import PlatformClient
     from sweeper.sweep import SweepConfig, Sweeper
 
+#: Answers that say a write was not processed at all (the platform refused to look at
+#: it); any other failed attempt may have been applied.
+NOT_PROCESSED = frozenset({408, 429, 503})
+
 #: How a step is judged again from a fresh read: a Decision to write, or why not.
 Judge = Callable[[Step | None], Decision | SkipReason]
 
@@ -90,7 +94,12 @@ class Writes:
                 self.skip(entry, reason)
                 return
             if verdict is None:
-                current = await client.get_step(step_id, org, then_write=not self.cfg.dry_run)
+                current = await client.get_step(
+                    step_id,
+                    org,
+                    then_write=not self.cfg.dry_run,
+                    give_up_at=self.deadline_at if deadline_at is None else deadline_at,
+                )
                 if decision is not None and applied_by(current, sweep_id, decision.status):
                     # An earlier attempt was applied though its answer was lost.
                     self.settle(entry, decision, Outcome.MARKED, "applied_earlier")
@@ -128,6 +137,8 @@ class Writes:
                 self.halt(Result.REFUSED, exc.guard, exc)
                 return
             except WriteUnanswered as exc:
+                if exc.http_status not in NOT_PROCESSED:
+                    entry.unconfirmed = True  # it may have been applied: never "skipped"
                 if attempts >= client.max_attempts or not await self.wait_to_retry(
                     entry, exc, attempts, deadline_at
                 ):
@@ -202,6 +213,19 @@ class Writes:
         )
 
     def skip(self, entry: StepEntry, reason: SkipReason) -> None:
+        if entry.unconfirmed:
+            # A write went out whose answer was lost: "skipped" would claim none did.
+            entry.settle(Outcome.FAILED, reason.value)
+            self.log.warning(
+                "step.failed",
+                step_id=entry.stepId,
+                organization_id=entry.organizationId,
+                reason=reason.value,
+                http_status=entry.httpStatus,
+                attempts=entry.attempts,
+                error="an earlier write's answer was lost; it may have been applied",
+            )
+            return
         entry.settle(Outcome.SKIPPED, reason.value)
         # Stop and deadline skips can be hundreds at once: counted in sweep.finished.
         quiet = reason in (SkipReason.SHUTDOWN, SkipReason.DEADLINE)

@@ -139,7 +139,7 @@ def test_patch_sends_exactly_the_seed_fields() -> None:
 )
 def test_step_id_is_one_percent_encoded_segment(step_id: str, raw: str) -> None:
     """/ ? # % and spaces in a step id never split or end the path."""
-    handler = answers(OK)
+    handler = answers(httpx.Response(200, json={"success": True, "data": {"status": "FAILED"}}))
     client, _ = client_for(handler)
     run(client.patch_step(step_id, UPDATE))
     (request,) = handler.seen  # type: ignore[attr-defined]
@@ -604,3 +604,49 @@ def test_transport_errors_name_their_cause_and_the_host(exc: Exception, kind: st
     assert kind in message
     assert "(platform.test:443)" in message
     assert "https://platform.test/api/data-platform/workflow-run-steps/s1" in message
+
+
+def test_a_write_answered_for_another_step_was_not_applied_as_sent() -> None:
+    """200 whose data names another stepId is an invalid answer, not a mark."""
+    other = {"success": True, "data": {"stepId": "other", "status": "FAILED"}}
+    client, _ = client_for(answers(httpx.Response(200, json=other)))
+    with pytest.raises(InvalidAnswer, match="not this write's"):
+        run(client.patch_step("s1", UPDATE))
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "\uff11"])
+def test_unicode_digits_in_retry_after_are_not_a_number(value: str) -> None:
+    """Retry-After '²' passes str.isdigit() but is no number: backoff, never a crash."""
+    header = value.encode().decode("unicode_escape").encode("latin-1", "ignore") or b"x"
+    handler = answers(httpx.Response(503, headers=[(b"Retry-After", header)]), read_ok())
+    client, sleep = client_for(handler, backoff_max=2.0)
+    run(client.get_step("s1", "org-a"))
+    assert len(sleep.waits) == 1
+    assert sleep.waits[0] <= 2.0
+
+
+def test_a_401_with_an_unreadable_date_still_stops_the_token(clock: FakeClock) -> None:
+    """The refused token is what matters: latched, exit 77, whatever the Date says."""
+    handler = answers(httpx.Response(401, headers={"Date": "garbage"}), read_ok())
+    client, _ = client_for(handler, clock, clock_check=ClockCheck(timedelta(minutes=2), clock))
+    with pytest.raises(TokenRefused):
+        run(client.get_step("s1", "org-a"))
+    assert client.token_refused
+
+
+def test_retries_never_wait_past_the_callers_deadline(clock: FakeClock) -> None:
+    """Retry-After 60 with 30 s left: the read gives up now instead of sleeping past it."""
+    handler = answers(httpx.Response(503, headers={"Retry-After": "60"}), read_ok())
+    client, sleep = client_for(handler, clock, monotonic=clock.monotonic)
+    with pytest.raises(PlatformUnavailable, match="given up"):
+        run(client.get_step("s1", "org-a", give_up_at=clock.monotonic() + 30))
+    assert sleep.waits == []
+
+
+def test_the_rate_limit_never_waits_past_the_callers_deadline(clock: FakeClock) -> None:
+    """A slot 10 s away with 5 s left: given up, nothing reserved."""
+    limiter = RateLimiter(0.1, clock.monotonic)
+    client, _ = client_for(answers(read_ok()), clock, limiter=limiter, monotonic=clock.monotonic)
+    run(client.get_step("s1", "org-a"))  # takes the first slot
+    with pytest.raises(PlatformUnavailable, match="rate limit"):
+        run(client.get_step("s1", "org-a", give_up_at=clock.monotonic() + 5))

@@ -269,3 +269,25 @@ def test_no_timer_write_starts_after_the_interval(platform: FakePlatform, clock:
     assert len(platform.patches) == 1  # +30 s; a retry at +80 s would cross the interval
     assert report.counts["failed"] == 1
     assert clock() < NOW + M
+
+
+def test_zombies_confirmed_by_timers_are_capped_by_max_steps(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """One dead at the listing, then a fleet that had just beaten dies: past max_steps
+    zombies in the interval, the rest are refused (and at most max_steps timers exist)."""
+    from sweeper.model import StepStatus
+    from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
+
+    platform.add(record("dead", started=H))
+    platform.add(*(record(f"w{n}", started=H, heartbeat=10 * S) for n in range(5)))
+    rules = Rules((), Rule("default", 3 * M, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
+    sweeper = make_sweeper(platform, clock, rules=rules, max_steps=2, max_concurrency=1)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    # Not counted at the listing (they had just beaten); the heap holds max_steps.
+    assert report.counts["armed"] == 2
+    assert len(platform.patches) == 2  # the dead one, then the first timer's
+    assert report.result is Result.REFUSED
+    assert (report.counts["marked"], report.counts["refused"]) == (2, 1)
+    (refused,) = [e for e in logs if e["event"] == "sweep.refused"]
+    assert refused["guard"] == "max_steps"

@@ -154,7 +154,11 @@ class PlatformState:
                 raise Refusal(400, "VALIDATION_ERROR", "status: not a step status")
             raise Refusal(400, "VALIDATION_ERROR", "status: only RUNNING is listed here")
         limit_text = query.get("limit", "100")
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        if (
+            not limit_text.isascii()
+            or not limit_text.isdigit()
+            or not 1 <= int(limit_text) <= MAX_LIMIT
+        ):
             raise Refusal(400, "VALIDATION_ERROR", f"limit: must be 1 to {MAX_LIMIT}")
         limit = int(limit_text)
         before = None
