@@ -224,18 +224,8 @@ class _Run(Writes):
         reason = self.halted[1] if self.halted else report.guard or report.result.value
         for entry in report.entries:
             if entry.outcome is Outcome.PENDING and entry.attempts:
-                # Sent before the sweep stopped, and no answer tells whether it was
-                # applied: failed, never "refused" or "not attempted".
-                entry.settle(Outcome.FAILED, reason)
-                self.log.warning(
-                    "step.failed",
-                    step_id=entry.stepId,
-                    organization_id=entry.organizationId,
-                    reason=reason,
-                    http_status=entry.httpStatus,
-                    attempts=entry.attempts,
-                    error="the sweep stopped before an answer said whether the write was applied",
-                )
+                # Sent before the sweep stopped: never "refused" or "not attempted".
+                self.fail_unknown(entry, reason, "the sweep stopped before an answer came")
         leftover = Outcome.REFUSED if report.result is Result.REFUSED else Outcome.NOT_ATTEMPTED
         report.settle_pending(leftover, reason)
         report.tally()

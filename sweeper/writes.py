@@ -215,16 +215,7 @@ class Writes:
     def skip(self, entry: StepEntry, reason: SkipReason) -> None:
         if entry.unconfirmed:
             # A write went out whose answer was lost: "skipped" would claim none did.
-            entry.settle(Outcome.FAILED, reason.value)
-            self.log.warning(
-                "step.failed",
-                step_id=entry.stepId,
-                organization_id=entry.organizationId,
-                reason=reason.value,
-                http_status=entry.httpStatus,
-                attempts=entry.attempts,
-                error="an earlier write's answer was lost; it may have been applied",
-            )
+            self.fail_unknown(entry, reason.value, "an earlier write's answer was lost")
             return
         entry.settle(Outcome.SKIPPED, reason.value)
         # Stop and deadline skips can be hundreds at once: counted in sweep.finished.
@@ -235,6 +226,19 @@ class Writes:
             organization_id=entry.organizationId,
             reason=reason.value,
             rule=entry.rule,
+        )
+
+    def fail_unknown(self, entry: StepEntry, reason: str, error: str) -> None:
+        """A write went out and no answer told whether it was applied: failed."""
+        entry.settle(Outcome.FAILED, reason)
+        self.log.warning(
+            "step.failed",
+            step_id=entry.stepId,
+            organization_id=entry.organizationId,
+            reason=reason,
+            http_status=entry.httpStatus,
+            attempts=entry.attempts,
+            error=f"{error}; it may have been applied",
         )
 
     def fail(self, entry: StepEntry, reason: str, exc: PlatformError) -> None:
