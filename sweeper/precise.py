@@ -118,8 +118,16 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
         return
     verdict = rearm(step, current, sweeper.clock(), interval.until, cfg.rules, sweeper.outages())
     if verdict.next is Next.REARM and verdict.step is not None and verdict.due is not None:
-        arm(interval, verdict.step, verdict.due, timer.sweep_id)
-        return
+        if verdict.due > sweeper.clock():
+            arm(interval, verdict.step, verdict.due, timer.sweep_id)
+            return
+        # It moved, yet is already past its new moment (a backdated sign of life):
+        # judge this read as the new baseline now, rather than read it again and again.
+        step = verdict.step
+        verdict = rearm(step, step, sweeper.clock(), interval.until, cfg.rules, sweeper.outages())
+        if verdict.next is Next.REARM and verdict.step is not None and verdict.due is not None:
+            arm(interval, verdict.step, verdict.due, timer.sweep_id)
+            return
     entry: StepEntry = run.new_entry(step)
     if verdict.next is Next.DROP:
         run.skip(entry, verdict.reason or SkipReason.ALIVE)

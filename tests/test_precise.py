@@ -291,3 +291,24 @@ def test_zombies_confirmed_by_timers_are_capped_by_max_steps(
     assert (report.counts["marked"], report.counts["refused"]) == (2, 1)
     (refused,) = [e for e in logs if e["event"] == "sweep.refused"]
     assert refused["guard"] == "max_steps"
+
+
+def test_a_backdated_sign_of_life_is_judged_at_once_not_read_again_and_again(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Every re-read shows a new but old updatedAt: judged on that read, written, one read."""
+    platform.add(record("s", started=2 * H - 30 * S))
+    sweeper = make_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+    reads = {"n": 0}
+
+    def backdate(request: httpx.Request) -> None:
+        if request.method == "GET" and request.url.path != STEPS_PATH:
+            reads["n"] += 1
+            old = NOW - 3 * H + reads["n"] * S  # moved, and still long stale
+            platform.state.update("s", updatedAt=format_timestamp(old))
+
+    platform.before.append(backdate)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert reads["n"] == 1
+    assert report.counts["marked"] == 1
