@@ -17,6 +17,9 @@ from sweeper.cron import crontab_weekdays as crontab_weekdays
 from sweeper.notify import SystemdNotifier
 from sweeper.report import Result, SweepReport
 
+#: A sweep ending so makes /readyz 503 at once, until one succeeds: no retry helps.
+NOT_READY_AT_ONCE = frozenset({Result.TOKEN_REFUSED, Result.CRASHED, Result.MISCONFIGURED})
+
 #: After a stop request, writes in flight get this long to finish.
 SHUTDOWN_GRACE_SECONDS = 10.0
 
@@ -76,6 +79,8 @@ class DaemonState:
     blocked_by: Result | None = None
     #: The APScheduler scheduler while the daemon runs (a reload reschedules its job).
     scheduler: Any = None
+    #: The job running the latest sweep (it counts the sweep when the sweep ends).
+    job: asyncio.Task[Any] | None = None
     listeners: list[Callable[[SweepReport], None]] = field(default_factory=list)
 
 
@@ -99,6 +104,7 @@ async def run_daemon(
     async def sweep_job() -> None:
         if stop.is_set():
             return
+        state.job = asyncio.current_task()
         report, work = new_sweep()
         state.last_report = report
         state.current = asyncio.ensure_future(work)
@@ -122,7 +128,7 @@ async def run_daemon(
             if report.succeeded:
                 state.last_success_at = clock()
                 state.blocked_by = None
-            elif report.result in (Result.TOKEN_REFUSED, Result.CRASHED):
+            elif report.result in NOT_READY_AT_ONCE:
                 state.blocked_by = report.result
             for listener in state.listeners:
                 listener(report)
@@ -165,6 +171,9 @@ async def run_daemon(
         scheduler.pause()
         if state.current is not None and not state.current.done():
             await drain(state.current, stop, SHUTDOWN_GRACE_SECONDS)
+        if state.job is not None and not state.job.done():
+            # Its sweep has ended: let it count it (listeners, readiness) before we stop.
+            await asyncio.wait({state.job}, timeout=1)
         scheduler.shutdown(wait=False)
         last = state.last_report.summary() if state.last_report else None
         log.info("daemon.stopped", sweeps=state.sweeps, last_sweep=last)

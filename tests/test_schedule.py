@@ -146,3 +146,82 @@ def test_daemon_sweeps_at_start_with_explicit_scheduler_settings() -> None:
     assert seen["report"].result is Result.COMPLETED
     assert state.last_success_at is not None
     assert state.running is False
+
+
+@pytest.mark.parametrize(
+    ("results", "blocked"),
+    [
+        ([Result.COMPLETED], None),
+        ([Result.CRASHED], Result.CRASHED),
+        ([Result.TOKEN_REFUSED], Result.TOKEN_REFUSED),
+        ([Result.MISCONFIGURED], Result.MISCONFIGURED),
+        ([Result.UNAVAILABLE], None),  # transient: readiness waits three intervals
+        ([Result.CRASHED, Result.UNAVAILABLE], Result.CRASHED),  # only a success clears it
+        ([Result.CRASHED, Result.COMPLETED], None),
+    ],
+)
+def test_readiness_is_lost_at_once_by_a_crash_a_refused_token_or_a_misconfiguration(
+    results: list[Result], blocked: Result | None
+) -> None:
+    """DaemonState.blocked_by, which /readyz reads: set by those results, cleared by success."""
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    queue = list(results)
+
+    async def main() -> DaemonState:
+        stop = asyncio.Event()
+
+        def new_sweep() -> tuple[SweepReport, Any]:
+            report = SweepReport("id", datetime.now(UTC), dry_run=False)
+
+            async def work() -> SweepReport:
+                report.result = queue.pop(0)
+                if not queue:
+                    stop.set()
+                return report
+
+            return report, work()
+
+        return await run_daemon(
+            new_sweep,
+            stop=stop,
+            trigger=IntervalTrigger(seconds=0.01, timezone="UTC"),
+            misfire_grace=timedelta(minutes=5),
+        )
+
+    state = asyncio.run(main())
+    assert state.sweeps == len(results)
+    assert state.blocked_by is blocked
+
+
+def test_a_sweep_that_raises_is_counted_as_crashed() -> None:
+    """An exception out of the sweep's work: result crashed, logged, the daemon goes on."""
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    seen: list[SweepReport] = []
+
+    async def main() -> DaemonState:
+        stop = asyncio.Event()
+
+        def new_sweep() -> tuple[SweepReport, Any]:
+            report = SweepReport("id", datetime.now(UTC), dry_run=False)
+
+            async def work() -> SweepReport:
+                stop.set()
+                raise RuntimeError("bug")
+
+            return report, work()
+
+        state = DaemonState()
+        state.listeners.append(seen.append)
+        return await run_daemon(
+            new_sweep,
+            stop=stop,
+            trigger=IntervalTrigger(hours=1, timezone="UTC"),
+            misfire_grace=timedelta(minutes=5),
+            state=state,
+        )
+
+    state = asyncio.run(main())
+    assert seen[0].result is Result.CRASHED
+    assert state.blocked_by is Result.CRASHED
