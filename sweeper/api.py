@@ -33,6 +33,7 @@ from sweeper import __version__
 from sweeper.answers import DEEP, Transient, classify
 from sweeper.errors import (
     ClockSkewRefused,
+    DeadlineReached,
     GuardRefused,
     Interrupted,
     InvalidAnswer,
@@ -360,7 +361,7 @@ class PlatformClient:
                 attempts=attempts,
             ) from None
         except OutOfTime as exc:
-            raise PlatformUnavailable(
+            raise DeadlineReached(
                 f"{method} {self._base}{path}: given up, {exc} (after {attempts} tries)",
                 attempts=attempts,
             ) from None

@@ -240,8 +240,14 @@ class Daemon:
         """The new configuration takes over from this listing on."""
         old = self.generation
         self.pending = None
+        try:
+            generation = self._build(settings)
+        except Exception as exc:  # e.g. a CA bundle that changed since it was validated
+            log.error("config.reload_failed", trigger="apply", error=f"{type(exc).__name__}: {exc}")
+            self.metrics.observe_reload(False, datetime.now(UTC))
+            return  # the one in force stays, whole
         self.settings = settings
-        self.generation = self._build(settings)
+        self.generation = generation
         if old is not None and old.settings.token() == settings.token():
             self.generation.sweeper.client.carry_refusal(old.sweeper.client)
         if old is not None:

@@ -8,7 +8,8 @@
      │    └── WriteAppliedUnderSkew  ...seen on the answer to a write it applied
      └── PlatformError               anything the platform answered or failed to
           ├── PlatformUnavailable    transient failures, after every try: exit 75
-          │    └── WriteUnanswered   one write attempt got no usable answer
+          │    ├── WriteUnanswered   one write attempt got no usable answer
+          │    └── DeadlineReached   a wait would cross the caller's deadline
           ├── InvalidAnswer          an answer that breaks the contract
           │    └── InvalidListing    a listing that does not end (repeated cursor)
           └── PlatformRefused        a 4xx the platform meant
@@ -95,6 +96,11 @@ class WriteUnanswered(PlatformUnavailable):
     def __init__(self, message: str, *, http_status: int | None, retry_after: float | None) -> None:
         super().__init__(message, http_status=http_status)
         self.retry_after = retry_after
+
+
+class DeadlineReached(PlatformUnavailable):
+    """A wait (a retry, a rate-limit slot) would have ended past the caller's deadline:
+    given up before sending. For a write, that is the deadline's skip, not a failure."""
 
 
 class InvalidAnswer(PlatformError):

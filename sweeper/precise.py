@@ -37,14 +37,23 @@ class Interval:
     timers: TimerHeap
     #: Called with the number of armed timers whenever it changes (a metrics gauge).
     on_armed: Callable[[int], None] = lambda _: None
-    #: Set when a timer is re-armed, so that the loop looks at the heap again.
+    #: Set when a timer is re-armed or a guard fires, so that the loop looks again.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Steps due in the interval that found the heap full (at most sweep.max_steps
+    #: timers), earliest first: armed as timers fire and free their places.
+    waiting: list[Timer] = field(default_factory=list)
+
+    def refill(self) -> None:
+        """Arm waiting steps while the heap has room, earliest first."""
+        while self.waiting and len(self.timers) < self.timers.max_steps:
+            timer = self.waiting.pop(0)
+            self.timers.arm(timer.step, timer.due, timer.sweep_id)
 
 
 async def run_timers(run: _Run, interval: Interval) -> None:
     """Fire timers as they come due until the interval ends, a guard fires or a stop."""
     sweeper, heap = run.s, interval.timers
-    slots = asyncio.Semaphore(run.cfg.max_concurrency)
+    slots = run.slots  # shared with the listing's own writes: max_concurrency in all
     firing: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
 
@@ -57,11 +66,15 @@ async def run_timers(run: _Run, interval: Interval) -> None:
     try:
         while run.halted is None and not sweeper.stop.is_set() and not failures:
             interval.wake.clear()
+            interval.refill()
             due = heap.next_due()
+            if sweeper.clock() >= interval.until:
+                break  # the next listing is due: it takes over whatever is left
             if due is not None and due < interval.until:
                 wait = (due - sweeper.clock()).total_seconds()
                 if wait > 0:
-                    await sweeper.nap(wait, interval.wake)
+                    left = (interval.until - sweeper.clock()).total_seconds()
+                    await sweeper.nap(min(wait, left), interval.wake)
                     continue
                 for timer in heap.pop_due(sweeper.clock()):
                     await slots.acquire()
@@ -83,7 +96,9 @@ async def run_timers(run: _Run, interval: Interval) -> None:
         # simply not zombies yet: the next listing rebuilds them all.
         if firing:
             await asyncio.wait(set(firing))
-        interval.on_armed(len(heap))
+        heap.clear()
+        interval.waiting.clear()
+        interval.on_armed(0)
     if failures:
         raise failures[0]
 
@@ -128,10 +143,16 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
         if verdict.next is Next.REARM and verdict.step is not None and verdict.due is not None:
             arm(interval, verdict.step, verdict.due, timer.sweep_id)
             return
-    entry: StepEntry = run.new_entry(step)
     if verdict.next is Next.DROP:
-        run.skip(entry, verdict.reason or SkipReason.ALIVE)
+        # Finished, gone or alive at its due moment: it never was a zombie.
+        run.log.debug(
+            "timer.dropped",
+            step_id=step.step_id,
+            organization_id=step.organization_id,
+            reason=(verdict.reason or SkipReason.ALIVE).value,
+        )
         return
+    entry: StepEntry = run.new_entry(step)
     run.confirmed += 1
     if run.confirmed > cfg.max_steps:
         # More zombies in this interval than sweep.max_steps: no more writes in it;

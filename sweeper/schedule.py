@@ -105,6 +105,8 @@ async def run_daemon(
         if stop.is_set():
             return
         state.job = asyncio.current_task()
+        job = state.scheduler.get_job("sweep") if state.scheduler is not None else None
+        next_listing = job.next_run_time if job is not None else None
         report, work = new_sweep()
         state.last_report = report
         state.current = asyncio.ensure_future(work)
@@ -132,6 +134,13 @@ async def run_daemon(
                 state.blocked_by = report.result
             for listener in state.listeners:
                 listener(report)
+            if next_listing is not None and not stop.is_set() and clock() >= next_listing:
+                # This sweep ran past the next listing's time, which the scheduler then
+                # skipped (one at a time): list now rather than an interval later.
+                log.info("sweep.overran", next_listing=next_listing.isoformat())
+                # A moment from now: this job must have ended, or that run is skipped too.
+                soon = clock() + timedelta(milliseconds=50)
+                state.scheduler.modify_job("sweep", next_run_time=soon)
 
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(

@@ -43,7 +43,7 @@ from sweeper.policy import (
     decide_by_hand,
     recheck,
 )
-from sweeper.precise import Interval, interval_end, run_timers
+from sweeper.precise import Interval, run_timers
 from sweeper.report import Outcome, Result, StepEntry, StepKey, SweepReport
 from sweeper.timers import Timer, due_at, listing_horizon
 from sweeper.writes import Writes, fill
@@ -166,9 +166,8 @@ class _Run(Writes):
         self.report = report
         self.counts = report.counts
         self.deadline_at = sweeper.monotonic() + self.cfg.deadline.total_seconds()
-        if interval is not None:
-            # No write of this listing starts after its interval: the next listing is due.
-            self.deadline_at = min(self.deadline_at, interval_end(sweeper, interval))
+        # Writes in flight at once, the listing's and precise-marking timers' together.
+        self.slots = asyncio.Semaphore(self.cfg.max_concurrency)
         # Set once, by the first thing that stops every write: (result, reason).
         self.halted: tuple[Result, str] | None = None
         self.log = log.bind(sweep_id=report.sweep_id)
@@ -256,11 +255,23 @@ class _Run(Writes):
         silent = [t for t in self.soon if now - t.step.last_sign_of_life[1] >= length]
         check_blast_radius(len(zombies) + len(silent), self.cfg.max_steps)
         self.confirmed = len(zombies)
-        for timer in sorted(self.soon, key=lambda t: t.due):  # the earliest first, if full
-            interval.timers.arm(timer.step, timer.due, self.report.sweep_id)
-        self.counts["armed"] = len(interval.timers)
+        for timer in sorted(self.soon, key=lambda t: t.due):
+            if not interval.timers.arm(timer.step, timer.due, self.report.sweep_id):
+                interval.waiting.append(timer)  # armed when a timer frees its place
+        if interval.waiting:
+            self.log.warning(
+                "timers.full",
+                armed=len(interval.timers),
+                waiting=len(interval.waiting),
+                max_steps=self.cfg.max_steps,
+                detail="steps due later wait for a timer's place (at most sweep.max_steps)",
+            )
+        self.counts["armed"] = len(self.soon)
         interval.on_armed(len(interval.timers))
-        await asyncio.gather(self.write_all(zombies), run_timers(self, interval))
+        # The zombies due now first (their writes hold the places in flight), then the
+        # timers; one due meanwhile fires as soon as they are done.
+        await self.write_all(zombies)
+        await run_timers(self, interval)
 
     def new_entry(self, step: Step) -> StepEntry:
         """A step a timer found due: a zombie of this listing from now on."""
@@ -305,6 +316,8 @@ class _Run(Writes):
         if self.halted is not None:
             return
         self.halted = (result, reason)
+        if self.interval is not None:
+            self.interval.wake.set()  # the timer loop stops napping and ends
         if isinstance(exc, GuardRefused):
             self.refuse(exc)
         elif isinstance(exc, Exception) and result is Result.CRASHED:
@@ -400,7 +413,8 @@ class _Run(Writes):
             for key, decision in queue:
                 if self.halted is not None:
                     return  # the rest stay pending; `finish` settles them
-                await self.write_one(decision, entries[key])
+                async with self.slots:
+                    await self.write_one(decision, entries[key])
 
         workers = min(self.cfg.max_concurrency, len(zombies))
         # Every worker runs to its end before the sweep does, whatever one of them raised.

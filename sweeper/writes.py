@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sweeper.api import step_url
 from sweeper.errors import (
     BodyRejected,
+    DeadlineReached,
     GuardRefused,
     Interrupted,
     InvalidAnswer,
@@ -179,6 +180,8 @@ class Writes:
                 self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
             case GuardRefused():
                 self.halt(Result.REFUSED, exc.guard, exc)
+            case DeadlineReached():
+                self.skip(entry, SkipReason.DEADLINE)  # nothing was sent
             case BodyRejected():
                 self.fail(entry, "rejected", exc)
             case PlatformUnavailable():

@@ -83,9 +83,9 @@ def test_a_heartbeat_just_before_the_due_moment_leaves_the_step_alone(
     platform.before.append(heartbeat)
     report = asyncio.run(sweeper.run(interval=interval))
     assert platform.patches == []
-    # Its new moment is past the interval: dropped, left to the next listing.
-    (entry,) = report.entries
-    assert (entry.outcome, entry.reason) == (Outcome.SKIPPED, "alive")
+    # Its new moment is past the interval: dropped, left to the next listing. It never
+    # was a zombie: no entry, no step.skipped.
+    assert report.entries == []
     assert len(interval.timers) == 0
 
 
@@ -112,10 +112,10 @@ def test_a_heartbeat_moves_the_timer_within_the_interval(
     assert report.counts["skipped_alive"] == 0
 
 
-def test_a_step_that_finished_before_its_moment_is_skipped(
+def test_a_step_that_finished_before_its_moment_is_no_zombie(
     platform: FakePlatform, clock: FakeClock
 ) -> None:
-    """Its timer fires, the re-read shows SUCCEEDED: step.skipped finished, never written."""
+    """Its timer fires, the re-read shows SUCCEEDED: never written, and never a zombie."""
     platform.add(record("done", started=2 * H - 30 * S))
     sweeper = make_sweeper(platform, clock)
     interval = precise(sweeper, clock)
@@ -127,8 +127,8 @@ def test_a_step_that_finished_before_its_moment_is_skipped(
     platform.before.append(finish)
     report = asyncio.run(sweeper.run(interval=interval))
     assert platform.patches == []
-    (entry,) = report.entries
-    assert (entry.outcome, entry.reason) == (Outcome.SKIPPED, "finished")
+    assert report.entries == []
+    assert report.counts["zombies"] == 0
 
 
 def test_the_blast_radius_counts_every_step_due_in_the_interval(
@@ -284,8 +284,9 @@ def test_zombies_confirmed_by_timers_are_capped_by_max_steps(
     rules = Rules((), Rule("default", 3 * M, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
     sweeper = make_sweeper(platform, clock, rules=rules, max_steps=2, max_concurrency=1)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
-    # Not counted at the listing (they had just beaten); the heap holds max_steps.
-    assert report.counts["armed"] == 2
+    # Not counted at the listing (they had just beaten); the heap holds max_steps at a
+    # time, the others wait for a place.
+    assert report.counts["armed"] == 5
     assert len(platform.patches) == 2  # the dead one, then the first timer's
     assert report.result is Result.REFUSED
     assert (report.counts["marked"], report.counts["refused"]) == (2, 1)
