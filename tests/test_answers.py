@@ -284,5 +284,5 @@ def test_a_deep_page_that_is_also_malformed_is_not_json(body: str) -> None:
     from sweeper.answers import decode_json
 
     deep = '{"a":' * 5000 + "1" + "}" * 5000
-    with pytest.raises(ValueError, match=r"not JSON|Expecting value"):
+    with pytest.raises(ValueError, match=r"^(not JSON: an empty element|Expecting value)"):
         decode_json(body.replace("DEEP", deep).encode())
