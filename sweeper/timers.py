@@ -10,8 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from bisect import bisect_right
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -118,9 +117,8 @@ class TimerHeap:
     reach the top or when they outnumber the live ones.
 
     Capacity: `arm` returns False and changes nothing when a new key would exceed
-    `max_steps` (re-arming a key already armed is always accepted). Refusing rather
-    than raising lets the daemon count it as a guard, the way a sweep counts
-    `max_steps`; `plan` refuses a whole listing before it gets there.
+    `max_steps` (re-arming a key already armed is always accepted); the daemon then
+    keeps the step waiting for a place (`precise.Interval.waiting`).
     """
 
     def __init__(self, max_steps: int) -> None:
@@ -180,22 +178,6 @@ class TimerHeap:
         self._heap.clear()
         self._live.clear()
 
-    def shift(self, delta: timedelta) -> None:
-        """Move every live timer later by `delta` (outage grace), clamped to the calendar.
-
-        Moving all of them by the same amount keeps their order, so the heap is rebuilt
-        from the live entries in that order, which also drops every stale entry.
-        """
-        if delta < timedelta(0):
-            raise ValueError("shift only ever delays timers")
-        moved: list[tuple[datetime, int, Timer]] = []
-        # In (due, arming order), so ties keep popping in the order they were armed.
-        for _, _, timer in sorted(e for e in self._heap if self._live.get(e[2].key) is e[2]):
-            due = _later(timer.due, delta)
-            moved.append((due, next(self._order), Timer(timer.step, due, timer.sweep_id)))
-        self._heap = moved  # sorted, so already a heap
-        self._live = {t.key: t for _, _, t in moved}
-
     def _drop_stale_top(self) -> None:
         while self._heap and self._live.get(self._heap[0][2].key) is not self._heap[0][2]:
             heapq.heappop(self._heap)
@@ -206,92 +188,6 @@ class TimerHeap:
         if len(self._heap) > 2 * len(self._live) + 64:
             self._heap = [e for e in self._heap if self._live.get(e[2].key) is e[2]]
             heapq.heapify(self._heap)
-
-
-def _later(moment: datetime, delta: timedelta) -> datetime:
-    try:
-        return moment + delta
-    except OverflowError:
-        return LATEST
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """The blast-radius guard fired for one listing interval (`sweep.refused guard=max_steps`)."""
-
-    due_in_interval: int
-    max_steps: int
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What one listing means for the next interval; every listed step is in exactly one
-    of the tuples, so `total` equals the number listed.
-
-    When `refused` is set, `due_now` and `arm` are empty and the steps they would have
-    held are in `held`: a caller that forgets to check `refused` still marks nothing.
-    """
-
-    due_now: tuple[Timer, ...] = ()
-    arm: tuple[Timer, ...] = ()
-    dropped: tuple[Step, ...] = ()
-    exempt: tuple[Step, ...] = ()
-    not_running: tuple[Step, ...] = ()
-    held: tuple[Timer, ...] = ()
-    refused: Refused | None = None
-
-    @property
-    def due_in_interval(self) -> int:
-        """Zombies due from the listing until the next one: what the guard compares."""
-        return len(self.due_now) + len(self.arm) + len(self.held)
-
-    @property
-    def total(self) -> int:
-        return self.due_in_interval + len(self.dropped) + len(self.exempt) + len(self.not_running)
-
-
-def plan(
-    steps: Iterable[Step],
-    now: datetime,
-    next_listing_at: datetime,
-    rules: Rules,
-    outages: OutageWindows = NO_OUTAGES,
-    max_steps: int = 500,
-    sweep_id: str = "",
-) -> Plan:
-    """Sort one listing's steps into: mark now, arm a timer, or leave to the next listing.
-
-    A step due exactly at `next_listing_at` is left to that listing (it will find it
-    stale), so a step is never both armed here and marked there. A step due past the
-    calendar's end is dropped, like one due after the next listing.
-    """
-    due_now: list[Timer] = []
-    arm: list[Timer] = []
-    dropped: list[Step] = []
-    exempt: list[Step] = []
-    not_running: list[Step] = []
-    for step in steps:
-        if step.status != StepStatus.RUNNING:
-            not_running.append(step)
-            continue
-        if rules.rule_for(step).stale_after is None:
-            exempt.append(step)
-            continue
-        due = due_at(step, rules, outages)
-        if due is None or due >= next_listing_at:
-            dropped.append(step)
-        elif due <= now:
-            due_now.append(Timer(step, due, sweep_id))
-        else:
-            arm.append(Timer(step, due, sweep_id))
-    due_now.sort(key=lambda t: t.due)
-    arm.sort(key=lambda t: t.due)
-    rest = Plan(dropped=tuple(dropped), exempt=tuple(exempt), not_running=tuple(not_running))
-    count = len(due_now) + len(arm)
-    if count > max_steps:
-        held = tuple(sorted(due_now + arm, key=lambda t: t.due))
-        return replace(rest, held=held, refused=Refused(count, max_steps))
-    return replace(rest, due_now=tuple(due_now), arm=tuple(arm))
 
 
 class Next(StrEnum):

@@ -1,4 +1,4 @@
-"""Precise marking's pure core: due moments, the heap, plan and rearm, with an injected now."""
+"""Precise marking's pure core: due moments, the heap and rearm, with an injected now."""
 
 from __future__ import annotations
 
@@ -14,11 +14,9 @@ from sweeper.policy import DEFAULT_ERROR_MESSAGE, Decision, Rule, Rules, SkipRea
 from sweeper.timers import (
     LATEST,
     Next,
-    Refused,
     TimerHeap,
     due_at,
     listing_horizon,
-    plan,
     rearm,
 )
 from tests.helpers import NOW, step
@@ -244,26 +242,6 @@ def test_clear_forgets_everything() -> None:
     assert heap.pop_due(LATEST) == []
 
 
-def test_shift_clamps_at_the_end_of_the_calendar_and_refuses_going_back() -> None:
-    """Outage grace only delays, and never overflows."""
-    heap = TimerHeap(5)
-    heap.arm(step("a"), LATEST - S, "sw")
-    heap.shift(timedelta(days=3))
-    assert heap.next_due() == LATEST
-    with pytest.raises(ValueError, match="delays"):
-        heap.shift(-S)
-
-
-def test_shift_keeps_arming_order_among_ties() -> None:
-    """Timers due together still pop in the order they were armed after a shift."""
-    heap = TimerHeap(5)
-    for name in ["z", "a", "m"]:
-        heap.arm(step(name), NOW, "sw")
-    heap.shift(2 * S)
-    assert heap.pop_due(NOW + S) == []
-    assert [t.step.step_id for t in heap.pop_due(NOW + 2 * S)] == ["z", "a", "m"]
-
-
 def test_heavy_rearming_keeps_the_heap_small() -> None:
     """Lazy deletion is bounded: stale entries are compacted away."""
     heap = TimerHeap(3)
@@ -275,7 +253,7 @@ def test_heavy_rearming_keeps_the_heap_small() -> None:
 
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["arm", "disarm", "pop", "shift"]),
+        st.sampled_from(["arm", "disarm", "pop"]),
         st.integers(0, 7),
         st.integers(-50, 50),
     ),
@@ -300,14 +278,6 @@ def test_heap_agrees_with_a_plain_dict(ops: list[tuple[str, int, int]], capacity
         elif op == "disarm":
             assert (heap.disarm(key) is not None) == (key in model)
             model.pop(key, None)
-        elif op == "shift":
-            delta = abs(seconds) * S
-            before = {t.key: t.due for t in heap.timers()}
-            heap.shift(delta)
-            assert {t.key: t.due for t in heap.timers()} == {
-                k: d + delta for k, d in before.items()
-            }
-            model = {k: (d + delta, sw) for k, (d, sw) in model.items()}
         else:
             clock += abs(seconds) * S
             fired = heap.pop_due(clock)
@@ -319,45 +289,7 @@ def test_heap_agrees_with_a_plain_dict(ops: list[tuple[str, int, int]], capacity
         assert heap.next_due() == min((d for d, _ in model.values()), default=None)
 
 
-# -- plan --------------------------------------------------------------------------
-
-
-def test_plan_sorts_a_listing() -> None:
-    """Due now, armed before the next listing, left to it, exempt, or not running."""
-    listing = [
-        step("overdue", started=10 * S),
-        step("soon", started=3 * S),
-        step("later", started=1 * S, heartbeat=0 * S),
-        step("exempt", started=1 * S, step_type="notify"),
-        step("done", status="SUCCEEDED"),
-    ]
-    p = plan(listing, NOW, NOW + 5 * S, RULES, max_steps=10, sweep_id="sw-1")
-    assert [t.step.step_id for t in p.due_now] == ["overdue"]
-    assert [(t.step.step_id, t.sweep_id) for t in p.arm] == [("soon", "sw-1")]
-    assert [s.step_id for s in p.dropped] == ["later"]
-    assert [s.step_id for s in p.exempt] == ["exempt"]
-    assert [s.step_id for s in p.not_running] == ["done"]
-    assert p.refused is None
-    assert p.total == 5
-
-
-def test_a_step_due_at_the_next_listing_is_left_to_it() -> None:
-    """Due exactly at next_listing_at: the listing marks it, no timer races it."""
-    s = step(started=3 * S)
-    due = due_at(s, RULES)
-    assert due is not None
-    assert plan([s], NOW, due, RULES).dropped == (s,)
-
-
-def test_plan_refuses_more_zombies_in_an_interval_than_max_steps() -> None:
-    """Over max_steps due in one interval: nothing to mark or arm, the figures say why."""
-    listing = [step(f"z{i}", started=(4 + i) * S) for i in range(6)]
-    p = plan(listing, NOW, NOW + 5 * S, RULES, max_steps=5)
-    assert p.refused == Refused(due_in_interval=6, max_steps=5)
-    assert p.due_now == () and p.arm == ()
-    assert len(p.held) == 6
-    assert p.total == 6
-    assert plan(listing, NOW, NOW + 5 * S, RULES, max_steps=6).refused is None
+# -- generated listings -------------------------------------------------------------
 
 
 ages = st.timedeltas(min_value=timedelta(0), max_value=timedelta(minutes=3))
@@ -383,29 +315,6 @@ windows = st.lists(
 ).map(OutageWindows.of)
 
 
-@given(
-    st.lists(listed_steps(), max_size=30),
-    st.timedeltas(min_value=S, max_value=timedelta(minutes=2)),
-    windows,
-    st.integers(0, 30),
-)
-def test_plan_counts_add_up(
-    listing: list[Step], interval: timedelta, outages: OutageWindows, max_steps: int
-) -> None:
-    """Every listed step lands in exactly one bucket, and each bucket agrees with decide."""
-    p = plan(listing, NOW, NOW + interval, RULES, outages, max_steps)
-    assert p.total == len(listing)
-    assert (p.refused is not None) == (p.due_in_interval > max_steps)
-    for t in p.due_now:
-        assert is_marked(t.step, NOW, outages)
-    for t in (*p.arm, *p.held):
-        assert NOW + interval > t.due
-    for t in p.arm:
-        assert not is_marked(t.step, NOW, outages)
-    for s in p.dropped:
-        assert not is_marked(s, NOW + interval - MS, outages)
-
-
 # -- due moments against decide --------------------------------------------------------
 
 
@@ -427,17 +336,15 @@ edge_times = st.datetimes(
 
 @given(edge_times, st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=10)))
 def test_hostile_times_never_raise(moment: datetime, interval: timedelta) -> None:
-    """Year 1 to year 9999: due_at, plan, horizon, heap and rearm never raise."""
+    """Year 1 to year 9999: due_at, horizon, heap and rearm never raise."""
     s = Step("s", "org", "RUNNING", started_at=moment)
     due = due_at(s, RULES)
     assert due is None or due > moment
     next_listing = min(moment + interval, LATEST) if moment < LATEST - interval else LATEST
-    p = plan([s], moment, next_listing, RULES)
-    assert p.total == 1
     listing_horizon(moment, interval, RULES)
     heap = TimerHeap(1)
     heap.arm(s, due or LATEST, "sw")
-    heap.shift(interval)
+    assert heap.pop_due(LATEST) != []
     rearm(s, s, moment, next_listing, RULES)
 
 
