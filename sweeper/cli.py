@@ -92,15 +92,12 @@ def _error_code(text: str) -> str:
 
 
 def _message(text: str) -> str:
-    from sweeper.policy import MESSAGE_FIELDS
+    from sweeper.settings import check_template  # the rule the configuration uses
 
     try:
-        text.format(**dict.fromkeys(MESSAGE_FIELDS, ""))
-    except (KeyError, IndexError, ValueError):
-        raise argparse.ArgumentTypeError(
-            "may use only {idle}, {stale_after}, {status}, {rule} (write {{ for a brace)"
-        ) from None
-    return text
+        return check_template(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

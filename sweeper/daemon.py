@@ -288,8 +288,6 @@ class Daemon:
             return False
         # A new token is a secret from the moment it is read.
         self.redactor.add(settings.token())
-        if (settings.log.format, settings.log.level) != (current.log.format, current.log.level):
-            configure_logging(settings.log.format, settings.log.level, redactor=self.redactor)
         for warning in warnings:
             log.warning("config.warning", detail=warning)
         changed = changed_keys(current, settings)
@@ -298,6 +296,9 @@ class Daemon:
                 log.warning("config.warning", detail=f"{key} changes only with a restart")
         self.metrics.observe_reload(True, datetime.now(UTC))
         log.info("config.reloaded", trigger=why, changed=changed)
+        if (settings.log.format, settings.log.level) != (current.log.format, current.log.level):
+            # After config.reloaded, so that a higher log.level does not hide it.
+            configure_logging(settings.log.format, settings.log.level, redactor=self.redactor)
         if changed:
             self.pending = settings
             if "api.token" in changed and self.generation is not None:

@@ -130,7 +130,7 @@ MIN_RATE = 1 / 60
 _STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=True)
 
 
-def _check_template(template: str) -> str:
+def check_template(template: str) -> str:
     """Only the plain placeholders: no attribute, index, conversion or format spec.
 
     Anything more could fail or blow up (`{idle:>999999999}`) when a step is marked.
@@ -279,7 +279,7 @@ class RuleSettings(BaseModel):
     @field_validator("error_message")
     @classmethod
     def _check_message(cls, value: str | None) -> str | None:
-        return None if value is None else _check_template(value)
+        return None if value is None else check_template(value)
 
 
 class SweepSettings(BaseModel):
@@ -302,7 +302,7 @@ class SweepSettings(BaseModel):
     @field_validator("error_message")
     @classmethod
     def _check_message(cls, value: str) -> str:
-        return _check_template(value)
+        return check_template(value)
 
     @field_validator("rules")
     @classmethod

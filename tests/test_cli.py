@@ -100,6 +100,9 @@ def test_exit_1_when_a_step_is_refused(platform: Platform, tmp_path: Path) -> No
         ["run", "--once", "--metrics-file", "/nonexistent-dir/sweeper.prom"],
         ["run", "--once", "--report", "/"],
         ["mark", "s1", "--org", "o", "--report", "/proc/nope/x.json"],
+        ["mark", "s1", "--org", "o", "--message", "{idle.x}"],  # the configuration's rule
+        ["mark", "s1", "--org", "o", "--message", "{idle:>999999999}"],
+        ["mark", "s1", "--org", "o", "--message", "{nope}"],
         [],
     ],
 )
