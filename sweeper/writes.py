@@ -233,6 +233,15 @@ class Writes:
 
     def fail_unknown(self, entry: StepEntry, reason: str, error: str) -> None:
         """A write went out and no answer told whether it was applied: failed."""
+        self.failed(entry, reason, f"{error}; it may have been applied")
+
+    def fail(self, entry: StepEntry, reason: str, exc: PlatformError) -> None:
+        entry.httpStatus = exc.http_status
+        entry.attempts = entry.attempts or exc.attempts
+        self.failed(entry, reason, str(exc))
+
+    def failed(self, entry: StepEntry, reason: str, error: str) -> None:
+        """Settle a zombie as failed and say why: the one `step.failed`."""
         entry.settle(Outcome.FAILED, reason)
         self.log.warning(
             "step.failed",
@@ -241,21 +250,7 @@ class Writes:
             reason=reason,
             http_status=entry.httpStatus,
             attempts=entry.attempts,
-            error=f"{error}; it may have been applied",
-        )
-
-    def fail(self, entry: StepEntry, reason: str, exc: PlatformError) -> None:
-        entry.settle(Outcome.FAILED, reason)
-        entry.httpStatus = exc.http_status
-        entry.attempts = entry.attempts or exc.attempts
-        self.log.warning(
-            "step.failed",
-            step_id=entry.stepId,
-            organization_id=entry.organizationId,
-            reason=reason,
-            http_status=exc.http_status,
-            attempts=entry.attempts,
-            error=str(exc),
+            error=error,
         )
 
 
