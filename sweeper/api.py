@@ -69,6 +69,21 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def sleep_until_stopped(stop: asyncio.Event | None) -> Sleep:
+    """A sleep that a stop request ends early (retry waits, the rate limiter's)."""
+
+    async def sleep(seconds: float) -> None:
+        if stop is None:
+            await asyncio.sleep(seconds)
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+
+    return sleep
+
+
 def step_url(step_id: str) -> str:
     """The step's URL path; the id is one percent-encoded segment, whatever it holds."""
     segment = quote(step_id, safe="")
@@ -166,7 +181,7 @@ class PlatformClient:
         self.clock_check = clock_check
         self._clock = clock
         self._monotonic = monotonic
-        self._sleep = sleep or self._interruptible_sleep
+        self._sleep = sleep or sleep_until_stopped(stop)
         self._stop = stop
         self._observer = observer
         self._on_retry = on_retry
@@ -178,7 +193,7 @@ class PlatformClient:
 
     def begin_sweep(self) -> None:
         """Each sweep warns afresh about a missing Date; a refused token stays refused
-        until it changes (`token_changed`) or TOKEN_RETRY_SECONDS have passed."""
+        for TOKEN_RETRY_SECONDS (a new token comes with a new client: a reload)."""
         if (
             self._token_refused_at is not None
             and self._monotonic() - self._token_refused_at >= TOKEN_RETRY_SECONDS
@@ -186,10 +201,6 @@ class PlatformClient:
             self._token_refused_at = None
         if self.clock_check is not None:
             self.clock_check.begin_sweep()
-
-    def token_changed(self) -> None:
-        """A new token (rotated file, reload) is worth one more try."""
-        self._token_refused_at = None
 
     def carry_refusal(self, previous: PlatformClient) -> None:
         """A client rebuilt with the same token (a reload) keeps its refusal."""
@@ -401,15 +412,6 @@ class PlatformClient:
         )
         if self._on_retry is not None:
             self._on_retry(method, str(http_status) if http_status is not None else "error")
-
-    async def _interruptible_sleep(self, seconds: float) -> None:
-        if self._stop is None:
-            await asyncio.sleep(seconds)
-            return
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        except TimeoutError:
-            return
 
     async def _try_once(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import httpx
 import structlog
@@ -17,6 +17,7 @@ from sweeper.api import (
     RequestObserver,
     RetryObserver,
     build_http_client,
+    sleep_until_stopped,
     utc_now,
 )
 from sweeper.guards import ClockCheck
@@ -79,7 +80,7 @@ def build_sweeper(
         backoff_initial=api.retry_backoff.total_seconds(),
         backoff_max=api.retry_backoff_max.total_seconds(),
         request_timeout=api.timeout,
-        limiter=RateLimiter(api.max_rate, sleep=_until_stopped(stop)),
+        limiter=RateLimiter(api.max_rate, sleep=sleep_until_stopped(stop)),
         clock_check=ClockCheck(settings.sweep.max_clock_skew, clock),
         clock=clock,
         stop=stop,
@@ -87,15 +88,3 @@ def build_sweeper(
         on_retry=on_retry,
     )
     return Sweeper(client, sweep_config(settings), clock=clock, stop=stop, outages=outages)
-
-
-def _until_stopped(stop: asyncio.Event) -> Callable[[float], Awaitable[None]]:
-    """A sleep that a stop request ends early (the rate limiter's)."""
-
-    async def sleep(seconds: float) -> None:
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
-        except TimeoutError:
-            return
-
-    return sleep

@@ -33,7 +33,7 @@ from sweeper.outages import OutageLog
 from sweeper.precise import Interval
 from sweeper.report import ExitCode, SweepReport
 from sweeper.schedule import DaemonState, install_stop_handlers, run_daemon
-from sweeper.settings import Settings, load_settings
+from sweeper.settings import Settings, config_path_of, load_settings
 from sweeper.sweep import Sweeper
 from sweeper.timers import TimerHeap
 
@@ -70,10 +70,9 @@ def schedule_of(
 
 def changed_keys(old: Settings, new: Settings) -> list[str]:
     """Dotted names of the keys whose values differ (never the values themselves)."""
+    before, after = _flatten(old.redacted()), _flatten(new.redacted())
     names = [
-        name
-        for name in sorted(_flatten(old.redacted()).keys() | _flatten(new.redacted()).keys())
-        if _flatten(old.redacted()).get(name) != _flatten(new.redacted()).get(name)
+        name for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name)
     ]
     if old.token() != new.token() and "api.token" not in names:
         names.append("api.token")
@@ -248,9 +247,9 @@ class Daemon:
             return  # the one in force stays, whole
         self.settings = settings
         self.generation = generation
-        if old is not None and old.settings.token() == settings.token():
-            self.generation.sweeper.client.carry_refusal(old.sweeper.client)
         if old is not None:
+            if old.settings.token() == settings.token():
+                generation.sweeper.client.carry_refusal(old.sweeper.client)
             # The previous sweep has ended (one listing at a time): nothing uses it now.
             closing = asyncio.ensure_future(old.http.aclose())
             self._closing.add(closing)
@@ -278,11 +277,11 @@ class Daemon:
             self.notifier.notify("READY=1")
 
     def _reload(self, why: str) -> bool:
-        self._seen = self._files_now()
         current = self.pending or self.settings
         try:
             settings, warnings = load_settings(self.config_path, self.overrides, self.environ)
         except ConfigError as exc:
+            self._seen = self._files_now()  # said once per change, not at every listing
             log.error("config.reload_failed", trigger=why, error=str(exc))
             self.metrics.observe_reload(False, datetime.now(UTC))
             return False
@@ -300,23 +299,16 @@ class Daemon:
             # After config.reloaded, so that a higher log.level does not hide it.
             configure_logging(settings.log.format, settings.log.level, redactor=self.redactor)
         if changed:
+            # A new token gets a new client, so a fresh chance, at the next listing;
+            # the client in force keeps its refusal until then.
             self.pending = settings
-            if "api.token" in changed and self.generation is not None:
-                self.generation.sweeper.client.token_changed()
         self._seen = _fingerprint([self.config_path, settings.token_path])
         return True
-
-
-def config_path_of(given: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
-    """The configuration file the daemon watches: --config, else SWEEPER_CONFIG."""
-    env = os.environ if environ is None else environ
-    if given is not None:
-        return given
-    return Path(env["SWEEPER_CONFIG"]) if env.get("SWEEPER_CONFIG") else None
 
 
 def run(
     settings: Settings, redactor: Redactor, config: Path | None, overrides: dict[str, Any]
 ) -> int:
-    daemon = Daemon(settings, redactor, config_path=config_path_of(config), overrides=overrides)
+    config_path = config_path_of(config, os.environ)
+    daemon = Daemon(settings, redactor, config_path=config_path, overrides=overrides)
     return asyncio.run(daemon.run())

@@ -129,7 +129,7 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
             give_up_at=deadline_at,
         )
     except Exception as exc:
-        run.settle_failure(run.new_entry(step), exc)
+        run.settle_failure(run.new_entry(step.step_id, step.organization_id), exc)
         return
     verdict = rearm(step, current, sweeper.clock(), interval.until, cfg.rules, sweeper.outages())
     if verdict.next is Next.REARM and verdict.step is not None and verdict.due is not None:
@@ -152,7 +152,7 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
             reason=(verdict.reason or SkipReason.ALIVE).value,
         )
         return
-    entry: StepEntry = run.new_entry(step)
+    entry: StepEntry = run.new_entry(step.step_id, step.organization_id)
     run.confirmed += 1
     if run.confirmed > cfg.max_steps:
         # More zombies in this interval than sweep.max_steps: no more writes in it;

@@ -421,6 +421,13 @@ class Settings(BaseSettings):
         return shown
 
 
+def config_path_of(given: Path | None, env: Mapping[str, str]) -> Path | None:
+    """The configuration file: --config, else SWEEPER_CONFIG, else none."""
+    if given is None and env.get(f"{ENV_PREFIX}CONFIG"):
+        return Path(env[f"{ENV_PREFIX}CONFIG"])
+    return given
+
+
 def load_settings(
     config_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -432,8 +439,7 @@ def load_settings(
     calls the platform.
     """
     env = os.environ if environ is None else environ
-    if config_path is None and env.get(f"{ENV_PREFIX}CONFIG"):
-        config_path = Path(env[f"{ENV_PREFIX}CONFIG"])
+    config_path = config_path_of(config_path, env)
     warnings: list[str] = []
     file_data = _read_config_file(config_path) if config_path else {}
     sections = {name: field.annotation for name, field in Settings.model_fields.items()}

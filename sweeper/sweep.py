@@ -273,15 +273,14 @@ class _Run(Writes):
         await self.write_all(zombies)
         await run_timers(self, interval)
 
-    def new_entry(self, step: Step) -> StepEntry:
-        """A step a timer found due: a zombie of this listing from now on."""
-        entry = StepEntry(stepId=step.step_id, organizationId=step.organization_id)
+    def new_entry(self, step_id: str, organization_id: str) -> StepEntry:
+        """A zombie of this sweep from now on: its one report entry."""
+        entry = StepEntry(stepId=step_id, organizationId=organization_id)
         self.report.entries.append(entry)
         return entry
 
     async def mark_one(self, step_id: str, organization_id: str, rule: Rule) -> None:
-        entry = StepEntry(stepId=step_id, organizationId=organization_id)
-        self.report.entries.append(entry)
+        entry = self.new_entry(step_id, organization_id)
         self.counts["listed"] += 1
 
         def judge(current: Step | None) -> Decision | SkipReason:
@@ -392,7 +391,7 @@ class _Run(Writes):
                     self.soon.append(Timer(record, due, self.report.sweep_id))
             return
         zombies[key] = verdict
-        self.report.entries.append(_entry(verdict))
+        fill(self.new_entry(record.step_id, record.organization_id), verdict)
 
     def invalid(self, record: Step | InvalidRecord, problems: str) -> None:
         self.counts["invalid"] += 1
@@ -435,9 +434,3 @@ class _Run(Writes):
 
 def _threshold(rule: Rule) -> str:
     return format_duration(rule.stale_after) if rule.stale_after else "never"
-
-
-def _entry(decision: Decision) -> StepEntry:
-    entry = StepEntry(stepId=decision.step.step_id, organizationId=decision.step.organization_id)
-    fill(entry, decision)
-    return entry

@@ -198,3 +198,31 @@ def test_reload_tells_systemd_and_warns_about_restart_only_keys(
     assert "server.listen changes only with a restart" in warnings
     (reloaded,) = [e for e in logs if e["event"] == "config.reloaded"]
     assert reloaded["changed"] == ["server.listen", "api.token"]
+
+
+@pytest.mark.parametrize(("token", "refused"), [("same-secret", True), ("new-secret", False)])
+def test_a_reload_keeps_a_refusal_only_for_the_same_token(
+    tmp_path: Path, token: str, refused: bool
+) -> None:
+    """A new token gets a fresh client and one more try; the same one stays refused."""
+    import asyncio
+
+    from sweeper.daemon import Daemon
+    from sweeper.logs import Redactor
+
+    config = tmp_path / "c.toml"
+    body = '[api]\nbase_url = "https://p.test"\ntoken = "{token}"\n'
+    config.write_text(body.format(token="same-secret"))
+    settings, _ = load_settings(config, environ={})
+
+    async def scenario() -> bool:
+        daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
+        daemon.generation = daemon._build(settings)
+        daemon.generation.sweeper.client._token_refused_at = 0.0  # a 401 was seen
+        config.write_text(body.format(token=token) + "[sweep]\npage_size = 7\n")
+        assert daemon.reload("SIGHUP")
+        _, work = daemon.new_sweep()
+        work.close()
+        return daemon.generation.sweeper.client.token_refused
+
+    assert asyncio.run(scenario()) is refused
