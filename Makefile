@@ -20,6 +20,8 @@ help:
 $(VENV)/.installed: requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
+	@# The distribution was once named sweeper: drop that editable install if present.
+	$(PY) -m pip uninstall --quiet --yes sweeper 2>/dev/null || true
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -132,5 +132,54 @@ def test_demo_says_how_to_get_the_server_stack(subcommand: str) -> None:
     """Without the extra, demo and dev-server say how to install it and exit 78."""
     result = run(subcommand)
     assert result.code == 78
-    assert "pip install 'sweeper[devserver]'" in result.stderr
+    assert "pip install 'zombie-step-sweeper[devserver]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _dockerfile() -> str:
+    return (ROOT / "deploy" / "docker" / "Dockerfile").read_text(encoding="utf-8")
+
+
+def test_distribution_name_is_not_the_unrelated_sweeper() -> None:
+    """pyproject names the distribution zombie-step-sweeper; the command stays `sweeper`."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["name"] == "zombie-step-sweeper"
+    assert project["scripts"] == {"sweeper": "sweeper.__main__:main"}
+
+
+@pytest.mark.parametrize("lock", ["runtime.lock", "dev.lock"])
+def test_locks_name_the_distribution(lock: str) -> None:
+    """The lock files were compiled from the renamed project (no `via sweeper` left)."""
+    text = (ROOT / "requirements" / lock).read_text(encoding="utf-8")
+    assert "zombie-step-sweeper (pyproject.toml)" in text
+    assert not re.search(r"(via|#  ) sweeper \(pyproject", text)
+
+
+def test_readme_installs_this_distribution() -> None:
+    """No `pip install sweeper` (another program); the install names zombie-step-sweeper."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert not re.search(r"pip install ['\"]?sweeper\b", readme)
+    assert "zombie-step-sweeper" in readme
+
+
+def test_image_labels_carry_the_version() -> None:
+    """The image has OCI labels, and its version label is the package's version."""
+    from sweeper import __version__
+
+    dockerfile = _dockerfile()
+    for label in ("title", "description", "version", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in dockerfile
+    assert f"ARG VERSION={__version__}\n" in dockerfile
+
+
+def test_dockerignore_admits_only_what_the_image_copies() -> None:
+    """.dockerignore ignores everything but the sources the Dockerfile copies."""
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    rules = [line for line in lines if line and not line.startswith("#")]
+    assert rules[0] == "*"
+    admitted = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    copied: set[str] = set()
+    for line in _dockerfile().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            copied.update(word.rstrip("/") for word in line.split()[1:-1])
+    assert copied == admitted

@@ -12,9 +12,9 @@ from typing import Any
 from sweeper.durations import parse_duration
 
 DEFAULT_TOKEN = "dev-token"
-#: The optional server stack (`pip install 'sweeper[devserver]'`) and what it pulls in.
+#: The optional server stack (`pip install 'zombie-step-sweeper[devserver]'`) and what it pulls in.
 SERVER_STACK = frozenset({"starlette", "uvicorn", "click"})
-INSTALL_HINT = "pip install 'sweeper[devserver]'"
+INSTALL_HINT = "pip install 'zombie-step-sweeper[devserver]'"
 #: Exit code when the stack is missing: the installation lacks a part, like a
 #: configuration that cannot work (EX_CONFIG); the command line itself was right.
 EXIT_MISSING_STACK = 78
@@ -53,7 +53,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     dev = commands.add_parser(
         "dev-server",
         parents=[common],
-        help="run the local stand-in of the platform API (needs sweeper[devserver])",
+        help="run the local stand-in of the platform API (needs the devserver extra)",
     )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=_count, default=8700)
@@ -73,7 +73,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     commands.add_parser(
         "demo",
         parents=[common],
-        help="sweep a stand-in platform once and show what happened (needs sweeper[devserver])",
+        help="sweep a stand-in platform once and show what happened (needs the devserver extra)",
     )
 
 
