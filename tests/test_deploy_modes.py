@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def test_the_base_holds_no_workload() -> None:
         assert not set(kinds) & set(WORKLOADS), manifest.name
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (kubectl kustomize)")
+@pytest.mark.tools
 @pytest.mark.parametrize(("mode", "workload"), MODES.items())
 def test_each_overlay_renders_exactly_one_workload(mode: str, workload: str) -> None:
     """kubectl kustomize overlays/<mode>: the shared base plus one workload of its kind."""

@@ -23,12 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e import Platform, signal_and_collect, start_sweeper, sweeper, wait_for, write_config
 from tests.helpers import record
+from tests.markdown import anchors_of
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 PROMETHEUSRULE = ROOT / "deploy" / "kubernetes" / "base" / "prometheusrule.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "sweeper.json"
-README = ROOT / "README.md"
+RUNBOOK = ROOT / "docs" / "runbook.md"
 
 #: PromQL words that are not metric names.
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
@@ -171,17 +172,15 @@ def test_every_alert_has_an_expression_severity_and_annotations() -> None:
         assert re.search(r"severity: (critical|warning)\n", block), block.split()[0]
 
 
-def test_every_runbook_url_is_a_readme_heading() -> None:
-    """runbook_url anchors resolve to headings of the README (as a Git forge slugs them)."""
-    text = re.sub(r"^```.*?^```", "", README.read_text(), flags=re.MULTILINE | re.DOTALL)
-    headings = re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
-    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+def test_every_runbook_url_is_a_runbook_heading() -> None:
+    """runbook_url anchors resolve to headings of docs/runbook.md (as a Git forge slugs them)."""
+    anchors = anchors_of(RUNBOOK)
     urls = re.findall(r"runbook_url: (\S+)", ALERTS.read_text())
     assert urls
     for url in urls:
         base, _, anchor = url.partition("#")
-        assert base.endswith("/README.md"), url
-        assert anchor in anchors, f"README has no heading for #{anchor}"
+        assert base.endswith("/docs/runbook.md"), url
+        assert anchor in anchors, f"docs/runbook.md has no heading for #{anchor}"
 
 
 def test_prometheusrule_is_rendered_from_alerts_yaml() -> None:
@@ -271,12 +270,14 @@ def test_a_name_the_daemon_does_not_expose_is_caught(daemon_scrape: str) -> None
     assert "sweeper_http_retries" in exposed and "sweeper_http_retries_total" in exposed
 
 
+@pytest.mark.tools
 def test_promtool_check_metrics_passes_on_the_daemon_scrape(daemon_scrape: str) -> None:
     """promtool's linter accepts the real /metrics exposition."""
     assert "# TYPE sweeper_http_retries_total counter" in daemon_scrape
     check_metrics(daemon_scrape)
 
 
+@pytest.mark.tools
 def test_promtool_check_metrics_passes_on_a_metrics_file(
     platform: Platform, tmp_path: Path
 ) -> None:
@@ -291,6 +292,7 @@ def test_promtool_check_metrics_passes_on_a_metrics_file(
     check_metrics(text)
 
 
+@pytest.mark.tools
 def test_promtool_check_metrics_is_not_a_rubber_stamp() -> None:
     """The linter does reject a bad exposition (a counter without _total)."""
     bad = "# HELP sweeper_bad Bad.\n# TYPE sweeper_bad counter\nsweeper_bad 1\n"
