@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import structlog
 
 from sweeper import __version__
-from sweeper.errors import ConfigError
+from sweeper.errors import ConfigError, os_reason
 from sweeper.model import StepStatus
+from sweeper.outputs import EXIT_PIPE_CLOSED, StdoutClosed, emit, unwritable_reason
 from sweeper.report import ExitCode, SweepReport, write_report
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
@@ -45,6 +46,16 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+EXIT_CODES = """exit codes:
+  0   finished: every zombie marked or left alone for a harmless reason
+  1   finished, but some steps could not be marked
+  2   wrong command-line usage
+  3   a guard refused the sweep (too many zombies, clock skew)
+  70  an unexpected error (a bug)
+  75  the platform could not be reached, or SIGTERM/SIGINT
+  77  the platform refused the token
+  78  the configuration is invalid, or a file to write cannot be written"""
+
 _CHOICE = re.compile(r"invalid choice: .*? \(choose from", re.DOTALL)
 _INVALID_VALUE = re.compile(r"invalid (\S+) value: .*", re.DOTALL)
 
@@ -57,15 +68,30 @@ def _global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         type=Path,
         default=default,
         metavar="PATH",
-        help="TOML configuration file (also SWEEPER_CONFIG)",
+        help="TOML configuration file (default: $SWEEPER_CONFIG, else /etc/sweeper/config.toml "
+        "when it exists, else the environment alone)",
     )
-    parser.add_argument("--log-format", choices=("json", "console", "auto"), default=default)
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "console", "auto"),
+        default=default,
+        help="log lines as JSON or for a person (default: log.format, auto: console on a "
+        "terminal, JSON otherwise)",
+    )
     parser.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
-        type=str.lower,
+        type=_level,
         default=default,
+        help="the least severe events logged; warn is warning (default: log.level, info)",
     )
+    if suppress:  # the top-level parser has its own
+        parser.add_argument("--version", action="version", version=f"sweeper {__version__}")
+
+
+def _level(text: str) -> str:
+    text = text.lower()
+    return "warning" if text == "warn" else text
 
 
 def _positive(text: str) -> int:
@@ -102,7 +128,9 @@ def _message(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="sweeper", description="Find zombie workflow steps and mark them FAILED or CANCELLED."
+        prog="sweeper",
+        description="Find zombie workflow steps and mark them FAILED or CANCELLED.",
+        epilog="`sweeper COMMAND --help` for each command's flags and exit codes.",
     )
     parser.add_argument("--version", action="version", version=f"sweeper {__version__}")
     _global_flags(parser, suppress=False)
@@ -110,34 +138,91 @@ def build_parser() -> argparse.ArgumentParser:
     _global_flags(common, suppress=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", parents=[common], help="sweep on the schedule, or once")
-    run.add_argument("--once", action="store_true", help="one sweep, then exit with its code")
-    run.add_argument("--dry-run", action="store_true", help="decide and report, write nothing")
-    run.add_argument(
-        "--max-steps", type=_positive, metavar="N", help="override sweep.max_steps for this run"
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="sweep on the schedule (the daemon), or once",
+        description="Without --once: the daemon, until SIGTERM or SIGINT (exit 0); SIGHUP "
+        "reloads the configuration. With --once: one sweep, then exit with its code.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--report", type=Path, metavar="PATH", help="write the outcome as JSON")
+    run.add_argument(
+        "--once", action="store_true", help="one sweep, then exit with its code (default: daemon)"
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide, re-read and report; write nothing (default: sweep.dry_run, false)",
+    )
+    run.add_argument(
+        "--max-steps",
+        type=_positive,
+        metavar="N",
+        help="mark none when a sweep finds more zombies than N (default: sweep.max_steps, 500)",
+    )
+    run.add_argument(
+        "--report",
+        type=Path,
+        metavar="PATH",
+        help="write the outcome as JSON, a summary and one entry per zombie (default: none)",
+    )
     run.add_argument(
         "--metrics-file",
         type=Path,
         metavar="PATH",
-        help="with --once: write Prometheus metrics to this file",
+        help="with --once: write Prometheus metrics there for node_exporter's textfile "
+        "collector (default: none)",
     )
 
     commands.add_parser(
         "check-config",
         parents=[common],
-        help="validate the configuration and print it, token redacted",
+        help="validate the configuration and show the values in force, token redacted",
+        description="Exit 0 when the configuration is valid, 78 when it is not.",
     )
 
-    mark = commands.add_parser("mark", parents=[common], help="mark one step by hand")
-    mark.add_argument("step_id", metavar="STEP_ID")
+    mark = commands.add_parser(
+        "mark",
+        parents=[common],
+        help="mark one step by hand",
+        description="Read the step, check it is RUNNING and stale, and mark it.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mark.add_argument("step_id", metavar="STEP_ID", help="the step's id")
     mark.add_argument("--org", required=True, metavar="ORG", help="the step's organization")
-    mark.add_argument("--status", type=_final_status, metavar="{FAILED,CANCELLED}")
-    mark.add_argument("--error-code", type=_error_code, metavar="C")
-    mark.add_argument("--message", type=_message, metavar="M")
-    mark.add_argument("--dry-run", action="store_true")
-    mark.add_argument("--report", type=Path, metavar="PATH")
+    mark.add_argument(
+        "--status",
+        type=_final_status,
+        metavar="{FAILED,CANCELLED}",
+        help="what the step becomes (default: sweep.status, FAILED)",
+    )
+    mark.add_argument(
+        "--error-code",
+        type=_error_code,
+        metavar="C",
+        help="at most 64 characters (default: MARKED_BY_HAND)",
+    )
+    mark.add_argument(
+        "--message",
+        type=_message,
+        metavar="M",
+        help="the error message; may use {idle}, {stale_after}, {status}, {rule} "
+        "(default: a sentence saying it was marked by hand)",
+    )
+    mark.add_argument(
+        "--force",
+        action="store_true",
+        help="mark it even when it is within its limit (its rule's stale_after), "
+        "e.g. a wedged step that still heartbeats (default: refuse)",
+    )
+    mark.add_argument(
+        "--dry-run", action="store_true", help="read and decide, write nothing (default: false)"
+    )
+    mark.add_argument(
+        "--report", type=Path, metavar="PATH", help="write the outcome as JSON (default: none)"
+    )
 
     from sweeper.devserver.cli import add_commands  # small module: no server imports
 
@@ -154,19 +239,21 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return run_command(args)
     if args.command == "run" and args.metrics_file and not args.once:
         parser.error("--metrics-file goes with --once")
-    # Refuse before sweeping rather than lose the outcome after it.
+    # Refuse before sweeping rather than lose the outcome after it: a path that
+    # cannot be written is the installation's fault, like a bad configuration.
+    problems = []
     for flag in ("report", "metrics_file"):
         path = getattr(args, flag, None)
-        if path is not None and not _writable_target(path):
-            parser.error(f"--{flag.replace('_', '-')}: cannot write to {path}")
+        reason = None if path is None else unwritable_reason(path)
+        if reason:
+            problems.append(f"--{flag.replace('_', '-')}: {reason}")
+    if problems:
+        from sweeper.logs import configure_logging
+
+        configure_logging(args.log_format or "auto", args.log_level or "info")
+        log.error("config.invalid", error="; ".join(problems))
+        return ExitCode.CONFIG
     return _configured_command(args)
-
-
-def _writable_target(path: Path) -> bool:
-    if path.exists():
-        return path.is_file() and os.access(path, os.W_OK)
-    parent = path.parent
-    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,7 +286,16 @@ def _configured_command(args: argparse.Namespace) -> int:
         log.warning("config.warning", detail=warning)
 
     if args.command == "check-config":
-        print(json.dumps(settings.redacted(), indent=2))
+        if _for_a_person():
+            from sweeper.settings import config_path_of
+            from sweeper.summary import settings_summary
+            from sweeper.tokens import absolute
+
+            path = config_path_of(args.config, os.environ)
+            source = absolute(path) if path else "the environment alone (no file)"
+            emit(settings_summary(settings.redacted(), source, settings.token_source))
+        else:
+            emit(json.dumps(settings.redacted(), indent=2))
         return ExitCode.OK
     if args.command == "mark":
         return _finish(asyncio.run(_mark(settings, args)), args, redactor)
@@ -215,8 +311,21 @@ def _finish(report: SweepReport, args: argparse.Namespace, redactor: Redactor) -
         try:
             write_report(report, args.report, scrub=redactor)
         except OSError as exc:
-            log.error("report.unwritable", path=str(args.report), error=exc.strerror)
+            log.error("report.unwritable", path=str(args.report), error=os_reason(exc))
+    if _for_a_person():
+        from sweeper.summary import mark_summary, sweep_summary
+
+        if args.command == "mark":
+            emit(redactor(mark_summary(report, args.step_id, args.org)))
+        else:
+            took = report.finished_at - report.started_at if report.finished_at else None
+            emit(redactor(sweep_summary(report, took)))
     return int(report.exit_code)
+
+
+def _for_a_person() -> bool:
+    """A table for a terminal; JSON events and --report stay the format for machines."""
+    return sys.stdout.isatty()
 
 
 async def _one_shot(
@@ -270,26 +379,29 @@ async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
     try:
         metrics.write_textfile(str(args.metrics_file))
     except OSError as exc:
-        log.error("metrics.unwritable", path=str(args.metrics_file), error=exc.strerror)
+        log.error("metrics.unwritable", path=str(args.metrics_file), error=os_reason(exc))
     return report
 
 
 async def _mark(settings: Settings, args: argparse.Namespace) -> SweepReport:
-    from sweeper.policy import manual_rule
+    from sweeper.policy import MANUAL_ERROR_CODE, manual_rule
 
     rule = manual_rule(
         StepStatus(args.status or settings.sweep.status),
-        args.error_code or settings.sweep.error_code,
+        args.error_code or MANUAL_ERROR_CODE,
         args.message,
     )
     return await _one_shot(
-        settings, lambda sweeper, report: sweeper.mark(args.step_id, args.org, rule, report)
+        settings,
+        lambda sweeper, report: sweeper.mark(args.step_id, args.org, rule, report, args.force),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         code = run_cli(argv)
+    except StdoutClosed:
+        code = EXIT_PIPE_CLOSED  # the reader has what it wanted: no error, no traceback
     except Exception as exc:
         # Fail closed: never Python's default 1, which the one-shot timer counts as success.
         code = ExitCode.CRASHED

@@ -25,6 +25,7 @@ URL paths and the platform's own error text.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -34,6 +35,13 @@ class SweeperError(Exception):
 
 class ConfigError(SweeperError):
     """The configuration is invalid; the message names every wrong key."""
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError as an operator searches for it: `Permission denied (EACCES)`."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or type(exc).__name__
+    return f"{text} ({name})" if name else text
 
 
 class GuardRefused(SweeperError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
@@ -85,7 +86,8 @@ def configure_logging(
         )
     else:
         renderer = structlog.dev.ConsoleRenderer(
-            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+            colors=out.isatty() and not os.environ.get("NO_COLOR"),  # no-color.org
+            exception_formatter=structlog.dev.plain_traceback,
         )
         exceptions = _passthrough
     final = _redacting(renderer, redactor)

@@ -24,6 +24,8 @@ DEFAULT_ERROR_MESSAGE = (
     "marked {status} by the zombie-step sweeper (rule {rule})."
 )
 MANUAL_RULE_NAME = "manual"
+#: `sweeper mark`'s error code unless --error-code: says a person marked it, not the sweep.
+MANUAL_ERROR_CODE = "MARKED_BY_HAND"
 MANUAL_ERROR_MESSAGE = (
     "Marked {status} by hand with the zombie-step sweeper after {idle} without a sign of life."
 )
@@ -182,13 +184,36 @@ def _decision(
     )
 
 
-def decide_by_hand(current: Step | None, now: datetime, rule: Rule) -> Decision | SkipReason:
-    """`sweeper mark`: an operator decided, so any RUNNING step that is there qualifies,
-    however recent its last sign of life (a wedged step may still heartbeat)."""
+@dataclass(frozen=True, slots=True)
+class NotStale:
+    """Why `mark` without --force leaves a step alone: it is within its limit."""
+
+    idle: timedelta
+    stale_after: timedelta | None  # None: its rule says `never`
+    rule: str
+
+
+def within_limit(current: Step, now: datetime, rules: Rules) -> NotStale | None:
+    """For `mark` without --force: is this RUNNING step still within its configured limit?"""
+    rule = rules.rule_for(current)
+    idle = max(now - current.last_sign_of_life[1], timedelta(0))
+    if rule.stale_after is None or idle <= rule.stale_after:
+        return NotStale(idle, rule.stale_after, rule.name)
+    return None
+
+
+def decide_by_hand(
+    current: Step | None, now: datetime, rule: Rule, limits: Rules | None = None
+) -> Decision | SkipReason:
+    """`sweeper mark`: a RUNNING step that is there and past its configured limit
+    (`limits`); with --force (`limits` None) any RUNNING step, however recent its
+    last sign of life (a wedged step may still heartbeat)."""
     if current is None:
         return SkipReason.GONE
     if current.status != StepStatus.RUNNING:
         return SkipReason.FINISHED
+    if limits is not None and within_limit(current, now, limits) is not None:
+        return SkipReason.ALIVE
     field_name, last_seen = current.last_sign_of_life
     return _decision(current, rule, max(now - last_seen, timedelta(0)), field_name, last_seen)
 

@@ -120,6 +120,8 @@ class StepEntry:
     lagSeconds: float | None = None
     #: True when a write was sent whose answer was lost: it may have been applied.
     unconfirmed: bool | None = None
+    #: `mark` without --force, a step left alone: the limit it is within (`2h`, `never`).
+    limit: str | None = None
 
     @property
     def key(self) -> StepKey:

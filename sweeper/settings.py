@@ -38,7 +38,7 @@ from pydantic_settings import (
 
 from sweeper.durations import format_duration, parse_duration, parse_positive_duration
 from sweeper.envvars import environment_values
-from sweeper.errors import ConfigError
+from sweeper.errors import ConfigError, os_reason
 from sweeper.model import MATCHABLE_FIELDS, StepStatus
 from sweeper.policy import (
     DEFAULT_ERROR_CODE,
@@ -48,7 +48,7 @@ from sweeper.policy import (
     Rule,
     Rules,
 )
-from sweeper.tokens import resolve_token, warn_if_shared
+from sweeper.tokens import absolute, resolve_token, warn_if_shared
 
 ENV_PREFIX = "SWEEPER_"
 REDACTED = "**********"
@@ -193,6 +193,11 @@ class ApiSettings(BaseModel):
             raise KeyProblem(("base_url",), "must be http(s)://host[:port]")
         if url.port is not None and not 0 < url.port < 65536:
             raise KeyProblem(("base_url",), "the port must be 1 to 65535")
+        if url.path not in ("", "/") or url.query or url.fragment:
+            # The API's paths are absolute: a path here would be dropped, not prefixed.
+            raise KeyProblem(
+                ("base_url",), "must be scheme and host only (http(s)://host[:port]), no path"
+            )
         if url.scheme == "http" and not self.allow_insecure_http and not is_loopback(url.host):
             raise KeyProblem(
                 ("base_url",),
@@ -413,25 +418,62 @@ class Settings(BaseSettings):
     def token_path(self) -> Path | None:
         return self._token_path
 
+    @property
+    def token_source(self) -> str:
+        """Where the token came from, for messages (never the token itself)."""
+        if self._token_path is not None:
+            return f"the file {absolute(self._token_path)}"
+        return "api.token (in the configuration file or SWEEPER_API__TOKEN)"
+
     def redacted(self) -> dict[str, Any]:
         """The effective settings for display: secrets masked, durations spelled."""
         shown: dict[str, Any] = self.model_dump(mode="json")
         if shown["api"].get("token") is not None:
             shown["api"]["token"] = REDACTED
+        # The values in force, not the keys as written: the default interval, and
+        # what each rule takes from [sweep].
+        if self.schedule.cron is None:
+            shown["schedule"]["interval"] = format_duration(self.schedule.effective_interval)
+        sweep = shown["sweep"]
+        for rule in sweep["rules"]:
+            for key in ("stale_after", "status", "error_code", "error_message"):
+                if rule.get(key) in (None, "inherit"):
+                    rule[key] = sweep[key]
         return shown
 
 
-def config_path_of(given: Path | None, env: Mapping[str, str]) -> Path | None:
-    """The configuration file: --config, else SWEEPER_CONFIG, else none."""
-    if given is None and env.get(f"{ENV_PREFIX}CONFIG"):
+#: Where a configuration file is looked for when neither --config nor SWEEPER_CONFIG names one.
+DEFAULT_CONFIG_PATH = Path("/etc/sweeper/config.toml")
+
+
+def config_path_of(
+    given: Path | None, env: Mapping[str, str], default: Path | None = None
+) -> Path | None:
+    """The configuration file: --config, else SWEEPER_CONFIG, else the default when it exists.
+
+    None: no file at all, the environment alone configures.
+    """
+    if given is not None:
+        return given
+    if env.get(f"{ENV_PREFIX}CONFIG"):
         return Path(env[f"{ENV_PREFIX}CONFIG"])
-    return given
+    default = DEFAULT_CONFIG_PATH if default is None else default
+    return default if default.is_file() else None
+
+
+def _where_files_are_looked_for(default: Path | None) -> str:
+    default = DEFAULT_CONFIG_PATH if default is None else default
+    return (
+        f"no configuration file was found (looked for --config PATH, then "
+        f"${ENV_PREFIX}CONFIG, then {default}) and the environment alone is not enough"
+    )
 
 
 def load_settings(
     config_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    default_path: Path | None = None,
 ) -> tuple[Settings, list[str]]:
     """Build the settings from file, environment and flags; also return warnings to log.
 
@@ -439,7 +481,7 @@ def load_settings(
     calls the platform.
     """
     env = os.environ if environ is None else environ
-    config_path = config_path_of(config_path, env)
+    config_path = config_path_of(config_path, env, default_path)
     warnings: list[str] = []
     file_data = _read_config_file(config_path) if config_path else {}
     sections = {name: field.annotation for name, field in Settings.model_fields.items()}
@@ -468,6 +510,8 @@ def load_settings(
             problems,
         )
     if problems or settings is None or token is None:
+        if config_path is None and any(": required" in problem for problem in problems):
+            problems.insert(0, _where_files_are_looked_for(default_path))
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     file_api = file_data.get("api")
     if config_path is not None and isinstance(file_api, dict) and "token" in file_api:
@@ -512,17 +556,17 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"--config: {path} does not exist") from None
+        raise ConfigError(f"--config: {absolute(path)} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"--config: {path} cannot be read ({exc.strerror})") from None
+        raise ConfigError(f"--config: {absolute(path)} cannot be read ({os_reason(exc)})") from None
     except ValueError:  # a NUL byte in the path
         raise ConfigError("--config: not a usable file name") from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
+        raise ConfigError(f"--config: {absolute(path)} is not valid TOML ({exc})") from None
     except RecursionError:
-        raise ConfigError(f"--config: {path} is nested too deeply to read") from None
+        raise ConfigError(f"--config: {absolute(path)} is nested too deeply to read") from None
 
 
 def _describe(

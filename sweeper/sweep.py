@@ -21,7 +21,7 @@ import structlog
 
 from sweeper import __version__
 from sweeper.api import Clock, InvalidRecord, PlatformClient
-from sweeper.durations import format_duration
+from sweeper.durations import format_duration, humanize
 from sweeper.errors import (
     GuardRefused,
     Interrupted,
@@ -31,10 +31,11 @@ from sweeper.errors import (
     TokenRefused,
 )
 from sweeper.guards import check_blast_radius
-from sweeper.model import Step
+from sweeper.model import Step, StepStatus
 from sweeper.outages import NO_OUTAGES, OutageWindows
 from sweeper.policy import (
     Decision,
+    NotStale,
     Rule,
     Rules,
     SkipReason,
@@ -42,6 +43,7 @@ from sweeper.policy import (
     decide,
     decide_by_hand,
     recheck,
+    within_limit,
 )
 from sweeper.precise import Interval, run_timers
 from sweeper.report import Outcome, Result, StepEntry, StepKey, SweepReport
@@ -138,14 +140,20 @@ class Sweeper:
         return report
 
     async def mark(
-        self, step_id: str, organization_id: str, rule: Rule, report: SweepReport | None = None
+        self,
+        step_id: str,
+        organization_id: str,
+        rule: Rule,
+        report: SweepReport | None = None,
+        force: bool = False,
     ) -> SweepReport:
-        """Mark one step by hand: read it, and write it if it is still RUNNING."""
+        """Mark one step by hand: read it, and write it if it is still RUNNING and past
+        its configured limit (any RUNNING step with `force`)."""
         report = report or self.new_report(manual=True)
         report.manual = True
 
         async def mark_one(run: _Run) -> None:
-            await run.mark_one(step_id, organization_id, rule)
+            await run.mark_one(step_id, organization_id, rule, force)
 
         await _Run(self, report).execute(mark_one)
         return report
@@ -279,17 +287,39 @@ class _Run(Writes):
         self.report.entries.append(entry)
         return entry
 
-    async def mark_one(self, step_id: str, organization_id: str, rule: Rule) -> None:
+    async def mark_one(self, step_id: str, organization_id: str, rule: Rule, force: bool) -> None:
         entry = self.new_entry(step_id, organization_id)
         self.counts["listed"] += 1
+        limits = None if force else self.cfg.rules
 
         def judge(current: Step | None) -> Decision | SkipReason:
-            return decide_by_hand(current, self.s.clock(), rule)
+            return decide_by_hand(current, self.s.clock(), rule, limits)
 
         current = await self.client.get_step(
             step_id, organization_id, then_write=not self.cfg.dry_run
         )
+        if limits is not None and current is not None and current.status == StepStatus.RUNNING:
+            within = within_limit(current, self.s.clock(), limits)
+            if within is not None:
+                self.refuse_live(entry, within)
         await self.handle(judge, entry, judge(current))
+
+    def refuse_live(self, entry: StepEntry, within: NotStale) -> None:
+        """Say why `mark` leaves a step alone: its idle time, its limit and the way out."""
+        entry.idleSeconds = int(within.idle.total_seconds())
+        entry.rule = within.rule
+        limit = "never" if within.stale_after is None else humanize(within.stale_after)
+        entry.limit = limit
+        self.log.warning(
+            "mark.not_stale",
+            step_id=entry.stepId,
+            organization_id=entry.organizationId,
+            idle_seconds=entry.idleSeconds,
+            stale_after=limit,
+            rule=within.rule,
+            detail=f"idle {humanize(within.idle)}, within its limit {limit} (rule "
+            f"{within.rule}): not marked; --force marks it anyway",
+        )
 
     def end(self, result: Result, exc: BaseException) -> None:
         self.report.result = result

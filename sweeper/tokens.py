@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from sweeper.errors import ConfigError
+from sweeper.errors import ConfigError, os_reason
 
 #: The name under which systemd's LoadCredential= provides the token.
 CREDENTIAL_NAME = "api-token"
@@ -50,10 +50,18 @@ def read_token_file(path: Path, source: str) -> str:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the name
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text, or a bad name"
-        raise ConfigError(f"{source}: {path} cannot be read ({reason})") from None
+        reason = os_reason(exc) if isinstance(exc, OSError) else "not UTF-8 text, or a bad name"
+        raise ConfigError(f"{source}: {absolute(path)} cannot be read ({reason})") from None
     check_token(token, source)
     return token
+
+
+def absolute(path: Path) -> str:
+    """A path as errors name it: absolute, as the process resolved it."""
+    try:
+        return str(path.resolve())
+    except (OSError, ValueError, RuntimeError):
+        return str(path)
 
 
 def check_token(token: str, source: str) -> None:

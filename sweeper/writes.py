@@ -211,7 +211,8 @@ class Writes:
             error_code=decision.error_code,
             rule=decision.rule,
             idle_seconds=int(decision.idle.total_seconds()),
-            attempts=entry.attempts,
+            # A dry run sends nothing: no `attempts=None` for a person to puzzle over.
+            **({"attempts": entry.attempts} if entry.attempts is not None else {}),
             **({"detail": reason} if reason else {}),
         )
 

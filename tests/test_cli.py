@@ -96,10 +96,6 @@ def test_exit_1_when_a_step_is_refused(platform: Platform, tmp_path: Path) -> No
         ["run", "--max-steps", "-1"],
         ["run", "--metrics-file", "/tmp/m.prom"],  # only with --once
         ["run", "--token", TOKEN],  # the token is never a flag
-        ["run", "--once", "--report", "/nonexistent-dir/report.json"],
-        ["run", "--once", "--metrics-file", "/nonexistent-dir/sweeper.prom"],
-        ["run", "--once", "--report", "/"],
-        ["mark", "s1", "--org", "o", "--report", "/proc/nope/x.json"],
         ["mark", "s1", "--org", "o", "--message", "{idle.x}"],  # the configuration's rule
         ["mark", "s1", "--org", "o", "--message", "{idle:>999999999}"],
         ["mark", "s1", "--org", "o", "--message", "{nope}"],
@@ -112,6 +108,26 @@ def test_exit_2_on_wrong_usage(args: list[str]) -> None:
     assert result.code == 2
     assert "usage:" in result.stderr
     assert TOKEN not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["run", "--once", "--report", "/nonexistent-dir/report.json"], "(ENOENT)"),
+        (["run", "--once", "--metrics-file", "/nonexistent-dir/sweeper.prom"], "(ENOENT)"),
+        (["run", "--once", "--report", "/"], "/ is a directory"),
+        (["mark", "s1", "--org", "o", "--report", "/proc/nope/x.json"], "(ENOENT)"),
+    ],
+)
+def test_exit_78_when_an_output_file_cannot_be_written(args: list[str], reason: str) -> None:
+    """A --report or --metrics-file that cannot be written: exit 78 with the path and errno,
+    before the sweep, no usage banner."""
+    result = sweeper(*args)
+    assert result.code == 78, result.stderr
+    (invalid,) = result.named("config.invalid")
+    assert reason in invalid["error"]
+    assert invalid["error"].startswith("--")
+    assert "usage:" not in result.stderr
 
 
 def test_exit_3_when_too_many_zombies(platform: Platform, tmp_path: Path) -> None:
@@ -280,6 +296,7 @@ def test_mark_by_hand(platform: Platform, tmp_path: Path) -> None:
         "OPS_CANCELLED",
         "--message",
         "stuck since {idle}",
+        "--force",  # 3 minutes idle is within the default 2h
     )
     assert result.code == 0, result.stderr
     step = platform.state.steps["one/two"]
@@ -294,11 +311,11 @@ def test_mark_by_hand(platform: Platform, tmp_path: Path) -> None:
 
 
 def test_mark_writes_a_step_that_still_heartbeats(platform: Platform, tmp_path: Path) -> None:
-    """An operator's mark is intent: a RUNNING step heartbeating ahead of our clock is marked."""
+    """With --force, a mark is intent: a step heartbeating ahead of our clock is marked."""
     now = datetime.now(UTC)
     platform.state.add(record("wedged", now=now, heartbeat=-timedelta(minutes=2)))
     config = write_config(tmp_path, platform.base_url)
-    result = sweeper("--config", str(config), "mark", "wedged", "--org", "org-a")
+    result = sweeper("--config", str(config), "mark", "wedged", "--org", "org-a", "--force")
     assert result.code == 0, result.stderr
     assert platform.state.steps["wedged"]["status"] == "FAILED"
 

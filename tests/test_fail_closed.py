@@ -298,12 +298,17 @@ def test_a_base_url_that_points_at_no_platform_is_a_configuration_error(
     platform: Platform, tmp_path: Path
 ) -> None:
     """The listing answers 404: exit 78 (not retried forever as 75), naming the full URL."""
-    config = write_config(tmp_path, platform.base_url + "/not-the-platform")
+
+    async def no_platform_here(request: Request) -> Response | None:
+        return Response(status_code=404) if request.url.path == LISTING else None
+
+    platform.hooks.append(no_platform_here)
+    config = write_config(tmp_path, platform.base_url)
     result = sweeper("--config", str(config), "run", "--once")
     assert result.code == 78, result.stderr
     (aborted,) = result.named("sweep.aborted")
     assert aborted["result"] == "misconfigured"
-    assert f"{platform.base_url}/not-the-platform/api/data-platform" in aborted["error"]
+    assert f"{platform.base_url}/api/data-platform" in aborted["error"]
 
 
 def test_retries_are_logged_and_counted(platform: Platform, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from sweeper.policy import (
     decide_by_hand,
     manual_rule,
     recheck,
+    within_limit,
 )
 from tests.helpers import NOW, step
 
@@ -233,6 +234,35 @@ def test_manual_rule_marks_any_running_step(heartbeat: timedelta) -> None:
     assert verdict.idle == max(heartbeat, timedelta(0))
     assert decide_by_hand(step(status="SUCCEEDED"), NOW, rule) is SkipReason.FINISHED
     assert decide_by_hand(None, NOW, rule) is SkipReason.GONE
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "stale_after", "verdict"),
+    [
+        (timedelta(seconds=55), timedelta(hours=2), SkipReason.ALIVE),
+        (timedelta(hours=2), timedelta(hours=2), SkipReason.ALIVE),  # at the limit: not past
+        (timedelta(hours=2, seconds=1), timedelta(hours=2), Decision),
+        (timedelta(days=9), None, SkipReason.ALIVE),  # its rule says never
+        (timedelta(seconds=2), timedelta(seconds=1), Decision),  # any time scale
+    ],
+    ids=str,
+)
+def test_by_hand_without_force_respects_the_limit(
+    heartbeat: timedelta, stale_after: timedelta | None, verdict: object
+) -> None:
+    """`mark` without --force marks only a step past its configured limit."""
+    limits = Rules((), rule("default", stale_after))
+    silent = step(started=heartbeat, heartbeat=heartbeat)
+    by_hand = manual_rule(StepStatus.FAILED, "MARKED_BY_HAND", None)
+    got = decide_by_hand(silent, NOW, by_hand, limits)
+    if verdict is Decision:
+        assert isinstance(got, Decision)
+        assert within_limit(silent, NOW, limits) is None
+    else:
+        assert got is verdict
+        within = within_limit(silent, NOW, limits)
+        assert within is not None
+        assert (within.idle, within.stale_after) == (heartbeat, stale_after)
 
 
 @pytest.mark.parametrize("status", ["SUCCEEDED", "FAILED", "CANCELLED", "PENDING", "running"])

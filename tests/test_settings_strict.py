@@ -155,7 +155,7 @@ def test_a_rule_may_say_never_and_inherit(tmp_path: Path) -> None:
     assert never.stale_after is None
     assert inherited.stale_after == timedelta(hours=3)
     shown = settings_.redacted()["sweep"]["rules"]
-    assert [r["stale_after"] for r in shown] == ["never", "inherit"]
+    assert [r["stale_after"] for r in shown] == ["never", "3h"]  # the value in force
 
 
 def test_message_placeholders_stay_usable(tmp_path: Path) -> None:

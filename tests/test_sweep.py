@@ -472,13 +472,13 @@ def test_report_json_lists_every_zombie(platform: FakePlatform, clock: FakeClock
 def test_mark_one_step_by_hand(
     platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
 ) -> None:
-    """`mark` re-reads the step and writes it even if it is not stale, if RUNNING."""
+    """`mark --force` re-reads the step and writes it even if it is not stale, if RUNNING."""
     from sweeper.policy import manual_rule
 
     platform.add(record("m", started=timedelta(minutes=5)), record("done", status="SUCCEEDED"))
     sweeper = make_sweeper(platform, clock)
     rule = manual_rule(StepStatus.CANCELLED, "BY_HAND", "stuck: {idle}")
-    report = asyncio.run(sweeper.mark("m", "org-a", rule))
+    report = asyncio.run(sweeper.mark("m", "org-a", rule, force=True))
     assert report.exit_code is ExitCode.OK
     (body,) = platform.patch_bodies()
     assert (body["status"], body["errorCode"], body["errorMessage"]) == (
@@ -493,6 +493,34 @@ def test_mark_one_step_by_hand(
     assert finished.counts["skipped_finished"] == 1
     assert len(platform.patches) == 1
     assert [e["reason"] for e in events(logs, "step.skipped")] == ["gone", "finished"]
+
+
+def test_mark_refuses_a_step_within_its_limit(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """Without --force, `mark` leaves a step alone that its rule does not call stale, and says
+    its idle time and the limit."""
+    from sweeper.policy import manual_rule
+
+    platform.add(record("live", started=timedelta(minutes=5)), record("old", started=3 * H))
+    sweeper = make_sweeper(platform, clock)
+    rule = manual_rule(StepStatus.FAILED, "MARKED_BY_HAND", None)
+    live = asyncio.run(sweeper.mark("live", "org-a", rule))
+    assert live.exit_code is ExitCode.SOME_FAILED
+    assert platform.patches == []
+    (entry,) = live.entries
+    assert (entry.reason, entry.idleSeconds, entry.limit, entry.rule) == (
+        "alive",
+        300,
+        "2h",
+        "default",
+    )
+    (refusal,) = events(logs, "mark.not_stale")
+    assert (refusal["idle_seconds"], refusal["stale_after"]) == (300, "2h")
+    assert "--force" in refusal["detail"]
+    old = asyncio.run(sweeper.mark("old", "org-a", rule))
+    assert old.exit_code is ExitCode.OK
+    assert len(platform.patches) == 1
 
 
 def test_times_are_judged_by_the_injected_clock(platform: FakePlatform) -> None:

@@ -55,21 +55,58 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="run the local stand-in of the platform API (needs the devserver extra)",
     )
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=_count, default=8700)
+    dev.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    dev.add_argument(
+        "--port", type=_count, default=8700, help="port to listen on; 0 picks one (default: 8700)"
+    )
     dev.add_argument(
         "--token",
         default=os.environ.get("SWEEPER_DEV_TOKEN", DEFAULT_TOKEN),
-        help="bearer token to accept (default dev-token, also SWEEPER_DEV_TOKEN)",
+        help="bearer token to accept (default: $SWEEPER_DEV_TOKEN, else dev-token)",
     )
-    dev.add_argument("--zombies", type=_count, default=25)
-    dev.add_argument("--live", type=_count, default=10)
-    dev.add_argument("--latency", type=_duration, default=timedelta(0), metavar="DURATION")
-    dev.add_argument("--error-rate", type=_fraction, default=0.0, metavar="FRACTION")
     dev.add_argument(
-        "--clock-skew", type=_signed_duration, default=timedelta(0), metavar="DURATION"
+        "--zombies",
+        type=_count,
+        default=25,
+        metavar="N",
+        help="RUNNING steps seeded long silent (default: 25)",
     )
-    dev.add_argument("--seed", default="0", metavar="S")
+    dev.add_argument(
+        "--live",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="RUNNING steps seeded with a recent heartbeat (default: 10)",
+    )
+    dev.add_argument(
+        "--latency",
+        type=_duration,
+        default=timedelta(0),
+        metavar="DURATION",
+        help="delay added to every answer, in seconds or as 2s, 1m (default: 0s)",
+    )
+    dev.add_argument(
+        "--error-rate",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of requests answered 503, 0 to 1 (default: 0)",
+    )
+    dev.add_argument(
+        "--clock-skew",
+        type=_signed_duration,
+        default=timedelta(0),
+        metavar="DURATION",
+        help="offset of the Date header from the real clock, e.g. -5m (default: 0s)",
+    )
+    dev.add_argument(
+        "--seed",
+        default="0",
+        metavar="S",
+        help="seed of the steps and faults, for repeatable runs (default: 0)",
+    )
     commands.add_parser(
         "demo",
         parents=[common],

@@ -89,11 +89,25 @@ def serve_in_thread(
     return RunningServer(url_of(sock), state, app, server, thread)
 
 
+def announcement(url: str, token: str) -> str:
+    """What `dev-server` prints: where it is, its token, and how to point a sweeper at it."""
+    return (
+        f"sweeper dev-server: listening on {url}\n"
+        f"token: {token}\n"
+        "point a sweeper at it with a configuration file:\n"
+        "  [api]\n"
+        f'  base_url = "{url}"\n'
+        f'  token = "{token}"\n'
+        "or with the environment alone:\n"
+        f"  SWEEPER_API__BASE_URL={url} SWEEPER_API__TOKEN={token} sweeper run --once --dry-run"
+    )
+
+
 async def serve_forever(
     state: PlatformState, token: str, host: str, port: int, faults: Faults
 ) -> None:
     """The `dev-server` command: serve until SIGTERM/SIGINT (uvicorn handles both)."""
     server = uvicorn.Server(_config(create_app(state, token, faults), host, port))
     sock = listening_socket(host, port)
-    print(f"sweeper dev-server: listening on {url_of(sock)}", flush=True)
+    print(announcement(url_of(sock), token), flush=True)
     await server.serve(sockets=[sock])
