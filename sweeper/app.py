@@ -41,6 +41,7 @@ def sweep_config(settings: Settings) -> SweepConfig:
         dry_run=sweep.dry_run,
         max_concurrency=settings.api.max_concurrency,
         host=socket.gethostname(),
+        token_source=settings.token_source,
     )
 
 

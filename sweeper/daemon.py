@@ -11,6 +11,7 @@ finish under the old one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from sweeper.app import build_sweeper, http_client
 from sweeper.errors import ConfigError
@@ -31,7 +32,7 @@ from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
 from sweeper.outages import OutageLog
 from sweeper.precise import Interval
-from sweeper.report import ExitCode, SweepReport
+from sweeper.report import ExitCode, Result, SweepReport
 from sweeper.schedule import DaemonState, install_stop_handlers, run_daemon
 from sweeper.settings import Settings, config_path_of, load_settings
 from sweeper.sweep import Sweeper
@@ -43,6 +44,8 @@ log = structlog.get_logger("sweeper.daemon")
 RESTART_ONLY = ("server.listen",)
 #: Precise marking ends an interval this long (at most) before the next listing.
 LISTING_MARGIN = timedelta(milliseconds=250)
+#: While the token is refused, how often its file is checked for a replacement.
+TOKEN_WATCH_SECONDS = 5.0
 
 
 def schedule_of(
@@ -134,8 +137,11 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier()
         self.stop = asyncio.Event()
         self.state = DaemonState()
-        self.metrics = Metrics(CollectorRegistry())
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # process_*: memory, CPU, open files, start time
+        self.metrics = Metrics(registry)
         self.state.listeners.append(self.metrics.observe_sweep)
+        self.state.listeners.append(self._status)
         self.outages = OutageLog(lambda: datetime.now(UTC))
         self.pending: Settings | None = None
         self.generation: _Generation | None = None
@@ -180,7 +186,9 @@ class Daemon:
                 lambda: self.state.running,
                 lambda: self.state.last_success_at,
                 3 * gap,
-                blocked=lambda: self.state.blocked_by is not None,
+                blocked=lambda: (
+                    None if self.state.blocked_by is None else self.state.blocked_by.value
+                ),
             )
             try:
                 ops = OpsServer(host, port, wsgi_app(self.metrics, self.health)).start()
@@ -191,6 +199,7 @@ class Daemon:
                 return ExitCode.UNAVAILABLE
             log.info("server.listening", listen=f"{host}:{ops.port}")
         self.generation = self._build(self.settings)
+        watcher = asyncio.ensure_future(self._watch_token(TOKEN_WATCH_SECONDS))
         try:
             await run_daemon(
                 self.new_sweep,
@@ -201,10 +210,35 @@ class Daemon:
                 notifier=self.notifier,
             )
         finally:
+            watcher.cancel()
             await self.generation.http.aclose()
             if ops is not None:
                 ops.stop()
         return ExitCode.OK
+
+    def _blocked_by(self) -> str | None:
+        blocked = self.state.blocked_by
+        return None if blocked is None else blocked.value
+
+    def _status(self, report: SweepReport) -> None:
+        """systemd's STATUS=, which `systemctl status sweeper` shows: the last sweep."""
+        self.notifier.notify(f"STATUS={status_line(report)}")
+
+    async def _watch_token(self, every: float) -> None:
+        """While the token is refused, notice a replaced token file and sweep at once
+        (otherwise the change is seen only at the next listing)."""
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), every)
+            if self.state.blocked_by is Result.TOKEN_REFUSED and self._files_now() != self._seen:
+                self.reload("file changed")
+
+    def _sweep_now(self) -> None:
+        """List at once (a new token after a refusal), unless a sweep is running."""
+        scheduler = self.state.scheduler
+        if scheduler is None or (self.state.current is not None and not self.state.current.done()):
+            return
+        scheduler.modify_job("sweep", next_run_time=datetime.now(UTC))
 
     # -- each listing ------------------------------------------------------------
 
@@ -303,7 +337,19 @@ class Daemon:
             # the client in force keeps its refusal until then.
             self.pending = settings
         self._seen = _fingerprint([self.config_path, settings.token_path])
+        if "api.token" in changed and self.state.blocked_by is Result.TOKEN_REFUSED:
+            self._sweep_now()  # the refused token was replaced: no need to wait an interval
         return True
+
+
+def status_line(report: SweepReport) -> str:
+    """One line on the last sweep, for systemd's STATUS=."""
+    counts = report.counts
+    at = (report.finished_at or report.started_at).strftime("%H:%M:%SZ")
+    return (
+        f"last sweep {report.result.value} at {at}: {counts['zombies']} zombies, "
+        f"{counts['marked']} marked, {counts['failed']} failed"
+    )
 
 
 def run(

@@ -8,11 +8,12 @@ covers tracebacks and messages we did not write ourselves.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -50,10 +51,29 @@ class Redactor:
         return text
 
 
-def _redacting(render: Processor, redactor: Redactor) -> Processor:
+#: sd-daemon(3) priority prefixes, which journald reads off the start of a line.
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2}
+
+
+def to_the_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Is `stream` the journal's own stream (systemd sets JOURNAL_STREAM to its dev:inode)?"""
+    env = os.environ if environ is None else environ
+    device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
+
+
+def _redacting(render: Processor, redactor: Redactor, journal: bool = False) -> Processor:
     def render_and_scrub(logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        level = str(event_dict.get("level", name)).lower()
         rendered = render(logger, name, event_dict)
-        return redactor(rendered if isinstance(rendered, str) else str(rendered))
+        line = redactor(rendered if isinstance(rendered, str) else str(rendered))
+        if journal:  # `journalctl -p warning` then sees warnings and errors
+            return f"<{_PRIORITIES.get(level, 6)}>{line}"
+        return line
 
     return render_and_scrub
 
@@ -90,7 +110,7 @@ def configure_logging(
             exception_formatter=structlog.dev.plain_traceback,
         )
         exceptions = _passthrough
-    final = _redacting(renderer, redactor)
+    final = _redacting(renderer, redactor, journal=to_the_journal(out))
 
     structlog.configure(
         processors=[

@@ -20,11 +20,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     make_wsgi_app,
     write_to_textfile,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from sweeper import __version__
+from sweeper.durations import humanize
 from sweeper.report import Result, SweepReport
 
 LAST_SUCCESS = "sweeper_last_success_timestamp_seconds"
@@ -38,6 +41,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        Info("sweeper_build", "The running release.", registry=registry).info(
+            {"version": __version__}
+        )
         self.sweeps = Counter("sweeper_sweeps", "Sweeps by result.", ["result"], registry=registry)
         self.steps = Counter(
             "sweeper_steps",
@@ -153,7 +159,7 @@ class Health:
         last_success: Callable[[], datetime | None],
         ready_within: timedelta,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        blocked: Callable[[], bool] = lambda: False,
+        blocked: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.is_running = is_running
         self.blocked = blocked
@@ -168,9 +174,24 @@ class Health:
     def ready(self) -> bool:
         """Not ready when the last successful sweep (or the start) is older than the window,
         or at once after a sweep whose token was refused or that crashed."""
-        since = self.last_success() or self.started_at
-        fresh = self.clock() - since <= self.ready_within
-        return self.is_running() and fresh and not self.blocked()
+        return self.why_not_ready() is None
+
+    def why_not_ready(self) -> str | None:
+        """What /readyz says when it answers 503; None when ready."""
+        if not self.is_running():
+            return "the scheduler is not running"
+        blocked = self.blocked()
+        if blocked:
+            return f"the last sweep ended {blocked}; ready again when a sweep succeeds"
+        since = self.last_success()
+        age = self.clock() - (since or self.started_at)
+        if age > self.ready_within:
+            what = "no successful sweep for" if since else "no sweep has succeeded since start,"
+            return (
+                f"{what} {humanize(age)} (more than {humanize(self.ready_within)}, three "
+                "intervals): see the sweep.aborted events"
+            )
+        return None
 
 
 def wsgi_app(metrics: Metrics, health: Health) -> Callable[..., Iterable[bytes]]:
@@ -181,10 +202,13 @@ def wsgi_app(metrics: Metrics, health: Health) -> Callable[..., Iterable[bytes]]
         if path == "/metrics":
             return prometheus(environ, start_response)  # type: ignore[no-any-return]
         if path in ("/healthz", "/readyz"):
-            ok = health.live() if path == "/healthz" else health.ready()
-            status = "200 OK" if ok else "503 Service Unavailable"
+            if path == "/healthz":
+                why = None if health.live() else "the scheduler is not running"
+            else:
+                why = health.why_not_ready()
+            status = "200 OK" if why is None else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"ok\n" if ok else b"unavailable\n"]
+            return [b"ok\n" if why is None else f"unavailable: {why}\n".encode()]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found\n"]
 

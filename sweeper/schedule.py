@@ -11,6 +11,8 @@ from typing import Any
 
 import structlog
 
+from sweeper import __version__
+
 # The cron helpers live in sweeper/cron.py; re-exported for callers of this module.
 from sweeper.cron import cron_trigger as cron_trigger
 from sweeper.cron import crontab_weekdays as crontab_weekdays
@@ -36,7 +38,8 @@ def install_stop_handlers(stop: asyncio.Event, on_hangup: Callable[[], None] | N
 
     def request_stop(signum: int) -> None:
         if not stop.is_set():
-            log.warning("shutdown.requested", signal=signal.Signals(signum).name)
+            # A routine stop (systemctl stop, a rollout): nothing is wrong.
+            log.info("shutdown.requested", signal=signal.Signals(signum).name)
         stop.set()
 
     def hangup() -> None:
@@ -171,7 +174,9 @@ async def run_daemon(
     state.scheduler = scheduler
     state.running = True
     notifier.ready()
-    log.info("daemon.started", next_sweep="now", systemd_notify=notifier.enabled)
+    log.info(
+        "daemon.started", version=__version__, next_sweep="now", systemd_notify=notifier.enabled
+    )
     try:
         await stop.wait()
     finally:

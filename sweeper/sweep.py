@@ -68,6 +68,8 @@ class SweepConfig:
     max_concurrency: int = 8
     host: str = "unknown"
     version: str = __version__
+    #: Where the token came from, for a refusal's message (never the token).
+    token_source: str = "the configured token"
 
     def admits(self, organization_id: str) -> bool:
         if self.organizations and organization_id not in self.organizations:
@@ -190,7 +192,7 @@ class _Run(Writes):
         except GuardRefused as exc:
             self.refuse(exc)
         except TokenRefused as exc:
-            self.end(Result.TOKEN_REFUSED, exc)
+            self.end(Result.TOKEN_REFUSED, exc, token_source=self.cfg.token_source)
         except Interrupted as exc:
             self.end(Result.INTERRUPTED, exc)
         except InvalidListing as exc:
@@ -321,10 +323,10 @@ class _Run(Writes):
             f"{within.rule}): not marked; --force marks it anyway",
         )
 
-    def end(self, result: Result, exc: BaseException) -> None:
+    def end(self, result: Result, exc: BaseException, **detail: str) -> None:
         self.report.result = result
         self.report.error = str(exc)
-        self.log.error("sweep.aborted", result=result.value, error=str(exc))
+        self.log.error("sweep.aborted", result=result.value, error=str(exc), **detail)
 
     def crash(self, exc: Exception) -> None:
         """An error nobody foresaw: logged with its traceback (never frame locals)."""

@@ -417,7 +417,8 @@ def test_daemon_serves_metrics_health_and_readiness(platform: Platform, tmp_path
 
 
 def test_daemon_speaks_the_systemd_notify_protocol(platform: Platform, tmp_path: Path) -> None:
-    """READY=1 once running, WATCHDOG=1 from the scheduler loop, STOPPING=1 on SIGTERM."""
+    """READY=1 once running, WATCHDOG=1 from the scheduler loop, STATUS= after each sweep,
+    STOPPING=1 on SIGTERM."""
     import socket
     import subprocess
     import sys
@@ -436,12 +437,25 @@ def test_daemon_speaks_the_systemd_notify_protocol(platform: Platform, tmp_path:
             text=True,
             env=environment(NOTIFY_SOCKET=path, WATCHDOG_USEC="200000"),
         )
-        messages = [listener.recv(64), listener.recv(64)]
+        received: list[bytes] = []
+
+        def next_message() -> bytes:
+            message = listener.recv(4096)
+            received.append(message)
+            return message
+
+        messages = [next_message()]
+        while (message := next_message()).startswith(b"STATUS="):
+            pass
+        messages.append(message)  # the first WATCHDOG=1
+        while not any(m.startswith(b"STATUS=") for m in received):
+            next_message()  # the first sweep's STATUS= line
         result = signal_and_collect(proc)
-        while True:
-            message = listener.recv(64)
-            if message != b"WATCHDOG=1":
-                break
+        while (message := next_message()) == b"WATCHDOG=1" or message.startswith(b"STATUS="):
+            pass
         messages.append(message)
     assert messages == [b"READY=1", b"WATCHDOG=1", b"STOPPING=1"]
+    (status,) = [m for m in received if m.startswith(b"STATUS=")][:1]
+    assert status.startswith(b"STATUS=last sweep completed at ")
+    assert b"0 zombies, 0 marked, 0 failed" in status
     assert result.code == 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -115,3 +117,31 @@ def test_redactor_grows_and_ignores_empty() -> None:
     assert redactor("abc") == "abc"
     redactor.add("b")
     assert redactor("abc") == f"a{REDACTED}c"
+
+
+def test_journal_lines_carry_their_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under systemd (JOURNAL_STREAM names stderr), each line starts with `<N>`: journalctl -p
+    sees warnings and errors; ours and the standard library's alike."""
+    path = tmp_path / "journal"
+    with path.open("w") as stream:
+        info = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        configure_logging("json", "debug", stream=stream)
+        structlog.get_logger("t").info("a.info")
+        structlog.get_logger("t").warning("a.warning")
+        structlog.get_logger("t").error("a.error")
+        logging.getLogger("lib").warning("from a library")
+    lines = path.read_text().splitlines()
+    assert [line[:4] for line in lines] == ["<6>{", "<4>{", "<3>{", "<4>{"]
+
+
+def test_no_priority_prefix_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JOURNAL_STREAM that names another stream (inherited by a child) adds nothing."""
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    path = tmp_path / "plain"
+    with path.open("w") as stream:
+        configure_logging("json", "info", stream=stream)
+        structlog.get_logger("t").warning("a.warning")
+    assert path.read_text().startswith("{")

@@ -263,6 +263,15 @@ def test_alerts_and_dashboard_name_only_metrics_the_daemon_exposes(daemon_scrape
     }
 
 
+def test_the_daemon_exposes_its_version_and_process_metrics(daemon_scrape: str) -> None:
+    """sweeper_build_info{version} and the process_* family are on the daemon's /metrics."""
+    from sweeper import __version__
+
+    assert f'sweeper_build_info{{version="{__version__}"}} 1.0' in daemon_scrape
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total"):
+        assert f"\n{name} " in daemon_scrape, name
+
+
 def test_a_name_the_daemon_does_not_expose_is_caught(daemon_scrape: str) -> None:
     """The check above fails on a misspelt or missing name (it is not vacuous)."""
     exposed = exposed_names(daemon_scrape)

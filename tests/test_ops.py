@@ -246,3 +246,41 @@ def test_systemd_notify_is_a_no_op_elsewhere() -> None:
     assert other.watchdog_interval is None
     gone = SystemdNotifier({"NOTIFY_SOCKET": "/nonexistent/socket"})
     assert gone.enabled and not gone.ready()
+
+
+def test_readyz_says_why_it_is_not_ready(
+    served: tuple[str, Metrics, dict[str, object]], clock: FakeClock
+) -> None:
+    """/readyz's 503 names the reason: no success for how long, against which limit."""
+    url, _, state = served
+    assert httpx.get(url + "/readyz").text == "ok\n"
+    clock.advance(timedelta(minutes=16))
+    answer = httpx.get(url + "/readyz")
+    assert answer.status_code == 503
+    assert answer.text.startswith("unavailable: no sweep has succeeded since start, 16m")
+    assert "more than 15m" in answer.text
+    state["running"] = False
+    assert httpx.get(url + "/readyz").text == "unavailable: the scheduler is not running\n"
+
+
+def test_readyz_names_the_result_that_blocks_it(clock: FakeClock) -> None:
+    """After a refused token, /readyz says so until a sweep succeeds."""
+    health = Health(
+        lambda: True,
+        lambda: clock(),
+        ready_within=timedelta(minutes=15),
+        clock=clock,
+        blocked=lambda: "token_refused",
+    )
+    assert health.why_not_ready() == (
+        "the last sweep ended token_refused; ready again when a sweep succeeds"
+    )
+    assert not health.ready()
+
+
+def test_build_info_carries_the_version() -> None:
+    """sweeper_build_info{version} is 1, in the daemon's and the textfile's registry."""
+    from sweeper import __version__
+
+    metrics = Metrics(CollectorRegistry())
+    assert metrics.registry.get_sample_value("sweeper_build_info", {"version": __version__}) == 1
