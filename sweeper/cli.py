@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--report",
         type=Path,
         metavar="PATH",
-        help="write the outcome as JSON, a summary and one entry per zombie (default: none)",
+        help="with --once: write the outcome as JSON, a summary and one entry per zombie "
+        "(default: none)",
     )
     run.add_argument(
         "--metrics-file",
@@ -237,8 +238,11 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         from sweeper.devserver.cli import run_command
 
         return run_command(args)
-    if args.command == "run" and args.metrics_file and not args.once:
-        parser.error("--metrics-file goes with --once")
+    if args.command == "run" and not args.once:
+        # The daemon runs many sweeps: one file would hold only the last (or none).
+        for flag in ("metrics_file", "report"):
+            if getattr(args, flag) is not None:
+                parser.error(f"--{flag.replace('_', '-')} goes with --once")
     # Refuse before sweeping rather than lose the outcome after it: a path that
     # cannot be written is the installation's fault, like a bad configuration.
     problems = []

@@ -197,7 +197,8 @@ class Daemon:
                     "server.unavailable", listen=self.settings.server.listen, error=exc.strerror
                 )
                 return ExitCode.UNAVAILABLE
-            log.info("server.listening", listen=f"{host}:{ops.port}")
+            shown = f"[{host}]" if ":" in host else host
+            log.info("server.listening", listen=f"{shown}:{ops.port}")
         self.generation = self._build(self.settings)
         watcher = asyncio.ensure_future(self._watch_token(TOKEN_WATCH_SECONDS))
         try:

@@ -8,6 +8,7 @@ loop with the sweeps, and it costs the daemon almost nothing at rest.
 from __future__ import annotations
 
 import math
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -220,6 +221,18 @@ class _QuietHandler(WSGIRequestHandler):
         """Probes every few seconds would drown the events; say nothing."""
 
 
+class _IPv6Server(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+def _server_class(host: str, port: int) -> type[ThreadingWSGIServer]:
+    """The server for the address family `host` resolves to (socketserver binds IPv4 only)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    if infos and infos[0][0] == socket.AF_INET6:
+        return _IPv6Server
+    return ThreadingWSGIServer
+
+
 class OpsServer:
     """/metrics, /healthz and /readyz on `server.listen`, on a daemon thread."""
 
@@ -231,7 +244,7 @@ class OpsServer:
         poll_interval: float = 0.5,
     ) -> None:
         self._server = make_server(
-            host, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler
+            host, port, app, server_class=_server_class(host, port), handler_class=_QuietHandler
         )
         self.port: int = self._server.server_port
         self._thread = threading.Thread(

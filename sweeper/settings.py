@@ -11,6 +11,7 @@ import os
 import ssl
 import string
 import tomllib
+import urllib.parse
 import zoneinfo
 from collections.abc import Mapping
 from datetime import timedelta
@@ -159,6 +160,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class ApiSettings(BaseModel):
     model_config = _STRICT
 
@@ -191,6 +200,12 @@ class ApiSettings(BaseModel):
             raise KeyProblem(("base_url",), "not a URL") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise KeyProblem(("base_url",), "must be http(s)://host[:port]")
+        if url.userinfo or "@" in urllib.parse.urlsplit(self.base_url).netloc:
+            # The bearer token authenticates; a password in the URL would be printed
+            # with the settings and refused by the transport at every run. Never echoed.
+            raise KeyProblem(
+                ("base_url",), "must not hold user info (user:password@): the token authenticates"
+            )
         if url.port is not None and not 0 < url.port < 65536:
             raise KeyProblem(("base_url",), "the port must be 1 to 65535")
         if url.path not in ("", "/") or url.query or url.fragment:
@@ -369,14 +384,18 @@ class ServerSettings(BaseModel):
         host, sep, port = value.rpartition(":")
         valid_port = port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536
         if not sep or not host or not valid_port:
-            raise ValueError("must be host:port, e.g. 0.0.0.0:9108")
+            raise ValueError("must be host:port, e.g. 0.0.0.0:9108 or [::1]:9108")
+        # An IPv6 address is bracketed, so that its last group is never read as the port.
+        bracketed = host.startswith("[") and host.endswith("]") and _is_ipv6(host[1:-1])
+        if not bracketed and any(c in host for c in ":[]"):
+            raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:9108")
         return value
 
     @property
     def host_port(self) -> tuple[str, int]:
         assert self.listen is not None
         host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class Settings(BaseSettings):

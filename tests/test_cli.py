@@ -95,6 +95,8 @@ def test_exit_1_when_a_step_is_refused(platform: Platform, tmp_path: Path) -> No
         ["mark", "s1", "--org", "o", "--error-code", "X" * 65],
         ["run", "--max-steps", "-1"],
         ["run", "--metrics-file", "/tmp/m.prom"],  # only with --once
+        ["run", "--report", "/tmp/r.json"],  # only with --once: the daemon runs many sweeps
+        ["run", "--dry-run", "--report", "/tmp/r.json"],
         ["run", "--token", TOKEN],  # the token is never a flag
         ["mark", "s1", "--org", "o", "--message", "{idle.x}"],  # the configuration's rule
         ["mark", "s1", "--org", "o", "--message", "{idle:>999999999}"],
@@ -128,6 +130,14 @@ def test_exit_78_when_an_output_file_cannot_be_written(args: list[str], reason: 
     assert reason in invalid["error"]
     assert invalid["error"].startswith("--")
     assert "usage:" not in result.stderr
+@pytest.mark.parametrize("flag", ["--report", "--metrics-file"])
+def test_daemon_refuses_a_one_sweep_output_file(flag: str, tmp_path: Path) -> None:
+    """run without --once refuses --report and --metrics-file by name, writing nothing."""
+    target = tmp_path / "out"
+    result = sweeper("run", flag, str(target))
+    assert result.code == 2
+    assert f"{flag} goes with --once" in result.stderr
+    assert not target.exists()
 
 
 def test_exit_3_when_too_many_zombies(platform: Platform, tmp_path: Path) -> None:
@@ -414,6 +424,38 @@ def test_daemon_serves_metrics_health_and_readiness(platform: Platform, tmp_path
     finally:
         result = signal_and_collect(proc)
     assert result.code == 0
+
+
+@pytest.mark.parametrize("host", ["[::1]", "localhost"])
+def test_daemon_serves_on_ipv6_and_on_a_name(platform: Platform, tmp_path: Path, host: str) -> None:
+    """server.listen "[::1]:PORT" (and a name) passes check-config and is served, no exit 75."""
+    import socket
+
+    import httpx
+
+    family, bind_host = (socket.AF_INET6, "::1") if host == "[::1]" else (socket.AF_INET, host)
+    with socket.socket(family) as sock:
+        sock.bind((bind_host, 0))
+        port = sock.getsockname()[1]
+    extra = f'[schedule]\ninterval = "1h"\n[server]\nlisten = "{host}:{port}"\n'
+    config = str(write_config(tmp_path, platform.base_url, extra))
+    assert sweeper("--config", config, "check-config").code == 0
+    proc = start_sweeper("--config", config, "run")
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://{host}:{port}/healthz").status_code == 200
+            except httpx.TransportError:
+                return proc.poll() is not None  # an exit ends the wait; asserted below
+
+        wait_for(healthy)
+        assert proc.poll() is None
+    finally:
+        result = signal_and_collect(proc)
+    assert result.code == 0
+    (listening,) = result.named("server.listening")
+    assert listening["listen"] == f"{host}:{port}"
 
 
 def test_daemon_speaks_the_systemd_notify_protocol(platform: Platform, tmp_path: Path) -> None:

@@ -136,3 +136,48 @@ def test_other_usage_errors_do_not_echo_values(args: list[str]) -> None:
     result = sweeper(*args)
     assert result.code == 2
     assert TOKEN not in result.stderr
+
+
+PASSWORD = "pw-Zq81-never-shown"
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        f"http://alice:{PASSWORD}@127.0.0.1:9",
+        f"http://:{PASSWORD}@127.0.0.1:9",
+        f"https://{PASSWORD}@platform.example",
+        f"http://alice%40corp:{PASSWORD}%3A@127.0.0.1:9/base",
+        "http://@127.0.0.1:9",
+    ],
+)
+def test_user_info_in_base_url_is_refused_and_never_echoed(
+    platform: Platform, tmp_path: Path, base_url: str
+) -> None:
+    """api.base_url with user info: exit 78 from every command and from the variable, the
+    password nowhere in the output, no request sent."""
+    (tmp_path / "file").mkdir()
+    (tmp_path / "env").mkdir()
+    from_file = write_config(tmp_path / "file", base_url)
+    plain = write_config(tmp_path / "env", platform.base_url)
+    from_env = environment(SWEEPER_API__BASE_URL=base_url)
+    for config, env in ((from_file, None), (plain, from_env)):
+        for command in (["check-config"], ["run", "--once"]):
+            result = sweeper("--config", str(config), *command, env=env)
+            error = assert_refused(result.code, result.stderr, result.events)
+            assert "api.base_url" in error
+            assert "must not hold user info" in error
+            assert PASSWORD not in result.stdout + result.stderr
+    assert platform.counters.requests == 0
+
+
+def test_a_reload_to_user_info_keeps_the_password_out_of_its_error(tmp_path: Path) -> None:
+    """The reload path reports load_settings' error: it names the key, never the password."""
+    from sweeper.errors import ConfigError
+    from sweeper.settings import load_settings
+
+    config = write_config(tmp_path, f"http://alice:{PASSWORD}@127.0.0.1:9")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, {}, environment())
+    assert "api.base_url: must not hold user info" in str(caught.value)
+    assert PASSWORD not in str(caught.value)
