@@ -287,11 +287,20 @@ class PlatformClient:
 
     # -- the write side ------------------------------------------------------
 
-    async def patch_step(self, step_id: str, update: StepUpdate) -> dict[str, Any]:
+    async def patch_step(
+        self,
+        step_id: str,
+        update: StepUpdate,
+        *,
+        reserved: bool = False,
+        give_up_at: float | None = None,
+    ) -> dict[str, Any]:
         """Send the write once; returns the platform's `data` (the updated step).
 
-        Not paced here: the re-read before it reserved its rate-limit slot. A
-        transient failure is WriteUnanswered (the write may or may not have been
+        `reserved`: the re-read right before it (`then_write`) holds its rate-limit
+        slot; otherwise the write waits for one (api.max_rate bounds every request),
+        and DeadlineReached, nothing sent, when that slot comes after `give_up_at`.
+        A transient failure is WriteUnanswered (the write may or may not have been
         applied); an answer whose `data.status` is not the status sent is
         InvalidAnswer.
         """
@@ -305,7 +314,11 @@ class PlatformClient:
         }
         path = step_url(step_id)
         try:
-            answer = await self._try_once("PATCH", path, None, body, 1, paced=False)
+            answer = await self._try_once(
+                "PATCH", path, None, body, 1, paced=not reserved, give_up_at=give_up_at
+            )
+        except OutOfTime as exc:
+            raise DeadlineReached(f"PATCH {path}: not sent, {exc}", attempts=0) from None
         except Transient as exc:
             raise WriteUnanswered(
                 f"PATCH {path}: {exc}", http_status=exc.http_status, retry_after=exc.retry_after

@@ -172,7 +172,7 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
     def judge(again: Step | None) -> Decision | SkipReason:
         return recheck(step, again, sweeper.clock(), cfg.rules, sweeper.outages())
 
-    await run.handle(judge, entry, verdict.decision, deadline_at)
+    await run.handle(judge, entry, verdict.decision, deadline_at, reserved=True)
 
 
 def interval_end(sweeper: Sweeper, interval: Interval) -> float:

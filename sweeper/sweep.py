@@ -304,7 +304,7 @@ class _Run(Writes):
             within = within_limit(current, self.s.clock(), limits)
             if within is not None:
                 self.refuse_live(entry, within)
-        await self.handle(judge, entry, judge(current))
+        await self.handle(judge, entry, judge(current), reserved=True)
 
     def refuse_live(self, entry: StepEntry, within: NotStale) -> None:
         """Say why `mark` leaves a step alone: its idle time, its limit and the way out."""

@@ -67,11 +67,13 @@ class Writes:
         entry: StepEntry,
         verdict: Decision | SkipReason | None,
         deadline_at: float | None = None,
+        reserved: bool = False,
     ) -> None:
         """Settle one zombie. `verdict` is the first attempt's judgement (None: re-read
-        first); `deadline_at` replaces the sweep's deadline (a timer's own)."""
+        first; given after a re-read with `then_write`: `reserved`, its rate-limit slot
+        is held); `deadline_at` replaces the sweep's deadline (a timer's own)."""
         try:
-            await self.attempt_writes(judge, entry, verdict, deadline_at)
+            await self.attempt_writes(judge, entry, verdict, deadline_at, reserved)
         except Exception as exc:
             self.settle_failure(entry, exc)
 
@@ -81,6 +83,7 @@ class Writes:
         entry: StepEntry,
         verdict: Decision | SkipReason | None,
         deadline_at: float | None,
+        reserved: bool = False,
     ) -> None:
         """Re-read, judge, write; after an unanswered write, wait and do it all again."""
         client, sweep_id = self.client, self.report.sweep_id
@@ -106,6 +109,7 @@ class Writes:
                     self.settle(entry, decision, Outcome.MARKED, "applied_earlier")
                     return
                 verdict = SkipReason.CONFLICT if resolve_only else judge(current)
+                reserved = True  # then_write: the write's rate-limit slot is held
             if isinstance(verdict, SkipReason):
                 self.skip(entry, verdict)
                 return
@@ -126,8 +130,9 @@ class Writes:
             )
             attempts += 1
             entry.attempts = attempts
+            give_up_at = self.deadline_at if deadline_at is None else deadline_at
             try:
-                await client.patch_step(step_id, update)
+                await client.patch_step(step_id, update, reserved=reserved, give_up_at=give_up_at)
             except TokenRefused as exc:
                 self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
                 if exc.attempts:  # sent and refused; else never sent: not_attempted
