@@ -203,8 +203,14 @@ class PlatformClient:
             self.clock_check.begin_sweep()
 
     def carry_refusal(self, previous: PlatformClient) -> None:
-        """A client rebuilt with the same token (a reload) keeps its refusal."""
-        self._token_refused_at = previous._token_refused_at
+        """A client rebuilt (a reload) keeps the refusal of the one it replaces only when
+        both send the same token to the same base URL: a refusal belongs to that pair,
+        and a fixed URL or a new token gets its chance at once."""
+        if previous._credentials() == self._credentials():
+            self._token_refused_at = previous._token_refused_at
+
+    def _credentials(self) -> tuple[str, str | None]:
+        return self._base, self._http.headers.get("authorization")
 
     # -- the read side -------------------------------------------------------
 

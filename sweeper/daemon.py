@@ -283,8 +283,7 @@ class Daemon:
         self.settings = settings
         self.generation = generation
         if old is not None:
-            if old.settings.token() == settings.token():
-                generation.sweeper.client.carry_refusal(old.sweeper.client)
+            generation.sweeper.client.carry_refusal(old.sweeper.client)
             # The previous sweep has ended (one listing at a time): nothing uses it now.
             closing = asyncio.ensure_future(old.http.aclose())
             self._closing.add(closing)

@@ -200,26 +200,35 @@ def test_reload_tells_systemd_and_warns_about_restart_only_keys(
     assert reloaded["changed"] == ["server.listen", "api.token"]
 
 
-@pytest.mark.parametrize(("token", "refused"), [("same-secret", True), ("new-secret", False)])
-def test_a_reload_keeps_a_refusal_only_for_the_same_token(
-    tmp_path: Path, token: str, refused: bool
+@pytest.mark.parametrize(
+    ("token", "url", "refused"),
+    [
+        ("same-secret", "https://p.test", True),
+        ("new-secret", "https://p.test", False),
+        ("same-secret", "https://right.test", False),
+        ("new-secret", "https://right.test", False),
+    ],
+)
+def test_a_reload_keeps_a_refusal_only_for_the_same_url_and_token(
+    tmp_path: Path, token: str, url: str, refused: bool
 ) -> None:
-    """A new token gets a fresh client and one more try; the same one stays refused."""
+    """A new token or a new base URL gets a fresh client and one more try; the same pair
+    stays refused."""
     import asyncio
 
     from sweeper.daemon import Daemon
     from sweeper.logs import Redactor
 
     config = tmp_path / "c.toml"
-    body = '[api]\nbase_url = "https://p.test"\ntoken = "{token}"\n'
-    config.write_text(body.format(token="same-secret"))
+    body = '[api]\nbase_url = "{url}"\ntoken = "{token}"\n'
+    config.write_text(body.format(url="https://p.test", token="same-secret"))
     settings, _ = load_settings(config, environ={})
 
     async def scenario() -> bool:
         daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
         daemon.generation = daemon._build(settings)
         daemon.generation.sweeper.client._token_refused_at = 0.0  # a 401 was seen
-        config.write_text(body.format(token=token) + "[sweep]\npage_size = 7\n")
+        config.write_text(body.format(url=url, token=token) + "[sweep]\npage_size = 7\n")
         assert daemon.reload("SIGHUP")
         _, work = daemon.new_sweep()
         work.close()

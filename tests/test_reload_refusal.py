@@ -1,0 +1,75 @@
+"""A token refusal belongs to the (base URL, token) pair that was refused: through the real
+daemon, a reload that points at the right platform sweeps it at the next listing."""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sweeper.devserver.server import serve_in_thread
+from sweeper.devserver.state import PlatformState
+from tests.e2e import Platform, wait_for, write_config
+from tests.helpers import record
+from tests.test_reload import start
+
+
+@pytest.fixture(name="platform")
+def _platform(shared_platform: Platform) -> Platform:
+    shared_platform.reset()
+    return shared_platform
+
+
+def test_a_reload_that_fixes_base_url_sweeps_the_right_platform(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """The wrong environment answers 401 (another token); the operator fixes api.base_url
+    and reloads: the next listing goes to the right platform and marks its zombies."""
+    now = datetime.now(UTC)
+    for i in range(3):
+        platform.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
+    with serve_in_thread(PlatformState(), "another-environments-token") as wrong:
+        extra = '[schedule]\ninterval = "1s"\nprecise = false\n'
+        config = write_config(tmp_path, wrong.base_url, extra)
+        proc, lines = start(config, tmp_path)
+        try:
+            wait_for(lambda: len(lines.named("sweep.finished")) >= 2)
+            assert {e["result"] for e in lines.named("sweep.finished")} == {"token_refused"}
+            config.write_text(config.read_text().replace(wrong.base_url, platform.base_url))
+            wait_for(lambda: len(platform.state.patches) == 3, timeout=60)
+            (reloaded, *_) = lines.named("config.reloaded")
+            assert "api.base_url" in reloaded["changed"]  # type: ignore[operator]
+        finally:
+            proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+            proc.wait(timeout=30)  # type: ignore[attr-defined]
+    assert proc.returncode == 0  # type: ignore[attr-defined]
+
+
+def test_a_reload_to_another_refusing_url_keeps_no_old_refusal_but_learns_its_own(
+    tmp_path: Path,
+) -> None:
+    """Two wrong environments in turn: each is asked once, refuses, and is not asked again
+    while the (URL, token) pair stays the same."""
+    with (
+        serve_in_thread(PlatformState(), "token-of-a") as first,
+        serve_in_thread(PlatformState(), "token-of-b") as second,
+    ):
+        extra = '[schedule]\ninterval = "1s"\nprecise = false\n'
+        config = write_config(tmp_path, first.base_url, extra)
+        proc, lines = start(config, tmp_path)
+        try:
+            wait_for(lambda: len(lines.named("sweep.finished")) >= 2)
+            config.write_text(config.read_text().replace(first.base_url, second.base_url))
+            wait_for(lambda: len(lines.named("config.reloaded")) == 1)
+            wait_for(lambda: second.app.state.counters.requests >= 1, timeout=60)
+            swept = len(lines.named("sweep.finished"))
+            wait_for(lambda: len(lines.named("sweep.finished")) >= swept + 2)
+        finally:
+            proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+            proc.wait(timeout=30)  # type: ignore[attr-defined]
+        # One refused listing each: the latch holds for each pair once it is refused.
+        assert first.app.state.counters.requests == 1
+        assert second.app.state.counters.requests == 1
+    assert proc.returncode == 0  # type: ignore[attr-defined]
