@@ -130,6 +130,8 @@ def test_exit_78_when_an_output_file_cannot_be_written(args: list[str], reason: 
     assert reason in invalid["error"]
     assert invalid["error"].startswith("--")
     assert "usage:" not in result.stderr
+
+
 @pytest.mark.parametrize("flag", ["--report", "--metrics-file"])
 def test_daemon_refuses_a_one_sweep_output_file(flag: str, tmp_path: Path) -> None:
     """run without --once refuses --report and --metrics-file by name, writing nothing."""
