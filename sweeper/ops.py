@@ -69,6 +69,16 @@ class Metrics:
         self.zombies = Gauge(
             "sweeper_zombies_found", "Zombies found by the last sweep.", registry=registry
         )
+        # Runaways (past sweep.max_runtime) apart: they are in sweeper_steps_total too.
+        self.runaways = Counter(
+            "sweeper_runaways",
+            "Runaway steps (past their max_runtime) by outcome and the status decided for them.",
+            ["outcome", "status"],
+            registry=registry,
+        )
+        self.runaways_found = Gauge(
+            "sweeper_runaways_found", "Runaways found by the last sweep.", registry=registry
+        )
         self.requests = Counter(
             "sweeper_http_requests",
             "Requests to the platform by method and HTTP status (or error).",
@@ -130,10 +140,13 @@ class Metrics:
         self.sweeps.labels(result=report.result.value).inc()
         for entry in report.entries:
             self.steps.labels(outcome=entry.count_name, status=entry.status or "").inc()
+            if entry.runaway:
+                self.runaways.labels(outcome=entry.count_name, status=entry.status or "").inc()
             if entry.lagSeconds is not None:
                 self.observe_detection_lag(max(entry.lagSeconds, 0.0))
         self.records_invalid.inc(report.counts["invalid"])
         self.zombies.set(report.counts["zombies"])
+        self.runaways_found.set(report.counts["runaways"])
         if report.finished_at is not None:
             self.duration.observe((report.finished_at - report.started_at).total_seconds())
             if report.succeeded:

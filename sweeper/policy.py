@@ -31,13 +31,28 @@ MANUAL_ERROR_MESSAGE = (
 )
 #: The placeholders an error message template may use.
 MESSAGE_FIELDS = ("idle", "stale_after", "status", "rule")
+DEFAULT_RUNAWAY_ERROR_CODE = "STEP_MAX_RUNTIME_EXCEEDED"
+DEFAULT_RUNAWAY_MESSAGE = (
+    "This step has been running for {runtime} (limit {max_runtime}) and still shows signs "
+    "of life: marked {status} as a runaway by the zombie-step sweeper (rule {rule})."
+)
+#: The placeholders a runaway message template may use.
+RUNAWAY_MESSAGE_FIELDS = ("runtime", "max_runtime", "status", "rule")
+
+
+class Trigger(StrEnum):
+    """What made a step a zombie (`errorDetails.trigger`, the `trigger` of `step.marked`)."""
+
+    STALE = "stale"
+    MAX_RUNTIME = "max_runtime"
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
     """What makes a matching step a zombie and what it becomes.
 
-    `stale_after=None` means never: matching steps are never marked.
+    `stale_after=None` means never: matching steps are never marked as stale.
+    `max_runtime=None` (the default) means never: no step is a runaway.
     """
 
     name: str
@@ -46,6 +61,10 @@ class Rule:
     error_code: str
     error_message: str
     match: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    max_runtime: timedelta | None = None
+    runaway_status: StepStatus = StepStatus.CANCELLED
+    runaway_error_code: str = DEFAULT_RUNAWAY_ERROR_CODE
+    runaway_message: str = DEFAULT_RUNAWAY_MESSAGE
 
     def fits(self, step: Step) -> bool:
         """Every listed field must fit one of its globs; a field the step lacks never fits."""
@@ -74,6 +93,21 @@ class Rules:
         """The listing filter: no rule can call a step younger than this stale."""
         limits = [r.stale_after for r in (*self.overrides, self.default) if r.stale_after]
         return min(limits) if limits else self.default.stale_after or timedelta(0)
+
+    @property
+    def smallest_limit(self) -> timedelta:
+        """The listing filter: no step younger than this is stale or a runaway.
+
+        A rule's max_runtime is never shorter than its own stale_after (settings), so
+        this is smallest_stale_after unless a rule that never goes stale has a shorter
+        max_runtime: the listing of stale candidates already holds every runaway.
+        """
+        runtimes = [r.max_runtime for r in (*self.overrides, self.default) if r.max_runtime]
+        return min([self.smallest_stale_after, *runtimes])
+
+    @property
+    def any_max_runtime(self) -> bool:
+        return any(r.max_runtime is not None for r in (*self.overrides, self.default))
 
 
 class Spared(StrEnum):
@@ -109,6 +143,18 @@ class Decision:
     last_sign_of_life_field: str
     last_sign_of_life_at: datetime
     outage_discount: timedelta = timedelta(0)
+    #: None for a mark by hand (an operator's decision, no trigger).
+    trigger: Trigger | None = Trigger.STALE
+    #: A runaway's: how long it had run, and its rule's limit.
+    runtime: timedelta | None = None
+    max_runtime: timedelta | None = None
+
+    @property
+    def crossed_at(self) -> datetime:
+        """The moment the step crossed the limit that decided it (detection lag)."""
+        if self.trigger is Trigger.MAX_RUNTIME and self.max_runtime is not None:
+            return self.step.started_at + self.max_runtime
+        return self.last_sign_of_life_at + self.stale_after + self.outage_discount
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,18 +188,60 @@ def decide(
     Only a RUNNING step can be a zombie, whatever the listing was asked for.
     Idle time is measured from the step's last sign of life; time in which the
     platform itself was unreachable does not count (workers could not report).
+    A step past its rule's max_runtime is a runaway whatever its heartbeat; one
+    that is both stale and past it is a zombie (the cause that is certain).
     """
     if step.status != StepStatus.RUNNING:
         return Spared.NOT_RUNNING
     rule = rules.rule_for(step)
-    if rule.stale_after is None:
+    if rule.stale_after is None and rule.max_runtime is None:
         return Spared.EXEMPT
+    return stale(step, now, rule, outages) or runaway(step, now, rule) or Spared.NOT_STALE
+
+
+def stale(
+    step: Step, now: datetime, rule: Rule, outages: OutageWindows = NO_OUTAGES
+) -> Decision | None:
+    """A zombie by silence: idle (outages discounted) for longer than the rule's limit."""
+    if rule.stale_after is None:
+        return None
     field_name, last_seen = step.last_sign_of_life
     discount = outages.overlap(last_seen, now)
     idle = now - last_seen - discount
     if idle <= rule.stale_after:
-        return Spared.NOT_STALE
+        return None
     return _decision(step, rule, idle, field_name, last_seen, discount)
+
+
+def runaway(step: Step, now: datetime, rule: Rule) -> Decision | None:
+    """A runaway: started longer ago than the rule's max_runtime. No outage discount:
+    an outage stops heartbeats from arriving, not the time a step has been running."""
+    if rule.max_runtime is None:
+        return None
+    runtime = now - step.started_at
+    if runtime <= rule.max_runtime:
+        return None
+    field_name, last_seen = step.last_sign_of_life
+    message = rule.runaway_message.format(
+        runtime=humanize(runtime),
+        max_runtime=humanize(rule.max_runtime),
+        status=rule.runaway_status.value,
+        rule=rule.name,
+    )
+    return Decision(
+        step=step,
+        rule=rule.name,
+        status=rule.runaway_status,
+        error_code=rule.runaway_error_code,
+        error_message=message,
+        idle=max(now - last_seen, timedelta(0)),
+        stale_after=rule.stale_after or timedelta(0),
+        last_sign_of_life_field=field_name,
+        last_sign_of_life_at=last_seen,
+        trigger=Trigger.MAX_RUNTIME,
+        runtime=runtime,
+        max_runtime=rule.max_runtime,
+    )
 
 
 def _decision(
@@ -163,6 +251,7 @@ def _decision(
     field_name: str,
     last_seen: datetime,
     discount: timedelta = timedelta(0),
+    trigger: Trigger | None = Trigger.STALE,
 ) -> Decision:
     message = rule.error_message.format(
         idle=humanize(idle),
@@ -181,6 +270,7 @@ def _decision(
         last_sign_of_life_field=field_name,
         last_sign_of_life_at=last_seen,
         outage_discount=discount,
+        trigger=trigger,
     )
 
 
@@ -215,7 +305,8 @@ def decide_by_hand(
     if limits is not None and within_limit(current, now, limits) is not None:
         return SkipReason.ALIVE
     field_name, last_seen = current.last_sign_of_life
-    return _decision(current, rule, max(now - last_seen, timedelta(0)), field_name, last_seen)
+    idle = max(now - last_seen, timedelta(0))
+    return _decision(current, rule, idle, field_name, last_seen, trigger=None)
 
 
 def applied_by(current: Step | None, sweep_id: str, status: StepStatus) -> bool:
@@ -232,18 +323,22 @@ def recheck(
 ) -> Decision | SkipReason:
     """Judge a zombie again from a fresh read, right before writing it.
 
-    A step that finished, moved, or is no longer stale keeps its real state.
+    A step that finished, moved, or is no longer stale keeps its real state. A
+    runaway is left alone only when it finished or its startedAt changed (it started
+    again): a heartbeat that moved does not save it, since a wedged worker beats on.
     """
     if current is None:
         return SkipReason.GONE
     if current.status != StepStatus.RUNNING:
         return SkipReason.FINISHED
-    if current.last_sign_of_life[1] > listed.last_sign_of_life[1]:
-        return SkipReason.ALIVE
-    verdict = decide(current, now, rules, outages)
-    if isinstance(verdict, Spared):
-        return SkipReason.ALIVE
-    return verdict
+    rule = rules.rule_for(current)
+    if current.last_sign_of_life[1] <= listed.last_sign_of_life[1]:
+        verdict = stale(current, now, rule, outages)
+        if verdict is not None:
+            return verdict
+    if current.started_at == listed.started_at:
+        return runaway(current, now, rule) or SkipReason.ALIVE
+    return SkipReason.ALIVE
 
 
 def build_update(
@@ -263,6 +358,11 @@ def build_update(
     }
     if step.retry_count is not None:
         details["retryCount"] = step.retry_count
+    if decision.trigger is not None:
+        details["trigger"] = decision.trigger.value
+    if decision.runtime is not None and decision.max_runtime is not None:
+        details["runtimeSeconds"] = int(decision.runtime.total_seconds())
+        details["maxRuntimeSeconds"] = int(decision.max_runtime.total_seconds())
     if decision.outage_discount > timedelta(0):
         details["outageDiscountSeconds"] = int(decision.outage_discount.total_seconds())
     return StepUpdate(

@@ -91,8 +91,13 @@ OUTCOME_COUNTS = (
     "refused",
     "not_attempted",
 )
+#: Runaways (trigger max_runtime) counted apart: how many of the zombies were runaways,
+#: and how many of those were marked. Both are part of the counts above too.
+RUNAWAY_COUNTS = ("runaways", "runaways_marked")
 #: Every count a sweep reports, zeros included.
-OUTCOMES = LISTING_COUNTS + OUTCOME_COUNTS
+OUTCOMES = LISTING_COUNTS + OUTCOME_COUNTS + RUNAWAY_COUNTS
+#: `errorDetails.trigger` of a runaway (policy.Trigger.MAX_RUNTIME).
+RUNAWAY = "max_runtime"
 
 StepKey = tuple[str, str]
 """A step's identity: (organizationId, stepId). The same id in two organizations is two steps."""
@@ -122,6 +127,14 @@ class StepEntry:
     unconfirmed: bool | None = None
     #: `mark` without --force, a step left alone: the limit it is within (`2h`, `never`).
     limit: str | None = None
+    #: What made it a zombie: `stale`, or `max_runtime` for a runaway (None by hand).
+    trigger: str | None = None
+    #: A runaway's: seconds since its startedAt when it was judged.
+    runtimeSeconds: int | None = None
+
+    @property
+    def runaway(self) -> bool:
+        return self.trigger == RUNAWAY
 
     @property
     def key(self) -> StepKey:
@@ -168,11 +181,14 @@ class SweepReport:
 
     def tally(self) -> None:
         """Count the zombie outcomes from the entries: the counts add up by construction."""
-        for name in OUTCOME_COUNTS:
+        for name in OUTCOME_COUNTS + RUNAWAY_COUNTS:
             self.counts[name] = 0
         self.counts["zombies"] = len(self.entries)
         for entry in self.entries:
             self.counts[entry.count_name] += 1
+            if entry.runaway:
+                self.counts["runaways"] += 1
+                self.counts["runaways_marked"] += entry.outcome is Outcome.MARKED
 
     @property
     def exit_code(self) -> ExitCode:

@@ -45,7 +45,10 @@ from sweeper.policy import (
     DEFAULT_ERROR_CODE,
     DEFAULT_ERROR_MESSAGE,
     DEFAULT_RULE_NAME,
+    DEFAULT_RUNAWAY_ERROR_CODE,
+    DEFAULT_RUNAWAY_MESSAGE,
     MESSAGE_FIELDS,
+    RUNAWAY_MESSAGE_FIELDS,
     Rule,
     Rules,
 )
@@ -81,6 +84,11 @@ def _parse_rule_stale_after(value: object) -> timedelta | Literal["inherit"] | N
     if value == "inherit":
         return "inherit"
     return parse_positive_duration(value)
+
+
+def _parse_max_runtime(value: object) -> timedelta | None:
+    """`never` (None: no step is a runaway) or a duration longer than zero."""
+    return None if value is None or _is_never(value) else parse_positive_duration(value)
 
 
 def _print_rule_stale_after(value: timedelta | str | None) -> str:
@@ -121,6 +129,17 @@ RuleStaleAfter = Annotated[
     BeforeValidator(_parse_rule_stale_after),
     PlainSerializer(_print_rule_stale_after, return_type=str),
 ]
+MaxRuntime = Annotated[
+    timedelta | None,
+    BeforeValidator(_parse_max_runtime),
+    PlainSerializer(_print_rule_stale_after, return_type=str),
+]
+#: A rule's max_runtime: a duration, `never`, or `inherit` (from [sweep], the default).
+RuleMaxRuntime = Annotated[
+    timedelta | Literal["inherit"] | None,
+    BeforeValidator(lambda v: "inherit" if v == "inherit" else _parse_max_runtime(v)),
+    PlainSerializer(_print_rule_stale_after, return_type=str),
+]
 FINAL_STATUSES = (StepStatus.FAILED.value, StepStatus.CANCELLED.value)
 FinalStatus = Annotated[Literal[StepStatus.FAILED, StepStatus.CANCELLED], _choice(*FINAL_STATUSES)]
 ErrorCode = Annotated[str, Field(min_length=1, max_length=64)]
@@ -131,12 +150,12 @@ MIN_RATE = 1 / 60
 _STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True, validate_default=True)
 
 
-def check_template(template: str) -> str:
+def check_template(template: str, names: tuple[str, ...] = MESSAGE_FIELDS) -> str:
     """Only the plain placeholders: no attribute, index, conversion or format spec.
 
     Anything more could fail or blow up (`{idle:>999999999}`) when a step is marked.
     """
-    allowed = ", ".join("{" + f + "}" for f in MESSAGE_FIELDS)
+    allowed = ", ".join("{" + f + "}" for f in names)
     try:
         fields = [
             (name, conversion, spec)
@@ -146,7 +165,7 @@ def check_template(template: str) -> str:
     except ValueError as exc:
         raise ValueError(f"not a message template ({exc}); write {{{{ for a brace") from None
     for name, conversion, spec in fields:
-        if name not in MESSAGE_FIELDS or conversion or spec:
+        if name not in names or conversion or spec:
             raise ValueError(f"bad placeholder; only {allowed} may be used")
     return template
 
@@ -283,6 +302,10 @@ class RuleSettings(BaseModel):
     status: FinalStatus | None = None
     error_code: ErrorCode | None = None
     error_message: str | None = None
+    max_runtime: RuleMaxRuntime = "inherit"
+    runaway_status: FinalStatus | None = None
+    runaway_error_code: ErrorCode | None = None
+    runaway_message: str | None = None
 
     @field_validator("match")
     @classmethod
@@ -301,6 +324,11 @@ class RuleSettings(BaseModel):
     def _check_message(cls, value: str | None) -> str | None:
         return None if value is None else check_template(value)
 
+    @field_validator("runaway_message")
+    @classmethod
+    def _check_runaway_message(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value, RUNAWAY_MESSAGE_FIELDS)
+
 
 class SweepSettings(BaseModel):
     model_config = _STRICT
@@ -317,12 +345,53 @@ class SweepSettings(BaseModel):
     organizations: list[str] = Field(default_factory=list)
     exclude_organizations: list[str] = Field(default_factory=list)
     dry_run: bool = False
+    max_runtime: MaxRuntime = None
+    runaway_status: FinalStatus = StepStatus.CANCELLED
+    runaway_error_code: ErrorCode = DEFAULT_RUNAWAY_ERROR_CODE
+    runaway_message: str = DEFAULT_RUNAWAY_MESSAGE
     rules: list[RuleSettings] = Field(default_factory=list)
 
     @field_validator("error_message")
     @classmethod
     def _check_message(cls, value: str) -> str:
         return check_template(value)
+
+    @field_validator("runaway_message")
+    @classmethod
+    def _check_runaway_message(cls, value: str) -> str:
+        return check_template(value, RUNAWAY_MESSAGE_FIELDS)
+
+    @model_validator(mode="after")
+    def _runtime_not_below_staleness(self) -> SweepSettings:
+        """A max_runtime shorter than the same rule's stale_after would mark every live
+        step that outlives it; refused, naming both keys (as resolved for that rule)."""
+        problems = []
+        for index, r in enumerate(self.rules):
+            limit = self.stale_after if r.stale_after == "inherit" else r.stale_after
+            runtime = self.max_runtime if r.max_runtime == "inherit" else r.max_runtime
+            if isinstance(limit, timedelta) and isinstance(runtime, timedelta) and runtime < limit:
+                problems.append(
+                    (
+                        "max_runtime"
+                        if r.max_runtime == "inherit"
+                        else f"rules.{index}.max_runtime",
+                        "stale_after"
+                        if r.stale_after == "inherit"
+                        else f"rules.{index}.stale_after",
+                        r.name,
+                    )
+                )
+        if self.max_runtime is not None and self.max_runtime < self.stale_after:
+            problems.insert(0, ("max_runtime", "stale_after", DEFAULT_RULE_NAME))
+        if problems:
+            keys = tuple(dict.fromkeys(key for p in problems for key in p[:2]))
+            names = ", ".join(repr(p[2]) for p in problems)
+            raise KeyProblem(
+                keys,
+                f"max_runtime must not be shorter than stale_after (rule {names}): every "
+                "live step that outlives it would be marked a runaway",
+            )
+        return self
 
     @field_validator("rules")
     @classmethod
@@ -344,6 +413,10 @@ class SweepSettings(BaseModel):
             status=StepStatus(self.status),
             error_code=self.error_code,
             error_message=self.error_message,
+            max_runtime=self.max_runtime,
+            runaway_status=StepStatus(self.runaway_status),
+            runaway_error_code=self.runaway_error_code,
+            runaway_message=self.runaway_message,
         )
         overrides = tuple(
             Rule(
@@ -353,6 +426,10 @@ class SweepSettings(BaseModel):
                 error_code=r.error_code or default.error_code,
                 error_message=r.error_message or default.error_message,
                 match={k: tuple(v) for k, v in r.match.items()},
+                max_runtime=default.max_runtime if r.max_runtime == "inherit" else r.max_runtime,
+                runaway_status=StepStatus(r.runaway_status or default.runaway_status),
+                runaway_error_code=r.runaway_error_code or default.runaway_error_code,
+                runaway_message=r.runaway_message or default.runaway_message,
             )
             for r in self.rules
         )

@@ -376,7 +376,7 @@ class _Run(Writes):
         zombies: dict[StepKey, Decision] = {}
         seen: set[StepKey] = set()  # spared steps, by identity: exact, no hash to collide
         now = self.s.clock()
-        started_before = now - cfg.rules.smallest_stale_after
+        started_before = now - cfg.rules.smallest_limit  # stale and runaway candidates
         if self.interval is not None:
             # Young steps that will be due before the next listing are listed too.
             started_before = listing_horizon(now, self.interval.until - now, cfg.rules)

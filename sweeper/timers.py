@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from sweeper.model import Step, StepStatus
 from sweeper.outages import NO_OUTAGES, OutageWindows
-from sweeper.policy import Decision, Rules, SkipReason, recheck
+from sweeper.policy import Decision, Rule, Rules, SkipReason, recheck
 
 #: The resolution of datetime: a step is due one tick after its idle time reaches its limit,
 #: because `policy.decide` marks only when idle time is strictly more than the limit.
@@ -29,14 +29,23 @@ Key = tuple[str, str]
 
 
 def due_at(step: Step, rules: Rules, outages: OutageWindows = NO_OUTAGES) -> datetime | None:
-    """The first moment at which `policy.decide` calls this step stale.
+    """The first moment at which `policy.decide` calls this step stale or a runaway.
 
     None for a step that is not RUNNING, one whose rule never marks, or one whose
     due moment lies past the end of the calendar (hostile timestamps).
     """
     if step.status != StepStatus.RUNNING:
         return None
-    limit = rules.rule_for(step).stale_after
+    rule = rules.rule_for(step)
+    moments = [
+        moment
+        for moment in (_stale_due(step, rule.stale_after, outages), _runaway_due(step, rule))
+        if moment is not None
+    ]
+    return min(moments, default=None)
+
+
+def _stale_due(step: Step, limit: timedelta | None, outages: OutageWindows) -> datetime | None:
     if limit is None:
         return None
     _, last_seen = step.last_sign_of_life
@@ -44,6 +53,16 @@ def due_at(step: Step, rules: Rules, outages: OutageWindows = NO_OUTAGES) -> dat
         return _cross(last_seen, limit, outages) + TICK
     except OverflowError:
         # Past datetime.max: no timer can wait that long, and the next listing sees it again.
+        return None
+
+
+def _runaway_due(step: Step, rule: Rule) -> datetime | None:
+    """startedAt + max_runtime, one tick on: no outage discount, no sign of life moves it."""
+    if rule.max_runtime is None:
+        return None
+    try:
+        return step.started_at + rule.max_runtime + TICK
+    except OverflowError:
         return None
 
 
@@ -83,10 +102,11 @@ def listing_horizon(
     millisecond because the wire format carries milliseconds and the filter is strict
     (startedAt < startedBefore); clamped to the calendar.
     """
+    smallest = rules.smallest_limit  # a runaway is due no earlier than startedAt + max_runtime
     try:
-        horizon = now + interval + jitter - rules.smallest_stale_after
+        horizon = now + interval + jitter - smallest
     except OverflowError:
-        horizon = LATEST if interval + jitter > rules.smallest_stale_after else EARLIEST
+        horizon = LATEST if interval + jitter > smallest else EARLIEST
     extra = horizon.microsecond % 1000
     if extra:
         try:

@@ -206,8 +206,7 @@ class Writes:
         entry.settle(outcome, reason)
         if outcome is Outcome.MARKED and not self.report.manual:
             # Detection lag: from the moment the step crossed its limit to its write.
-            due = decision.last_sign_of_life_at + decision.stale_after + decision.outage_discount
-            entry.lagSeconds = round((self.s.clock() - due).total_seconds(), 3)
+            entry.lagSeconds = round((self.s.clock() - decision.crossed_at).total_seconds(), 3)
         self.log.info(
             "step.marked" if outcome is Outcome.MARKED else "step.would_mark",
             step_id=entry.stepId,
@@ -218,6 +217,7 @@ class Writes:
             idle_seconds=int(decision.idle.total_seconds()),
             # A dry run sends nothing: no `attempts=None` for a person to puzzle over.
             **({"attempts": entry.attempts} if entry.attempts is not None else {}),
+            **_trigger_fields(decision),
             **({"detail": reason} if reason else {}),
         )
 
@@ -266,3 +266,18 @@ def fill(entry: StepEntry, decision: Decision) -> None:
     entry.status = decision.status.value
     entry.errorCode = decision.error_code
     entry.idleSeconds = int(decision.idle.total_seconds())
+    entry.trigger = None if decision.trigger is None else decision.trigger.value
+    entry.runtimeSeconds = (
+        None if decision.runtime is None else int(decision.runtime.total_seconds())
+    )
+
+
+def _trigger_fields(decision: Decision) -> dict[str, Any]:
+    """What made the step a zombie, for `step.marked`: `trigger`, and a runaway's runtime."""
+    fields: dict[str, Any] = {}
+    if decision.trigger is not None:
+        fields["trigger"] = decision.trigger.value
+    if decision.runtime is not None and decision.max_runtime is not None:
+        fields["runtime_seconds"] = int(decision.runtime.total_seconds())
+        fields["max_runtime_seconds"] = int(decision.max_runtime.total_seconds())
+    return fields

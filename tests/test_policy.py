@@ -181,6 +181,7 @@ def test_build_update_has_exactly_the_documented_fields() -> None:
         "retryCount": 2,
         "sweeperVersion": "9.9.9",
         "sweptBy": "host-a",
+        "trigger": "stale",
     }
     no_retry = decide(step(started=3 * H), NOW, DEFAULT)
     assert isinstance(no_retry, Decision)

@@ -465,6 +465,7 @@ def test_report_json_lists_every_zombie(platform: FakePlatform, clock: FakeClock
             "idleSeconds": 5 * 3600,
             "attempts": 1,
             "lagSeconds": 3 * 3600.0,  # 5h idle, 2h limit: crossed it 3h ago
+            "trigger": "stale",
         }
     ]
 
