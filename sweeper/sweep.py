@@ -222,6 +222,7 @@ class _Run(Writes):
             max_steps=cfg.max_steps,
             deadline=format_duration(cfg.deadline),
             precise=self.interval is not None,
+            **_runtimes(rules),
         )
 
     def finish(self, started: float) -> None:
@@ -466,3 +467,15 @@ class _Run(Writes):
 
 def _threshold(rule: Rule) -> str:
     return format_duration(rule.stale_after) if rule.stale_after else "never"
+
+
+def _runtimes(rules: Rules) -> dict[str, dict[str, str]]:
+    """`max_runtime` of each rule for sweep.started, only when a rule has one."""
+    if not rules.any_max_runtime:
+        return {}
+    every = (*rules.overrides, rules.default)
+    return {
+        "max_runtime": {
+            r.name: format_duration(r.max_runtime) if r.max_runtime else "never" for r in every
+        }
+    }
