@@ -33,10 +33,16 @@ def test_demo_marks_zombies_and_explains() -> None:
     report_path = Path(re.search(r"report:\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     report = json.loads(report_path.read_text())
     counts = report["summary"]["counts"]
-    assert counts["zombies"] == 25
-    assert counts["marked"] == 24
+    assert counts["zombies"] == 27  # 25 zombies and 2 runaways
+    assert counts["marked"] == 26
+    assert (counts["runaways"], counts["runaways_marked"]) == (2, 2)
     assert counts["not_stale"] == 10
     assert counts["skipped_finished"] == 1
+    assert re.search(r"runaway runaway-0000\d: running [\d.]+h with a fresh heartbeat", out)
+    runaways = [s for s in report["steps"] if s.get("trigger") == "max_runtime"]
+    assert {(s["outcome"], s["errorCode"]) for s in runaways} == {
+        ("marked", "STEP_MAX_RUNTIME_EXCEEDED")
+    }
 
 
 def test_dev_server_prints_its_url_serves_and_stops_on_sigterm() -> None:

@@ -81,6 +81,13 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="RUNNING steps seeded with a recent heartbeat (default: 10)",
     )
     dev.add_argument(
+        "--runaways",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="RUNNING steps wedged for over a day whose heartbeat keeps moving (default: 0)",
+    )
+    dev.add_argument(
         "--latency",
         type=_duration,
         default=timedelta(0),
@@ -142,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
 
     state = PlatformState()
     state.seed(args.zombies, args.live, args.seed)
+    state.seed_runaways(args.runaways, args.seed)
     faults = Faults(
         latency=args.latency,
         error_rate=args.error_rate,

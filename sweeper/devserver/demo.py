@@ -19,7 +19,8 @@ from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
 
 DEMO_CONFIG = """\
-# The demo's configuration: the defaults, plus one rule for steps of cancelled runs.
+# The demo's configuration: the defaults, a max_runtime for wedged steps that beat on,
+# and one rule for steps of cancelled runs.
 [api]
 base_url = "{base_url}"
 token_file = "{token_file}"
@@ -30,6 +31,7 @@ max_rate = 200
 stale_after = "2h"
 status = "FAILED"
 error_code = "ZOMBIE_STEP_TIMEOUT"
+max_runtime = "1d"
 
 [[sweep.rules]]
 name = "cancelled-runs"
@@ -42,6 +44,8 @@ error_message = "The run was cancelled and this step never reported back ({{idle
 
 #: One zombie's worker "finishes" just before its write, to show the re-read at work.
 RACING_STEP = "zombie-00000"
+#: Wedged workers whose heartbeat thread beats on: only max_runtime catches them.
+RUNAWAYS = 2
 
 _REASONS = {
     "finished": "finished between the listing and the write (real result kept)",
@@ -61,6 +65,7 @@ def run_demo() -> int:
     token_file.chmod(0o600)
     state = PlatformState()
     state.seed(zombies=25, live=10, seed="demo")
+    state.seed_runaways(RUNAWAYS, seed="demo")
 
     async def worker_finishes_in_time(request: Request) -> Response | None:
         if request.method == "GET" and request.url.path.endswith("/" + RACING_STEP):
@@ -77,8 +82,9 @@ def run_demo() -> int:
         config.chmod(0o600)
         report_path = workdir / "report.json"
         log_path = workdir / "sweeper.log"
-        print(f"sweeper demo: a stand-in platform at {server.base_url} holds 25 zombies")
-        print("and 10 live steps over three organizations; sweeping it once:\n")
+        print(f"sweeper demo: a stand-in platform at {server.base_url} holds 25 zombies,")
+        print(f"10 live steps and {RUNAWAYS} runaways (wedged for over a day, heartbeat still")
+        print("beating) over three organizations; sweeping it once:\n")
         print(f"  sweeper --config {config} run --once --report {report_path}\n", flush=True)
         with log_path.open("w", encoding="utf-8") as log_file:
             code = subprocess.call(  # noqa: S603 - our own interpreter and module
@@ -109,6 +115,10 @@ def run_demo() -> int:
     return code
 
 
+def _hours(seconds: object) -> str:
+    return f"{seconds / 3600:.1f}h" if isinstance(seconds, int) else "?"
+
+
 def summarize(report: dict[str, Any]) -> str:
     """A readable account of a sweep report: outcomes, reasons and organizations."""
     counts = report["summary"]["counts"]
@@ -118,6 +128,14 @@ def summarize(report: dict[str, Any]) -> str:
     lines = [f"zombies found: {counts.get('zombies', 0)}"]
     for status in ("FAILED", "CANCELLED"):
         lines.append(f"  marked {status:<10} {marked.get(status, 0):>3}")
+    runaways = [s for s in steps if s.get("trigger") == "max_runtime"]
+    for s in runaways:
+        if s["outcome"] == "marked":
+            ran = _hours(s.get("runtimeSeconds"))
+            lines.append(
+                f"  runaway {s['stepId']}: running {ran} with a fresh heartbeat, past max_runtime:"
+                f" marked {s.get('status')} ({s.get('errorCode')})"
+            )
     for reason, n in sorted(reasons.items()):
         lines.append(f"  left alone {n:>3}: {_REASONS.get(reason, reason)}")
     failed = [s for s in steps if s["outcome"] == "failed"]

@@ -75,6 +75,8 @@ class PlatformState:
         self.steps: dict[str, dict[str, Any]] = {}
         self._running: list[tuple[str, str]] = []  # sorted (startedAt, stepId)
         self.patches: list[PatchRecord] = []
+        #: Wedged-but-beating steps: while RUNNING, every read shows a fresh heartbeat.
+        self.beating: set[str] = set()
 
     # -- content -------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class PlatformState:
         self.steps.clear()
         self._running.clear()
         self.patches.clear()
+        self.beating.clear()
 
     def add(self, record: dict[str, Any]) -> None:
         step_id = record["stepId"]
@@ -133,6 +136,29 @@ class PlatformState:
             )
             self.add(record)
 
+    def seed_runaways(self, runaways: int, seed: int | str = 0) -> None:
+        """Wedged-but-beating steps: started 26 to 50 hours ago, and their heartbeat
+        thread lives on (each read shows a heartbeat of that moment). Only a
+        max_runtime catches them; they never look stale."""
+        rng = random.Random(f"runaways-{seed}")
+        now = self.clock()
+        for n in range(runaways):
+            started = now - timedelta(hours=rng.uniform(26, 50))
+            record = self._base(rng, f"runaway-{n:05d}", started)
+            record["lastHeartbeatAt"] = format_timestamp(now)
+            self.add(record)
+            self.beating.add(record["stepId"])
+
+    def beat(self) -> None:
+        """Move the heartbeat of every beating step still RUNNING to now."""
+        if not self.beating:
+            return
+        moment = format_timestamp(self.clock())
+        for step_id in self.beating:
+            record = self.steps.get(step_id)
+            if record is not None and record.get("status") == "RUNNING":
+                record["lastHeartbeatAt"] = moment  # not a listing key: no re-sort
+
     @staticmethod
     def _base(rng: random.Random, step_id: str, started: datetime) -> dict[str, Any]:
         return {
@@ -148,6 +174,7 @@ class PlatformState:
     # -- the read side -------------------------------------------------------
 
     def list_steps(self, query: dict[str, str]) -> dict[str, Any]:
+        self.beat()
         status = query.get("status", "RUNNING")
         if status != "RUNNING":
             if status not in STATUSES:
@@ -186,6 +213,7 @@ class PlatformState:
         return {"success": True, "data": page, "nextCursor": cursor}
 
     def get_step(self, step_id: str, organization_id: str | None) -> dict[str, Any]:
+        self.beat()
         if not organization_id:
             raise Refusal(400, "VALIDATION_ERROR", "organizationId: required")
         record = self.steps.get(step_id)

@@ -1,0 +1,202 @@
+"""Runaway steps end to end: the real CLI against the stand-in (`run --once`, the precise
+daemon, `dev-server --runaways`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sweeper.devserver.state import _parse_time
+from sweeper.model import format_timestamp
+from tests.e2e import (
+    environment,
+    signal_and_collect,
+    start_sweeper,
+    sweeper,
+    wait_for,
+    write_config,
+)
+from tests.helpers import record
+
+H = timedelta(hours=1)
+
+
+def test_run_once_marks_runaways_whose_heartbeat_keeps_moving(
+    shared_platform: Any, tmp_path: Path
+) -> None:
+    """Seeded runaways beat on every read; max_runtime marks them, zombies stay zombies."""
+    platform = shared_platform
+    platform.reset()
+    platform.state.seed(zombies=3, live=2, seed=18)
+    platform.state.seed_runaways(2, seed=18)
+    report_path = tmp_path / "report.json"
+    config = write_config(tmp_path, platform.base_url, '[sweep]\nmax_runtime = "1d"\n')
+    result = sweeper("--config", str(config), "run", "--once", "--report", str(report_path))
+    assert result.code == 0, result.stderr
+    runaways = {k: v for k, v in platform.state.steps.items() if k.startswith("runaway-")}
+    assert len(runaways) == 2
+    for step in runaways.values():
+        assert (step["status"], step["errorCode"]) == ("CANCELLED", "STEP_MAX_RUNTIME_EXCEEDED")
+        details = step["errorDetails"]
+        assert details["trigger"] == "max_runtime"
+        assert details["maxRuntimeSeconds"] == 86400
+        assert details["runtimeSeconds"] > 86400
+    zombies = [v for k, v in platform.state.steps.items() if k.startswith("zombie-")]
+    assert {z["errorDetails"]["trigger"] for z in zombies} == {"stale"}
+    assert all(v["status"] == "RUNNING" for k, v in platform.state.steps.items() if "live" in k)
+    marked = {e["step_id"]: e for e in result.named("step.marked")}
+    assert {marked[k]["trigger"] for k in runaways} == {"max_runtime"}
+    (finished,) = result.named("sweep.finished")
+    assert (finished["runaways"], finished["runaways_marked"], finished["marked"]) == (2, 2, 5)
+    report = json.loads(report_path.read_text())
+    assert report["summary"]["counts"]["runaways"] == 2
+    assert {s["trigger"] for s in report["steps"] if s["stepId"] in runaways} == {"max_runtime"}
+
+
+def test_without_max_runtime_the_runaways_are_left_alone(
+    shared_platform: Any, tmp_path: Path
+) -> None:
+    """The default (never): wedged steps that beat are live steps, as before."""
+    platform = shared_platform
+    platform.reset()
+    platform.state.seed_runaways(3, seed=1)
+    result = sweeper("--config", str(write_config(tmp_path, platform.base_url)), "run", "--once")
+    assert result.code == 0, result.stderr
+    assert platform.state.patches == []
+    (finished,) = result.named("sweep.finished")
+    assert (finished["not_stale"], finished["runaways"]) == (3, 0)
+
+
+def test_a_max_runtime_shorter_than_stale_after_exits_78(
+    shared_platform: Any, tmp_path: Path
+) -> None:
+    """Refused before any call to the platform, naming both keys."""
+    platform = shared_platform
+    platform.reset()
+    extra = '[sweep]\nstale_after = "2h"\nmax_runtime = "1h"\n'
+    result = sweeper(
+        "--config", str(write_config(tmp_path, platform.base_url, extra)), "run", "--once"
+    )
+    assert result.code == 78
+    assert "sweep.max_runtime, sweep.stale_after" in result.stderr
+    assert platform.counters.requests == 0
+
+
+def test_the_precise_daemon_marks_a_runaway_within_a_second_of_its_moment(
+    shared_platform: Any, tmp_path: Path
+) -> None:
+    """A step that beats on is marked at startedAt + max_runtime (lag < 1 s), re-read first."""
+    platform = shared_platform
+    platform.reset()
+    started = datetime.now(UTC)
+    platform.state.add(record("wedged", now=started, started=timedelta(0)))
+    platform.state.beating.add("wedged")
+    extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "3s"\nmax_runtime = "4s"\n'
+    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    try:
+        wait_for(lambda: bool(platform.state.patches))
+    finally:
+        result = signal_and_collect(proc, signal.SIGTERM)
+    assert result.code == 0, result.stderr
+    (patch,) = platform.state.patches
+    due = _parse_time(platform.state.steps["wedged"]["startedAt"]) + timedelta(seconds=4)
+    assert timedelta(0) <= patch.at - due < timedelta(seconds=1)
+    assert patch.body["errorDetails"]["trigger"] == "max_runtime"
+    # its heartbeat was fresh on the re-read right before the write
+    beat = _parse_time(patch.body["errorDetails"]["lastSignOfLifeAt"])
+    assert patch.at - beat < timedelta(seconds=1)
+    (marked,) = result.named("step.marked")
+    assert marked["trigger"] == "max_runtime"
+    armed = result.named("sweep.started")[0]
+    assert armed["max_runtime"] == {"default": "4s"}
+
+
+def test_the_precise_daemon_leaves_a_runaway_that_started_again(
+    shared_platform: Any, tmp_path: Path
+) -> None:
+    """Its startedAt changed before the timer fired: re-armed from the new start, not marked."""
+    platform = shared_platform
+    platform.reset()
+    started = datetime.now(UTC)
+    platform.state.add(record("retried", now=started, started=timedelta(0)))
+    platform.state.beating.add("retried")
+    reads: list[str] = []
+
+    async def restart_on_first_read(request: Any) -> None:
+        if request.method == "GET" and request.url.path.endswith("/retried") and not reads:
+            reads.append(request.url.path)
+            platform.state.update("retried", startedAt=format_timestamp(datetime.now(UTC)))
+
+    platform.hooks.append(restart_on_first_read)
+    extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "3s"\nmax_runtime = "4s"\n'
+    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    try:
+        wait_for(lambda: bool(platform.state.patches))
+    finally:
+        result = signal_and_collect(proc, signal.SIGTERM)
+    assert result.code == 0, result.stderr
+    (patch,) = platform.state.patches  # once, from its new start
+    new_start = _parse_time(patch.body["errorDetails"]["lastSignOfLifeAt"])
+    assert reads
+    restarted = _parse_time(platform.state.steps["retried"]["startedAt"])
+    assert restarted > started
+    assert patch.at - (restarted + timedelta(seconds=4)) >= timedelta(0)
+    assert new_start >= restarted
+
+
+def test_dev_server_seeds_runaways_whose_heartbeat_moves(tmp_path: Path) -> None:
+    """`dev-server --runaways N`: N old RUNNING steps whose heartbeat is fresh on each read."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sweeper",
+            "dev-server",
+            "--port",
+            "0",
+            "--zombies",
+            "0",
+            "--live",
+            "0",
+            "--runaways",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(SWEEPER_DEV_TOKEN="t"),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = re.search(r"(http://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
+
+        def listing() -> list[dict[str, Any]]:
+            answer = httpx.get(
+                url + "/api/data-platform/workflow-run-steps",
+                params={"limit": 100},
+                headers={"Authorization": "Bearer t"},
+            )
+            assert answer.status_code == 200
+            data: list[dict[str, Any]] = answer.json()["data"]
+            return data
+
+        first = listing()
+        assert sorted(s["stepId"] for s in first) == [f"runaway-0000{n}" for n in range(3)]
+        for s in first:
+            age = _parse_time(s["lastHeartbeatAt"]) - _parse_time(s["startedAt"])
+            assert age > 26 * H
+        beats = {s["stepId"]: s["lastHeartbeatAt"] for s in first}
+        wait_for(lambda: all(s["lastHeartbeatAt"] != beats[s["stepId"]] for s in listing()))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
