@@ -356,3 +356,12 @@ def test_never_changes_nothing(
         ),
         NO_OUTAGES,
     )
+
+
+@given(steps(), runaway_rules())
+def test_due_at_is_the_first_moment_decide_marks(s: Step, rules: Rules) -> None:
+    """A timer armed at due_at fires exactly when decide starts marking (no outages)."""
+    due = due_at(s, rules)
+    assert due is not None  # every rule here has a max_runtime
+    assert not isinstance(decide(s, due - TICK, rules), Decision)
+    assert isinstance(decide(s, due, rules), Decision)

@@ -161,3 +161,15 @@ def test_max_runtime_from_the_environment(tmp_path: Path) -> None:
     assert settings.sweep.max_runtime == 24 * H  # type: ignore[attr-defined]
     message = error(tmp_path, "", {"SWEEPER_SWEEP__MAX_RUNTIME": "30m"})
     assert "sweep.max_runtime, sweep.stale_after" in message
+
+
+def test_the_documented_example_rules_load(tmp_path: Path) -> None:
+    """docs/runaway-steps.md's example configuration is valid as written."""
+    import re
+
+    doc = Path(__file__).parent.parent / "docs" / "runaway-steps.md"
+    match = re.search(r"```toml\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+    assert match is not None
+    rules = load(tmp_path, match.group(1)).sweep.build_rules()  # type: ignore[attr-defined]
+    assert [r.name for r in rules.overrides] == ["extract", "transform", "load", "notify"]
+    assert rules.smallest_limit == timedelta(minutes=15)
