@@ -15,6 +15,7 @@ from sweeper.report import (
     LISTING_COUNTS,
     OUTCOME_COUNTS,
     OUTCOMES,
+    RUNAWAY_COUNTS,
     AlreadySettled,
     ExitCode,
     Outcome,
@@ -162,8 +163,8 @@ def test_tally_starts_over() -> None:
 
 
 def test_every_count_is_reported_zeros_included() -> None:
-    """A fresh report has every listing and outcome count, all zero."""
-    assert OUTCOMES == LISTING_COUNTS + OUTCOME_COUNTS
+    """A fresh report has every listing, outcome and runaway count, all zero."""
+    assert OUTCOMES == LISTING_COUNTS + OUTCOME_COUNTS + RUNAWAY_COUNTS
     assert dict(report().counts) == dict.fromkeys(OUTCOMES, 0)
 
 
