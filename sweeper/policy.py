@@ -286,6 +286,8 @@ class NotStale:
 def within_limit(current: Step, now: datetime, rules: Rules) -> NotStale | None:
     """For `mark` without --force: is this RUNNING step still within its configured limit?"""
     rule = rules.rule_for(current)
+    if runaway(current, now, rule) is not None:
+        return None  # past its max_runtime: beyond its limit, whatever its heartbeat
     idle = max(now - current.last_sign_of_life[1], timedelta(0))
     if rule.stale_after is None or idle <= rule.stale_after:
         return NotStale(idle, rule.stale_after, rule.name)

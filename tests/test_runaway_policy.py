@@ -24,6 +24,7 @@ from sweeper.policy import (
     decide_by_hand,
     manual_rule,
     recheck,
+    within_limit,
 )
 from sweeper.timers import TICK, due_at, listing_horizon
 from tests.helpers import NOW, step
@@ -365,3 +366,14 @@ def test_due_at_is_the_first_moment_decide_marks(s: Step, rules: Rules) -> None:
     assert due is not None  # every rule here has a max_runtime
     assert not isinstance(decide(s, due - TICK, rules), Decision)
     assert isinstance(decide(s, due, rules), Decision)
+
+
+def test_mark_without_force_takes_a_runaway_as_past_its_limit() -> None:
+    """`sweeper mark` (no --force) refuses a live step, but not one past its max_runtime."""
+    hand = manual_rule(StepStatus.FAILED, "X", None)
+    runaway = step(started=25 * H, heartbeat=S)
+    assert within_limit(runaway, NOW, RUNAWAY_RULES) is None
+    assert isinstance(decide_by_hand(runaway, NOW, hand, RUNAWAY_RULES), Decision)
+    young = step(started=23 * H, heartbeat=S)
+    assert within_limit(young, NOW, RUNAWAY_RULES) is not None
+    assert decide_by_hand(young, NOW, hand, RUNAWAY_RULES) is SkipReason.ALIVE
