@@ -32,6 +32,7 @@ _LISTING = (
     ("not_running", "not RUNNING"),
     ("invalid", "invalid records skipped"),
     ("zombies", "zombies"),
+    ("runaways", "of which runaways (past max_runtime)"),
 )
 
 
@@ -42,7 +43,7 @@ def idle_text(seconds: float | None) -> str:
 def _what(entry: StepEntry) -> str:
     if entry.outcome in (Outcome.MARKED, Outcome.WOULD_MARK):
         verb = "marked" if entry.outcome is Outcome.MARKED else "would mark"
-        return f"{verb} {entry.status}"
+        return f"{verb} {entry.status}" + (" (runaway)" if entry.runaway else "")
     if entry.outcome is Outcome.SKIPPED:
         return f"left alone: {entry.reason}"
     return f"{entry.outcome.value.replace('_', ' ')}" + (
@@ -156,6 +157,11 @@ def settings_summary(shown: dict[str, Any], source: str, token_source: str) -> s
         lines.append(
             f"  rule {rule.get('name')}: match {_value(rule.get('match'))}, "
             f"stale_after {_value(limit)}, status {_value(rule.get('status'))}"
+            + (
+                f", max_runtime {rule['max_runtime']}"
+                if rule.get("max_runtime") != "inherit"
+                else ""
+            )
         )
     lines.append("valid")
     return "\n".join(lines)

@@ -243,3 +243,19 @@ def test_without_max_runtime_nothing_changes(
     assert platform.patches == []
     assert report.counts["runaways"] == 0
     assert "max_runtime" not in events(logs, "sweep.started")[0]
+
+
+def test_the_terminal_summary_names_runaways(platform: FakePlatform, clock: FakeClock) -> None:
+    """After `run --once` at a terminal: how many runaways, and which step was one."""
+    from sweeper.summary import settings_summary, sweep_summary
+
+    platform.add(record("r1", started=30 * H, heartbeat=S), record("z", started=30 * H))
+    text = sweep_summary(sweep(platform, clock, rules=RULES))
+    assert "of which runaways (past max_runtime)  1" in text
+    assert "marked CANCELLED (runaway)" in text
+    assert "marked FAILED (runaway)" not in text
+    shown = {"sweep": {"max_runtime": "1d", "rules": [{"name": "b", "max_runtime": "6h"}]}}
+    assert "max_runtime 6h" in settings_summary(shown, "f", "t")
+    shown["sweep"]["rules"][0]["max_runtime"] = "inherit"
+    assert "max_runtime 6h" not in settings_summary(shown, "f", "t")
+    assert "sweep.max_runtime  1d" in settings_summary(shown, "f", "t")
