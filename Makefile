@@ -9,7 +9,7 @@ TOOLS := .venv-tools
 # Debian's promtool, extracted from its package (deploy/prometheus/install-promtool.sh).
 PROMTOOL_DIR := $(TOOLS)/promtool
 
-.PHONY: help venv lint test unit-test deploy-check demo bench mutation lock clean
+.PHONY: help venv lint test unit-test deploy-check demo bench mutation lock clean etcd
 
 help:
 	@echo "make demo   sweep a local stand-in platform and show what happened"
@@ -33,11 +33,20 @@ lint: venv
 	$(BIN)/ruff format --check sweeper tests deploy $(wildcard bench)
 	$(BIN)/mypy --strict sweeper
 
-test: lint unit-test deploy-check
+# etcd first: the leader-election tests start a real one (installed once, when missing).
+test: lint etcd unit-test deploy-check
 
 # No root, no apt: the tests that need promtool or kubectl (marked `tools`) run in deploy-check.
 unit-test: venv
 	$(BIN)/pytest -m "not tools" --cov=sweeper --cov-branch --cov-report=term --cov-fail-under=95
+
+# The leader-election tests start a real etcd (tests/etcd.py): Debian's etcd-server,
+# installed by `make test` (root or sudo, apt) when missing; `make unit-test` then
+# finds it (it installs nothing itself).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+etcd:
+	@command -v etcd >/dev/null 2>&1 || test -x /usr/bin/etcd || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y etcd-server)
 
 $(PROMTOOL_DIR)/promtool:
 	deploy/prometheus/install-promtool.sh $(PROMTOOL_DIR)

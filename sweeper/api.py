@@ -46,6 +46,7 @@ from sweeper.errors import (
     WriteAppliedUnderSkew,
     WriteUnanswered,
 )
+from sweeper.gate import LeaseGate
 from sweeper.guards import ClockCheck
 from sweeper.model import Step, format_timestamp, parse_step
 from sweeper.policy import StepUpdate
@@ -167,8 +168,11 @@ class PlatformClient:
         stop: asyncio.Event | None = None,
         observer: RequestObserver | None = None,
         on_retry: RetryObserver | None = None,
+        gate: LeaseGate | None = None,
     ) -> None:
         self._http = http
+        #: [leader]: asked just before each request goes out (LeaseLost: not sent).
+        self.gate = gate
         # Requests are built from one absolute URL string: httpx then parses it
         # once, instead of parsing, merging with base_url and re-parsing for params.
         self._base = str(http.base_url).rstrip("/")
@@ -460,6 +464,10 @@ class PlatformClient:
         if body is not None:
             payload = json.dumps(body, separators=(",", ":")).encode()
             headers = {"Content-Type": "application/json"}
+        if self.gate is not None:
+            # As late as possible: after every wait (rate limit, retry), with nothing
+            # that waits between this check and the send, which api.timeout bounds.
+            self.gate.check(method)
         try:
             # api.timeout bounds the whole request: connecting, sending, and reading
             # the answer to its last byte (a trickling answer cannot hold a sweep).

@@ -20,6 +20,7 @@ from sweeper.api import (
     sleep_until_stopped,
     utc_now,
 )
+from sweeper.gate import LeaseGate
 from sweeper.guards import ClockCheck
 from sweeper.outages import NO_OUTAGES, OutageWindows
 from sweeper.settings import Settings
@@ -40,7 +41,8 @@ def sweep_config(settings: Settings) -> SweepConfig:
         exclude_organizations=frozenset(sweep.exclude_organizations),
         dry_run=sweep.dry_run,
         max_concurrency=settings.api.max_concurrency,
-        host=socket.gethostname(),
+        # errorDetails.sweptBy: leader.identity when [leader] is on, else the host.
+        host=settings.leader.identity or socket.gethostname(),
         token_source=settings.token_source,
     )
 
@@ -72,6 +74,7 @@ def build_sweeper(
     observer: RequestObserver | None = None,
     on_retry: RetryObserver | None = None,
     outages: Callable[[], OutageWindows] = lambda: NO_OUTAGES,
+    gate: LeaseGate | None = None,
 ) -> Sweeper:
     api = settings.api
     client = PlatformClient(
@@ -87,5 +90,6 @@ def build_sweeper(
         stop=stop,
         observer=observer,
         on_retry=on_retry,
+        gate=gate,
     )
     return Sweeper(client, sweep_config(settings), clock=clock, stop=stop, outages=outages)

@@ -22,6 +22,7 @@ from sweeper.outputs import EXIT_PIPE_CLOSED, StdoutClosed, emit, unwritable_rea
 from sweeper.report import ExitCode, SweepReport, write_report
 
 if TYPE_CHECKING:  # the heavy modules load only when a command needs them
+    from sweeper.election import Leadership
     from sweeper.logs import Redactor
     from sweeper.settings import Settings
     from sweeper.sweep import Sweeper
@@ -337,22 +338,85 @@ async def _one_shot(
     work: Callable[[Sweeper, SweepReport], Awaitable[SweepReport]],
     observer: Callable[[str, str], None] | None = None,
     on_retry: Callable[[str, str], None] | None = None,
+    *,
+    elect: bool = False,
 ) -> SweepReport:
-    """Run one piece of work (a sweep, a mark) with signal handling and a drained stop."""
+    """Run one piece of work (a sweep, a mark) with signal handling and a drained stop.
+
+    With `elect` ([leader], a sweep): the lease is taken for the work and released after.
+    """
     from sweeper.app import build_sweeper, http_client
     from sweeper.schedule import SHUTDOWN_GRACE_SECONDS, drain, install_stop_handlers
 
     stop = asyncio.Event()
     install_stop_handlers(stop)
+    leadership = electing = None
+    if elect and settings.leader.enabled:
+        from sweeper.election import build_leadership
+        from sweeper.leader import EngineError
+
+        try:
+            leadership = build_leadership(settings)
+        except EngineError as exc:  # e.g. no namespace to be found outside a pod
+            return _misconfigured(str(exc))
+        electing = asyncio.ensure_future(leadership.elector.run())
     async with http_client(settings) as http:
-        sweeper = build_sweeper(settings, http, stop=stop, observer=observer, on_retry=on_retry)
+        sweeper = build_sweeper(
+            settings,
+            http,
+            stop=stop,
+            observer=observer,
+            on_retry=on_retry,
+            gate=leadership.gate if leadership is not None else None,
+        )
         report = sweeper.new_report()
-        task = asyncio.ensure_future(work(sweeper, report))
-        await drain(task, stop, SHUTDOWN_GRACE_SECONDS)
+        try:
+            if leadership is not None and not await _lead_once(leadership, settings, stop, report):
+                return report
+            task = asyncio.ensure_future(work(sweeper, report))
+            await drain(task, stop, SHUTDOWN_GRACE_SECONDS)
+        finally:
+            if leadership is not None:
+                await leadership.close(electing)
     if not task.cancelled() and task.exception() is not None:
         # The sweep ends every path itself; this is the last net under it.
         _crashed(report, task.exception())
     return report
+
+
+def _misconfigured(error: str) -> SweepReport:
+    """[leader] that cannot be built (an engine setting found wrong at start): exit 78."""
+    from datetime import UTC, datetime
+
+    from sweeper.report import Result
+
+    report = SweepReport(sweep_id="-", started_at=datetime.now(UTC), dry_run=False)
+    report.result, report.error = Result.MISCONFIGURED, error
+    report.tally()
+    log.error("config.invalid", error=error)
+    return report
+
+
+async def _lead_once(
+    leadership: Leadership, settings: Settings, stop: asyncio.Event, report: SweepReport
+) -> bool:
+    """`run --once` with [leader]: wait at most one lease for it; else say who holds it."""
+    from sweeper.election import take_for_one_sweep
+    from sweeper.report import Result
+
+    wait = settings.leader.lease.total_seconds()
+    held, holder = await take_for_one_sweep(leadership, wait, stop)
+    if held:
+        return True
+    if stop.is_set():
+        report.result, report.error = Result.INTERRUPTED, "stopped while waiting for the lease"
+    else:
+        report.result = Result.UNAVAILABLE
+        report.error = f"another copy holds the lease: {holder or 'unknown'}"
+    report.tally()
+    report.finished_at = report.started_at
+    log.error("sweep.aborted", result=report.result.value, error=report.error, holder=holder)
+    return False
 
 
 def _crashed(report: SweepReport, exc: BaseException | None) -> None:
@@ -367,7 +431,7 @@ def _crashed(report: SweepReport, exc: BaseException | None) -> None:
 
 async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
     if not args.metrics_file:
-        return await _one_shot(settings, lambda sweeper, report: sweeper.run(report))
+        return await _one_shot(settings, lambda sweeper, report: sweeper.run(report), elect=True)
     from prometheus_client import CollectorRegistry
 
     from sweeper.ops import Metrics
@@ -378,6 +442,7 @@ async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
         lambda sweeper, report: sweeper.run(report),
         metrics.observe_request,
         metrics.observe_retry,
+        elect=True,
     )
     metrics.observe_sweep(report)
     try:

@@ -26,7 +26,9 @@ import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from sweeper.app import build_sweeper, http_client
+from sweeper.election import Leadership, build_leadership
 from sweeper.errors import ConfigError
+from sweeper.leader import EngineError, LeaderEvents
 from sweeper.logs import Redactor, configure_logging
 from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
@@ -40,8 +42,8 @@ from sweeper.timers import TimerHeap
 
 log = structlog.get_logger("sweeper.daemon")
 
-#: Keys that only a restart can change.
-RESTART_ONLY = ("server.listen",)
+#: Keys that only a restart can change (a section's name: every key in it).
+RESTART_ONLY = ("server.listen", "leader")
 #: Precise marking ends an interval this long (at most) before the next listing.
 LISTING_MARGIN = timedelta(milliseconds=250)
 #: While the token is refused, how often its file is checked for a replacement.
@@ -148,6 +150,8 @@ class Daemon:
         self.health: Health | None = None
         self.timers = TimerHeap(settings.sweep.max_steps)
         self._closing: set[asyncio.Future[None]] = set()
+        self.leadership: Leadership | None = None
+        self.current_interval: Interval | None = None
         self._seen = self._files_now()
 
     # -- wiring ------------------------------------------------------------------
@@ -168,6 +172,7 @@ class Daemon:
             observer=self._observe,
             on_retry=self.metrics.observe_retry,
             outages=self.outages.windows,
+            gate=self.leadership.gate if self.leadership is not None else None,
         )
         return _Generation(settings, http, sweeper)
 
@@ -178,6 +183,12 @@ class Daemon:
             self.reload("SIGHUP")
 
         install_stop_handlers(self.stop, on_hangup=hangup)
+        if self.settings.leader.enabled:
+            try:
+                self.leadership = self._leadership()
+            except EngineError as exc:  # e.g. no namespace to be found outside a pod
+                log.error("config.invalid", error=str(exc))
+                return ExitCode.CONFIG
         self.metrics.observe_reload(True, datetime.now(UTC))
         ops = None
         if self.settings.server.listen:
@@ -189,6 +200,7 @@ class Daemon:
                 blocked=lambda: (
                     None if self.state.blocked_by is None else self.state.blocked_by.value
                 ),
+                following=self._following,
             )
             try:
                 ops = OpsServer(host, port, wsgi_app(self.metrics, self.health)).start()
@@ -201,6 +213,9 @@ class Daemon:
             log.info("server.listening", listen=f"{shown}:{ops.port}")
         self.generation = self._build(self.settings)
         watcher = asyncio.ensure_future(self._watch_token(TOKEN_WATCH_SECONDS))
+        electing = None
+        if self.leadership is not None:
+            electing = asyncio.ensure_future(self.leadership.elector.run())
         try:
             await run_daemon(
                 self.new_sweep,
@@ -209,9 +224,13 @@ class Daemon:
                 misfire_grace=misfire,
                 state=self.state,
                 notifier=self.notifier,
+                may_list=self._may_list,
             )
         finally:
             watcher.cancel()
+            if self.leadership is not None:
+                # run_daemon has drained the writes in flight: now hand the lease over.
+                await self.leadership.close(electing)
             await self.generation.http.aclose()
             if ops is not None:
                 ops.stop()
@@ -241,6 +260,41 @@ class Daemon:
             return
         scheduler.modify_job("sweep", next_run_time=datetime.now(UTC))
 
+    # -- the election ([leader]) --------------------------------------------------
+
+    def _leadership(self) -> Leadership:
+        identity = self.settings.leader.identity or ""
+        self.metrics.enable_leader(identity)
+        self.metrics.leader.set(0)  # type: ignore[union-attr]
+        events = LeaderEvents(
+            acquired=self._acquired,
+            lost=self._lost,
+            renewal=self.metrics.observe_renewal,
+        )
+        leadership = build_leadership(self.settings, events)
+        leadership.gate.on_blocked = self.metrics.observe_lease_blocked
+        return leadership
+
+    def _may_list(self) -> bool:
+        return self.leadership is None or self.leadership.gate.holding()
+
+    def _following(self) -> bool:
+        return self.leadership is not None and not self.leadership.elector.leading.is_set()
+
+    def _acquired(self) -> None:
+        self.metrics.set_leading(True)
+        if self.health is not None:
+            self.health.started_at = datetime.now(UTC)  # readiness counts from now
+        scheduler = self.state.scheduler
+        if scheduler is not None and not self.stop.is_set():
+            scheduler.modify_job("sweep", next_run_time=datetime.now(UTC))  # list now
+
+    def _lost(self, reason: str) -> None:
+        self.metrics.set_leading(False)
+        interval = self.current_interval
+        if interval is not None:
+            interval.wake.set()  # the timers see the loss now, not at their next due
+
     # -- each listing ------------------------------------------------------------
 
     def new_sweep(self) -> tuple[SweepReport, Any]:
@@ -266,9 +320,13 @@ class Daemon:
         # (one listing at a time); steps due in that margin are the next listing's.
         margin = min(LISTING_MARGIN, (following - now) / 10)
         self.timers.max_steps = self.settings.sweep.max_steps
-        return Interval(
-            until=following - margin, timers=self.timers, on_armed=self.metrics.set_timers_armed
+        self.current_interval = Interval(
+            until=following - margin,
+            timers=self.timers,
+            on_armed=self.metrics.set_timers_armed,
+            holding=self._may_list,
         )
+        return self.current_interval
 
     def _apply(self, settings: Settings) -> None:
         """The new configuration takes over from this listing on."""
@@ -325,8 +383,12 @@ class Daemon:
             log.warning("config.warning", detail=warning)
         changed = changed_keys(current, settings)
         for key in RESTART_ONLY:
-            if key in changed:
-                log.warning("config.warning", detail=f"{key} changes only with a restart")
+            for name in changed:
+                if name == key or name.startswith(key + "."):
+                    log.warning("config.warning", detail=f"{name} changes only with a restart")
+        if settings.leader != current.leader:
+            # The election in force was built at start: keep its settings whole.
+            settings = settings.model_copy(update={"leader": current.leader})
         self.metrics.observe_reload(True, datetime.now(UTC))
         log.info("config.reloaded", trigger=why, changed=changed)
         if (settings.log.format, settings.log.level) != (current.log.format, current.log.level):

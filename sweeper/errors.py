@@ -5,7 +5,8 @@
      ├── GuardRefused                a guard refused the sweep: exit 3
      │    └── ClockSkewRefused       the platform's clock is too far from ours
      ├── Interrupted                 SIGTERM/SIGINT stopped the work
-     │    └── WriteAppliedUnderSkew  ...seen on the answer to a write it applied
+     │    ├── WriteAppliedUnderSkew  ...seen on the answer to a write it applied
+     │    └── LeaseLost              this copy does not hold the lease (long enough)
      └── PlatformError               anything the platform answered or failed to
           ├── PlatformUnavailable    transient failures, after every try: exit 75
           │    ├── WriteUnanswered   one write attempt got no usable answer
@@ -80,6 +81,13 @@ class WriteAppliedUnderSkew(GuardRefused):
 
 class Interrupted(SweeperError):
     """A stop was requested (SIGTERM/SIGINT) before this work started."""
+
+
+class LeaseLost(Interrupted):
+    """[leader]: this copy does not hold the lease with api.timeout + 1 s left.
+
+    Raised before a request is sent, never after: what was not sent is not attempted.
+    """
 
 
 class PlatformError(SweeperError):

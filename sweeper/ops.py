@@ -115,6 +115,56 @@ class Metrics:
             "sweeper_timers_armed", "Precise-marking timers armed now.", registry=registry
         )
 
+        # Registered by enable_leader: only a copy with [leader] has an election to show.
+        self.leader: Gauge | None = None
+
+    def enable_leader(self, identity: str) -> None:
+        """[leader]: who this copy is, whether it leads, its renewals and transitions."""
+        registry = self.registry
+        self.leader = Gauge(
+            "sweeper_leader", "1 while this copy holds the lease, else 0.", registry=registry
+        )
+        Gauge(
+            "sweeper_leader_identity_info",
+            "This copy's leader.identity (always 1).",
+            ["identity"],
+            registry=registry,
+        ).labels(identity=identity).set(1)
+        self.leader_transitions = Counter(
+            "sweeper_leader_transitions",
+            "Times this copy took or lost the lease.",
+            registry=registry,
+        )
+        self.lease_renewals = Counter(
+            "sweeper_lease_renewals",
+            "Renewals of the lease held, by result (ok, error, expired, conflict).",
+            ["result"],
+            registry=registry,
+        )
+        self.lease_blocked = Counter(
+            "sweeper_lease_blocked_requests",
+            "Requests (PATCH: writes) not started for want of lease time.",
+            ["method"],
+            registry=registry,
+        )
+        for method in ("GET", "PATCH"):
+            self.lease_blocked.labels(method=method)
+        for result in ("ok", "error", "expired", "conflict"):
+            self.lease_renewals.labels(result=result)
+
+    def set_leading(self, leading: bool) -> None:
+        if self.leader is not None:
+            self.leader.set(1 if leading else 0)
+            self.leader_transitions.inc()
+
+    def observe_renewal(self, result: str) -> None:
+        if self.leader is not None:
+            self.lease_renewals.labels(result=result).inc()
+
+    def observe_lease_blocked(self, method: str) -> None:
+        if self.leader is not None:
+            self.lease_blocked.labels(method=method).inc()
+
     def observe_retry(self, method: str, status: str) -> None:
         self.retries.labels(method=method, status=status).inc()
 
@@ -174,8 +224,10 @@ class Health:
         ready_within: timedelta,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         blocked: Callable[[], str | None] = lambda: None,
+        following: Callable[[], bool] = lambda: False,
     ) -> None:
         self.is_running = is_running
+        self.following = following
         self.blocked = blocked
         self.last_success = last_success
         self.ready_within = ready_within
@@ -194,11 +246,14 @@ class Health:
         """What /readyz says when it answers 503; None when ready."""
         if not self.is_running():
             return "the scheduler is not running"
+        if self.following():
+            return None  # [leader]: a follower sweeps nothing, by design
         blocked = self.blocked()
         if blocked:
             return f"the last sweep ended {blocked}; ready again when a sweep succeeds"
         since = self.last_success()
-        age = self.clock() - (since or self.started_at)
+        # started_at moves to the moment this copy took the lease ([leader]).
+        age = self.clock() - max(since or self.started_at, self.started_at)
         if age > self.ready_within:
             what = "no successful sweep for" if since else "no sweep has succeeded since start,"
             return (

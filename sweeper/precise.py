@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sweeper.errors import GuardRefused
+from sweeper.errors import GuardRefused, LeaseLost
 from sweeper.model import Step
 from sweeper.policy import Decision, SkipReason, recheck
 from sweeper.report import Result, StepEntry
@@ -42,6 +42,8 @@ class Interval:
     #: Steps due in the interval that found the heap full (at most sweep.max_steps
     #: timers), earliest first: armed as timers fire and free their places.
     waiting: list[Timer] = field(default_factory=list)
+    #: [leader]: whether this copy still holds the lease; when not, timers are dropped.
+    holding: Callable[[], bool] = lambda: True
 
     def refill(self) -> None:
         """Arm waiting steps while the heap has room, earliest first."""
@@ -65,6 +67,10 @@ async def run_timers(run: _Run, interval: Interval) -> None:
 
     try:
         while run.halted is None and not sweeper.stop.is_set() and not failures:
+            if not interval.holding():
+                lost = LeaseLost("the lease was lost: the timers are dropped")
+                run.halt(Result.INTERRUPTED, "lease_lost", lost)
+                break
             interval.wake.clear()
             interval.refill()
             due = heap.next_due()

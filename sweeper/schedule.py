@@ -96,8 +96,12 @@ async def run_daemon(
     state: DaemonState | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     notifier: SystemdNotifier | None = None,
+    may_list: Callable[[], bool] = lambda: True,
 ) -> DaemonState:
-    """Sweep on the trigger until `stop` is set; the first sweep runs at start."""
+    """Sweep on the trigger until `stop` is set; the first sweep runs at start.
+
+    `may_list` ([leader]): a copy that does not hold the lease lists nothing.
+    """
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
     from apscheduler.triggers.interval import IntervalTrigger
 
@@ -105,7 +109,7 @@ async def run_daemon(
     notifier = notifier or SystemdNotifier({})
 
     async def sweep_job() -> None:
-        if stop.is_set():
+        if stop.is_set() or not may_list():
             return
         state.job = asyncio.current_task()
         job = state.scheduler.get_job("sweep") if state.scheduler is not None else None

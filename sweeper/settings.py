@@ -40,6 +40,7 @@ from pydantic_settings import (
 from sweeper.durations import format_duration, parse_duration, parse_positive_duration
 from sweeper.envvars import environment_values
 from sweeper.errors import ConfigError, os_reason
+from sweeper.leader_settings import LeaderSettings, check_lease_room, default_identity
 from sweeper.model import MATCHABLE_FIELDS, StepStatus
 from sweeper.policy import (
     DEFAULT_ERROR_CODE,
@@ -489,6 +490,7 @@ class Settings(BaseSettings):
     sweep: SweepSettings = Field(default_factory=SweepSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
 
     #: The file the token came from (api.token_file or the systemd credential), if any.
     _token_path: Path | None = PrivateAttr(default=None)
@@ -594,6 +596,10 @@ def load_settings(
     api = merged.get("api")
     token: tuple[str, Path | None] | None = None
     if settings is not None:
+        if (room := check_lease_room(settings.leader, settings.api.timeout)) is not None:
+            problems.append(room)
+        if settings.leader.enabled and settings.leader.identity is None:
+            settings.leader.identity = default_identity(env)
         token = _token(settings.api.token, settings.api.token_file, env, warnings, problems)
     elif isinstance(api, dict) and _plain(api.get("token")) and _plain(api.get("token_file")):
         # The rest is wrong, but say what is wrong with the token too, in the same message.

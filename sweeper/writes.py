@@ -17,6 +17,7 @@ from sweeper.errors import (
     GuardRefused,
     Interrupted,
     InvalidAnswer,
+    LeaseLost,
     PlatformError,
     PlatformRefused,
     PlatformUnavailable,
@@ -133,6 +134,9 @@ class Writes:
             give_up_at = self.deadline_at if deadline_at is None else deadline_at
             try:
                 await client.patch_step(step_id, update, reserved=reserved, give_up_at=give_up_at)
+            except LeaseLost:
+                entry.attempts = attempts - 1  # refused before it was sent
+                raise
             except TokenRefused as exc:
                 self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
                 if exc.attempts:  # sent and refused; else never sent: not_attempted
@@ -177,6 +181,9 @@ class Writes:
                 self.skip(entry, SkipReason.GONE)
             case StepConflict():
                 self.skip(entry, SkipReason.CONFLICT)
+            case LeaseLost():
+                # [leader]: this write and every one not yet sent are not_attempted.
+                self.halt(Result.INTERRUPTED, "lease_lost", exc)
             case Interrupted():
                 self.skip(entry, SkipReason.SHUTDOWN)
             case TokenRefused():

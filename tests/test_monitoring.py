@@ -246,7 +246,7 @@ def _daemon_scrape(platform: Platform, tmp_path: Path) -> Iterator[str]:
 
 def test_alerts_and_dashboard_name_only_metrics_the_daemon_exposes(daemon_scrape: str) -> None:
     """Every metric the alerts or the dashboard select is in the real daemon's /metrics."""
-    exposed = exposed_names(daemon_scrape)
+    exposed = exposed_names(daemon_scrape) | leader_names()
     uses = referenced_names()
     missing = {name: sorted(where) for name, where in uses.items() if name not in exposed}
     assert not missing, f"selected but not exposed by `sweeper run`: {missing}"
@@ -270,6 +270,20 @@ def test_the_daemon_exposes_its_version_and_process_metrics(daemon_scrape: str) 
     assert f'sweeper_build_info{{version="{__version__}"}} 1.0' in daemon_scrape
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total"):
         assert f"\n{name} " in daemon_scrape, name
+
+
+def leader_names() -> set[str]:
+    """What only a copy with [leader] adds (no engine here: the daemon's own Metrics)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sweeper.ops import Metrics
+
+    metrics = Metrics(CollectorRegistry())
+    metrics.enable_leader("copy-a")
+    metrics.set_leading(True)
+    names = exposed_names(generate_latest(metrics.registry).decode())
+    assert {"sweeper_leader", "sweeper_leader_identity_info"} <= names
+    return names
 
 
 def test_a_name_the_daemon_does_not_expose_is_caught(daemon_scrape: str) -> None:

@@ -67,9 +67,14 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
     token_file = write(tmp_path, TOKEN, "token")
     settings, _ = load_settings(example, {"api": {"token_file": str(token_file)}}, environ={})
     for section, values in settings.model_dump().items():
-        for key in values:
+        for key, value in values.items():
             if key == "rules":
                 assert "[[sweep.rules]]" in text
+                continue
+            if isinstance(value, dict):  # a table of its own, e.g. [leader.etcd]
+                assert f"[{section}.{key}]" in text, f"{section}.{key} is not documented"
+                for inner in value:
+                    assert f"{inner} =" in text, f"{section}.{key}.{inner} is not documented"
                 continue
             assert f"{key} =" in text, f"{section}.{key} is not documented"
 

@@ -8,7 +8,7 @@ import hmac
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -80,10 +80,13 @@ def create_app(
     token: str,
     faults: Faults | None = None,
     intercept: Intercept | None = None,
+    also_tokens: Sequence[str] = (),
 ) -> Starlette:
+    """`also_tokens`: more tokens accepted, so that each client (say, each copy of a
+    daemon under leader election) can be told apart by its own."""
     faults = faults or Faults()
     counters = Counters()
-    expected = f"Bearer {token}".encode()
+    accepted = [f"Bearer {t}".encode() for t in (token, *also_tokens)]
 
     async def answer(request: Request, handle: Callable[[], dict[str, Any]]) -> Response:
         counters.requests += 1
@@ -100,7 +103,7 @@ def create_app(
 
     async def _answer(request: Request, handle: Callable[[], dict[str, Any]]) -> Response:
         given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if not any([hmac.compare_digest(given, expected) for expected in accepted]):
             return _json(
                 401,
                 {

@@ -76,8 +76,9 @@ def serve_in_thread(
     port: int = 0,
     faults: Faults | None = None,
     intercept: Intercept | None = None,
+    also_tokens: tuple[str, ...] = (),
 ) -> RunningServer:
-    app = create_app(state, token, faults, intercept)
+    app = create_app(state, token, faults, intercept, also_tokens)
     server = uvicorn.Server(_config(app, host, port))
     sock = listening_socket(host, port)
     thread = threading.Thread(
