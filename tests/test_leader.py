@@ -348,3 +348,30 @@ def test_stop_while_campaigning_ends_the_run() -> None:
 
     asyncio.run(scenario())
     assert "acquired" not in run.seen
+
+
+def test_a_follower_is_ready_however_long_it_has_not_swept() -> None:
+    """/readyz: a follower sweeps nothing by design and stays ready; the copy that takes
+    the lease counts its readiness window from then, not from its last sweep as leader."""
+    from datetime import UTC, datetime, timedelta
+
+    from sweeper.ops import Health
+
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    following = [True]
+    last_success = now[0] + timedelta(minutes=1)  # it led once, early on
+    health = Health(
+        lambda: True,
+        lambda: last_success,
+        timedelta(minutes=15),
+        clock=lambda: now[0],
+        following=lambda: following[0],
+    )
+    now[0] += timedelta(hours=5)
+    assert health.ready()
+    following[0] = False
+    assert not health.ready()  # leading, and the last success is old
+    health.started_at = now[0]  # what the daemon does when it takes the lease
+    assert health.ready()
+    now[0] += timedelta(minutes=16)
+    assert not health.ready()

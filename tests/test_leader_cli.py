@@ -98,3 +98,39 @@ def test_kubernetes_outside_a_pod_without_a_namespace_is_a_config_error(
         assert copy.start().wait(timeout=60) == 78
         (invalid,) = copy.events("config.invalid")
         assert "leader.kubernetes.namespace" in str(invalid["error"])
+
+
+def test_metrics_and_readiness_of_a_leader_and_a_follower(
+    etcd: Etcd, fresh: Stand, tmp_path: Path
+) -> None:
+    """Both copies are ready (/readyz 200); sweeper_leader is 1 on the holder, 0 on the
+    follower; each names itself in sweeper_leader_identity_info."""
+    import httpx
+
+    ports = {"a": free_port(), "b": free_port()}
+    copies = [
+        Copy(
+            name,
+            tmp_path,
+            fresh,
+            on_etcd(etcd.url, "metrics") + f'[server]\nlisten = "127.0.0.1:{ports[name]}"\n',
+        ).start()
+        for name in ("a", "b")
+    ]
+    try:
+        leader = leader_of(copies)
+        follower = next(c for c in copies if c is not leader)
+        wait_for(lambda: bool(follower.events("leader.following")), timeout=60)
+
+        def scrape(copy: Copy) -> str:
+            return httpx.get(f"http://127.0.0.1:{ports[copy.name]}/metrics").text
+
+        wait_for(lambda: "sweeper_leader 1.0" in scrape(leader), timeout=30)
+        assert "sweeper_leader 0.0" in scrape(follower)
+        assert f'sweeper_leader_identity_info{{identity="{follower.name}"}} 1.0' in scrape(follower)
+        assert 'sweeper_lease_renewals_total{result="ok"}' in scrape(leader)
+        for copy in copies:
+            ready = httpx.get(f"http://127.0.0.1:{ports[copy.name]}/readyz")
+            assert ready.status_code == 200, copy.name
+    finally:
+        stop_all(copies)
