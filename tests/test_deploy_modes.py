@@ -46,3 +46,51 @@ def test_each_overlay_renders_exactly_one_workload(mode: str, workload: str) -> 
     assert [k for k in kinds if k in WORKLOADS] == [workload]
     assert {"Namespace", "ConfigMap", "NetworkPolicy"} <= set(kinds)
     assert "namespace: sweeper" in rendered
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (kubectl kustomize)")
+def test_the_daemon_overlay_runs_two_replicas_under_leader_election() -> None:
+    """2 replicas spread over nodes, [leader] on Kubernetes with POD_NAME from the downward
+    API, a Role allowing get/create/update on leases in its namespace only, a PDB.
+    (No YAML parser in the test environment: kustomize's output is stable text.)"""
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES / "overlays" / "daemon")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    docs = {
+        (m.group(1), m.group(2)): doc
+        for doc in rendered.split("\n---\n")
+        if (m := re.search(r"^kind: (\w+)$.*?^  name: (\S+)$", doc, re.MULTILINE | re.DOTALL))
+    }
+    deployment = docs[("Deployment", "sweeper")]
+    assert "\n  replicas: 2\n" in deployment
+    assert "serviceAccountName: sweeper" in deployment
+    assert "automountServiceAccountToken: true" in deployment
+    assert re.search(
+        r"topologySpreadConstraints:\n(.*\n)*?.*topologyKey: kubernetes.io/hostname\n"
+        r".*whenUnsatisfiable: DoNotSchedule",
+        deployment,
+    )
+    assert re.search(r"- name: SWEEPER_LEADER__BACKEND\n\s+value: kubernetes", deployment)
+    assert re.search(
+        r"- name: POD_NAME\n\s+valueFrom:\n\s+fieldRef:\n\s+fieldPath: metadata.name",
+        deployment,
+    )
+    role = docs[("Role", "sweeper-leader-election")]
+    assert "namespace: sweeper" in role
+    verbs = re.findall(r"verbs:\n((?:  - \w+\n)+)", role + "\n")
+    assert sorted(v for block in verbs for v in re.findall(r"- (\w+)", block)) == [
+        "create",
+        "get",
+        "update",
+    ]
+    assert role.count("- leases") == role.count("- coordination.k8s.io") == 2
+    assert role.count("resources:") == 2
+    binding = docs[("RoleBinding", "sweeper-leader-election")]
+    assert re.search(r"subjects:\n- kind: ServiceAccount\n  name: sweeper\n", binding)
+    assert not [kind for kind, _ in docs if kind.startswith("Cluster")]
+    pdb = docs[("PodDisruptionBudget", "sweeper")]
+    assert "minAvailable: 1" in pdb
