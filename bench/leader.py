@@ -38,11 +38,11 @@ from starlette.routing import Route
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeper.devserver.server import listening_socket, url_of  # noqa: E402
-from tests.e2e import wait_for  # noqa: E402
-from tests.etcd import Etcd  # noqa: E402
-from tests.k8s_fake import serve_fake_api  # noqa: E402
-from tests.leader_harness import (  # noqa: E402
+from sweeper.devserver.server import listening_socket, url_of
+from tests.e2e import wait_for
+from tests.etcd import Etcd
+from tests.k8s_fake import serve_fake_api
+from tests.leader_harness import (
     Copy,
     Stand,
     first_listing_after,
@@ -60,7 +60,8 @@ def counting_proxy(target: str, counts: Counter[str], who: str) -> str:
     async def forward(request: Request) -> Response:
         counts[who] += 1
         body = await request.body()
-        async with httpx.AsyncClient(timeout=None) as http:
+        # No timeout: the campaign is a long poll that lasts as long as it must.
+        async with httpx.AsyncClient(timeout=None) as http:  # noqa: S113
             answer = await http.post(target + request.url.path, content=body)
         return Response(answer.content, status_code=answer.status_code)
 

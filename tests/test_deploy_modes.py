@@ -48,7 +48,7 @@ def test_each_overlay_renders_exactly_one_workload(mode: str, workload: str) -> 
     assert "namespace: sweeper" in rendered
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (kubectl kustomize)")
+@pytest.mark.tools
 def test_the_daemon_overlay_runs_two_replicas_under_leader_election() -> None:
     """2 replicas spread over nodes, [leader] on Kubernetes with POD_NAME from the downward
     API, a Role allowing get/create/update on leases in its namespace only, a PDB.
