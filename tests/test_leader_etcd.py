@@ -273,3 +273,17 @@ def test_a_campaign_answer_without_a_leader_is_an_engine_error() -> None:
         await e.close()
 
     asyncio.run(scenario())
+
+
+def test_tls_context_from_the_ca_file() -> None:
+    """No TLS keys: the system's trust; a CA file: a context trusting it."""
+    import ssl
+
+    import certifi
+
+    from sweeper.leader_etcd import tls_context
+
+    assert tls_context(None, None, None) is True
+    context = tls_context(Path(certifi.where()), None, None)
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode is ssl.CERT_REQUIRED
