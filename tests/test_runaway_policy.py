@@ -109,6 +109,8 @@ def test_a_runaway_carries_its_own_status_code_and_message() -> None:
     assert isinstance(verdict, Decision)
     assert (verdict.status, verdict.error_code) == (StepStatus.FAILED, "TOO_LONG")
     assert verdict.error_message == "slow: ran 1d 6h of 1d, now FAILED"
+    assert verdict.rule == "slow"
+    assert verdict.stale_after == 2 * H
     assert verdict.runtime == 30 * H
     assert verdict.max_runtime == 24 * H
     assert verdict.crossed_at == NOW - 6 * H
@@ -218,6 +220,14 @@ def test_due_at_is_the_earlier_of_stale_and_runaway(
 ) -> None:
     """A precise timer is armed at the first moment decide would mark the step."""
     assert due_at(step(started=started, heartbeat=heartbeat), RUNAWAY_RULES) == expected
+
+
+def test_a_runaway_under_a_rule_that_never_goes_stale_says_zero() -> None:
+    """staleAfterSeconds is 0 when the deciding rule never goes stale (documented)."""
+    verdict = decide(step(started=7 * H, step_type="batch"), NOW, NO_HEARTBEAT)
+    assert isinstance(verdict, Decision)
+    assert (verdict.rule, verdict.stale_after) == ("batch", timedelta(0))
+    assert build_update(verdict, NOW, "s", "h", "v").error_details["staleAfterSeconds"] == 0
 
 
 def test_due_at_for_a_rule_that_never_goes_stale() -> None:
