@@ -387,3 +387,12 @@ def test_mark_without_force_takes_a_runaway_as_past_its_limit() -> None:
     young = step(started=23 * H, heartbeat=S)
     assert within_limit(young, NOW, RUNAWAY_RULES) is not None
     assert decide_by_hand(young, NOW, hand, RUNAWAY_RULES) is SkipReason.ALIVE
+
+
+def test_a_runaway_moment_past_the_calendar_arms_nothing() -> None:
+    """startedAt + max_runtime beyond datetime.max (a hostile record): no timer."""
+    from datetime import UTC
+
+    end = datetime.max.replace(tzinfo=UTC)
+    hostile = Step("x", "org", "RUNNING", started_at=end - H, last_heartbeat_at=end - H)
+    assert due_at(hostile, Rules((), rule(stale_after=None, max_runtime=24 * H))) is None
