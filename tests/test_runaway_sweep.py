@@ -259,3 +259,31 @@ def test_the_terminal_summary_names_runaways(platform: FakePlatform, clock: Fake
     shown["sweep"]["rules"][0]["max_runtime"] = "inherit"
     assert "max_runtime 6h" not in settings_summary(shown, "f", "t")
     assert "sweep.max_runtime  1d" in settings_summary(shown, "f", "t")
+
+
+def test_no_lease_time_left_no_runaway_write(platform: FakePlatform, clock: FakeClock) -> None:
+    """Leader election applies to runaways: the lease runs short during the re-read, so
+    the PATCH is never sent and the runaway is not_attempted (lease_lost)."""
+    from sweeper.leader import Gate, LeaseClock
+    from sweeper.report import Outcome
+
+    platform.add(record("r1", started=30 * H, heartbeat=S))
+    lease = LeaseClock(clock.monotonic)
+    lease.renewed(clock.monotonic(), 15.0)
+
+    def stall_on_reread(request: httpx.Request) -> None:
+        if request.method == "GET" and "startedBefore" not in str(request.url):
+            clock.advance(timedelta(seconds=5))
+
+    platform.before.append(stall_on_reread)
+    sweeper = make_sweeper(platform, clock, rules=RULES)
+    sweeper.client.gate = Gate(lease, 11.0)
+    report = asyncio.run(sweeper.run())
+    assert platform.patches == []
+    (entry,) = report.entries
+    assert (entry.outcome, entry.reason, entry.trigger) == (
+        Outcome.NOT_ATTEMPTED,
+        "lease_lost",
+        "max_runtime",
+    )
+    assert report.counts["runaways"] == 1 and report.counts["runaways_marked"] == 0
