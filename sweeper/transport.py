@@ -14,6 +14,7 @@ still translates errors in one place.
 from __future__ import annotations
 
 import ssl
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import aiohttp
 import httpx
 from yarl import URL
+
+from sweeper.settings import is_loopback
 
 _CHUNK = 64 * 1024
 
@@ -37,6 +40,37 @@ def _map(exc: BaseException) -> httpx.TransportError:
     if isinstance(exc, aiohttp.ClientResponseError):
         return httpx.RemoteProtocolError(f"malformed answer ({exc.status})")
     return httpx.ReadError(str(exc) or type(exc).__name__)
+
+
+def proxy_for(scheme: str, host: str, port: int | None) -> str | httpx.ProxyError | None:
+    """The proxy a request to scheme://host:port goes through, from the environment.
+
+    Loopback never goes through a proxy: plain http is allowed there because it stays
+    on the host. Elsewhere HTTPS_PROXY / HTTP_PROXY, then ALL_PROXY (lower-case first),
+    unless NO_PROXY names the host. An https request tunnels (CONNECT): the proxy never
+    sees the token. A plain http request would hand it the token, and a proxy aiohttp
+    cannot speak (socks) would be bypassed: both are refused (a ProxyError to raise),
+    never sent directly behind the operator's back either.
+    """
+    if is_loopback(host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    where = host if port is None else f"{host}:{port}"
+    if not proxy or urllib.request.proxy_bypass_environment(where, proxies):  # type: ignore[attr-defined]
+        return None
+    kind = urllib.parse.urlsplit(proxy).scheme.lower()
+    if kind not in ("http", "https"):
+        return httpx.ProxyError(
+            f"not sent: the proxy for {scheme}:// is a {kind or 'schemeless'} proxy; only "
+            "http(s) proxies are supported (or name the host in NO_PROXY)"
+        )
+    if scheme == "http":
+        return httpx.ProxyError(
+            f"not sent: plain http:// to {host} through a proxy would hand it the token; "
+            "use https:// or name the host in NO_PROXY"
+        )
+    return proxy
 
 
 class _Body(httpx.AsyncByteStream):
@@ -65,20 +99,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             else (ssl.create_default_context() if verify else False)
         )
         self._session: aiohttp.ClientSession | None = None
-        self._proxies: dict[tuple[str, str], str | None] = {}
+        self._proxies: dict[tuple[str, str, int | None], str | httpx.ProxyError | None] = {}
 
     def _proxy_for(self, url: httpx.URL) -> str | None:
-        """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, looked up once per scheme and host.
+        """The proxy for this URL (see `proxy_for`), looked up once per scheme and host.
 
         aiohttp's own trust_env does this (and a ~/.netrc look-up that could clash
         with our Authorization header) on a worker thread for every request.
         """
-        key = (url.scheme, url.host)
+        key = (url.scheme, url.host, url.port)
         if key not in self._proxies:
-            proxy = urllib.request.getproxies_environment().get(url.scheme)
-            bypass = urllib.request.proxy_bypass_environment(url.host)  # type: ignore[attr-defined]
-            self._proxies[key] = None if bypass else proxy
-        return self._proxies[key]
+            self._proxies[key] = proxy_for(url.scheme, url.host, url.port)
+        proxy = self._proxies[key]
+        if isinstance(proxy, httpx.ProxyError):
+            raise proxy
+        return proxy
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None:

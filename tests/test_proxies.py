@@ -1,0 +1,262 @@
+"""The token goes only to base_url's host: loopback never through a proxy; elsewhere the
+proxy variables are honoured as NO_PROXY says, https tunnels, plain http is refused.
+
+A recording proxy on loopback sees every byte sent to it; the stand-in platform records
+the Authorization header of every request it gets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sweeper.api import build_http_client
+from sweeper.devserver.server import serve_in_thread
+from sweeper.devserver.state import PlatformState
+from sweeper.transport import proxy_for
+from tests.helpers import TOKEN
+
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "REQUEST_METHOD",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+class RecordingProxy:
+    """A loopback 'proxy' that keeps every byte it receives and forwards nothing."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.received.append(head)
+        if head.startswith(b"CONNECT "):
+            # A tunnel is granted; whatever comes through it is kept too (TLS here).
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+            self.received.append(await reader.read(65536))
+        else:
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    def saw_token(self) -> bool:
+        return any(TOKEN.encode() in chunk for chunk in self.received)
+
+    def connects(self) -> list[bytes]:
+        return [c.split(b"\r\n", 1)[0] for c in self.received if c.startswith(b"CONNECT ")]
+
+
+@pytest.fixture(name="platform_url")
+def _platform_url() -> Iterator[tuple[str, list[str | None]]]:
+    authorizations: list[str | None] = []
+
+    async def record(request: Request) -> Response | None:
+        authorizations.append(request.headers.get("authorization"))
+        return None
+
+    with serve_in_thread(PlatformState(), TOKEN, intercept=record) as server:
+        yield server.base_url, authorizations
+
+
+async def one_request(base_url: str) -> int | str:
+    """One listing request through the real client; its status, or the error's text."""
+    async with build_http_client(
+        base_url, TOKEN, timeout=timedelta(seconds=5), max_connections=2
+    ) as http:
+        try:
+            response = await http.get("/api/data-platform/workflow-run-steps?limit=1")
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return response.status_code
+
+
+def set_all(monkeypatch: pytest.MonkeyPatch, proxy: str) -> None:
+    for name in PROXY_VARIABLES[:3] + PROXY_VARIABLES[4:7]:
+        monkeypatch.setenv(name, proxy)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_loopback_never_goes_through_a_proxy(
+    monkeypatch: pytest.MonkeyPatch, platform_url: tuple[str, list[str | None]], host: str
+) -> None:
+    """Every proxy variable, both cases, set: a loopback base URL is reached directly, and
+    the proxy sees nothing."""
+    base_url, authorizations = platform_url
+    base_url = base_url.replace("127.0.0.1", host)
+    proxy = RecordingProxy()
+
+    async def go() -> int | str:
+        set_all(monkeypatch, await proxy.start())
+        try:
+            return await one_request(base_url)
+        finally:
+            await proxy.stop()
+
+    assert asyncio.run(go()) == 200
+    assert authorizations == [f"Bearer {TOKEN}"]
+    assert proxy.received == []
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"HTTPS_PROXY": "{proxy}"},
+        {"https_proxy": "{proxy}"},
+        {"ALL_PROXY": "{proxy}"},
+        {"all_proxy": "{proxy}"},
+        {"HTTPS_PROXY": "{proxy}", "HTTP_PROXY": "http://127.0.0.1:9"},
+    ],
+)
+def test_https_goes_through_the_proxy_as_a_tunnel_without_the_token(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]
+) -> None:
+    """An https base URL elsewhere: the proxy named for https (or ALL_PROXY) gets a CONNECT
+    to the platform's host and port; no byte it sees holds the token."""
+    proxy = RecordingProxy()
+
+    async def go() -> int | str:
+        address = await proxy.start()
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value.format(proxy=address))
+        try:
+            return await one_request("https://platform.invalid:8443")
+        finally:
+            await proxy.stop()
+
+    outcome = asyncio.run(go())
+    assert isinstance(outcome, str)  # the 'proxy' forwards nothing: the TLS handshake fails
+    assert proxy.connects() == [b"CONNECT platform.invalid:8443 HTTP/1.1"]
+    assert not proxy.saw_token()
+
+
+@pytest.mark.parametrize(
+    "no_proxy", ["platform.invalid", ".invalid", "*", "other.example,platform.invalid:8443"]
+)
+@pytest.mark.parametrize("name", ["NO_PROXY", "no_proxy"])
+def test_no_proxy_sends_directly(monkeypatch: pytest.MonkeyPatch, no_proxy: str, name: str) -> None:
+    """NO_PROXY naming the host (a suffix, *, with its port): the proxy sees nothing."""
+    proxy = RecordingProxy()
+
+    async def go() -> int | str:
+        set_all(monkeypatch, await proxy.start())
+        monkeypatch.setenv(name, no_proxy)
+        try:
+            return await one_request("https://platform.invalid:8443")
+        finally:
+            await proxy.stop()
+
+    outcome = asyncio.run(go())
+    assert isinstance(outcome, str)  # platform.invalid does not resolve
+    assert proxy.received == []
+
+
+def test_plain_http_elsewhere_is_refused_rather_than_handed_to_a_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """http:// to another host (allow_insecure_http) with HTTP_PROXY set: not sent at all,
+    with a reason naming the way out; the proxy sees nothing."""
+    proxy = RecordingProxy()
+
+    async def go() -> int | str:
+        set_all(monkeypatch, await proxy.start())
+        try:
+            return await one_request("http://platform.invalid:8080")
+        finally:
+            await proxy.stop()
+
+    outcome = asyncio.run(go())
+    assert isinstance(outcome, str)
+    assert "ProxyError" in outcome
+    assert "would hand it the token" in outcome
+    assert proxy.received == []
+
+
+@pytest.mark.parametrize(
+    ("environment", "scheme", "host", "expected"),
+    [
+        ({}, "https", "platform.example", None),
+        ({"HTTPS_PROXY": "http://p:3128"}, "https", "platform.example", "http://p:3128"),
+        ({"ALL_PROXY": "http://a:3128"}, "https", "platform.example", "http://a:3128"),
+        (
+            {"HTTPS_PROXY": "http://p:1", "ALL_PROXY": "http://a:1"},
+            "https",
+            "x.example",
+            "http://p:1",
+        ),
+        ({"HTTP_PROXY": "http://p:3128"}, "https", "platform.example", None),
+        ({"HTTPS_PROXY": "http://p:3128"}, "https", "127.0.0.1", None),
+        ({"HTTPS_PROXY": "http://p:3128"}, "https", "::1", None),
+        ({"HTTPS_PROXY": "http://p:3128"}, "https", "localhost", None),
+        ({"HTTP_PROXY": "http://p:3128"}, "http", "127.0.0.2", None),
+        ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example"}, "https", "platform.example", None),
+        (
+            {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:1"},
+            "https",
+            "h.example",
+            "http://lower:1",
+        ),
+    ],
+)
+def test_which_proxy_a_request_takes(
+    monkeypatch: pytest.MonkeyPatch,
+    environment: dict[str, str],
+    scheme: str,
+    host: str,
+    expected: str | None,
+) -> None:
+    """The table of proxy_for: loopback never, the scheme's variable, then ALL_PROXY."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert proxy_for(scheme, host, None) == expected
+
+
+@pytest.mark.parametrize(
+    ("environment", "scheme", "reason"),
+    [
+        ({"HTTP_PROXY": "http://p:3128"}, "http", "would hand it the token"),
+        ({"ALL_PROXY": "http://p:3128"}, "http", "would hand it the token"),
+        ({"ALL_PROXY": "socks5://user:secret@p:1080"}, "https", "a socks5 proxy"),
+        ({"HTTPS_PROXY": "p:3128"}, "https", "proxies are supported"),
+    ],
+)
+def test_a_proxy_that_would_see_the_token_or_be_bypassed_is_refused(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], scheme: str, reason: str
+) -> None:
+    """Refused with a reason, never sent another way; the proxy's own password not echoed."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    refused = proxy_for(scheme, "platform.example", 443)
+    assert isinstance(refused, httpx.ProxyError)
+    assert reason in str(refused)
+    assert "secret" not in str(refused)
