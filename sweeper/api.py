@@ -31,6 +31,7 @@ from tenacity import (
 
 from sweeper import __version__
 from sweeper.answers import DEEP, Transient, classify
+from sweeper.encodings import Decoded, EncodingError
 from sweeper.errors import (
     ClockSkewRefused,
     DeadlineReached,
@@ -532,25 +533,31 @@ class PlatformClient:
         return response.status_code, response.headers, content
 
     async def _read_capped(self, response: httpx.Response, method: str, url: str) -> bytes:
+        """The answer's body, decoded, refused once it passes MAX_ANSWER_BYTES: the bytes
+        received are counted as they come, and so is every Content-Encoding layer's
+        output, a bounded piece at a time (a small gzip bomb never inflates in memory)."""
         declared = response.headers.get("content-length")
         too_large = declared is not None and declared.isascii() and declared.isdigit()
         if too_large and int(declared or 0) > MAX_ANSWER_BYTES:
             raise InvalidAnswer(f"{method} {url}: answer of {declared} bytes refused unread")
         chunks: list[bytes] = []
-        size = 0
+        received = 0
+        encodings, body = _raw_body(response)
         try:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_ANSWER_BYTES:
+            decoded = Decoded(encodings, MAX_ANSWER_BYTES)
+            async for raw in body:
+                received += len(raw)
+                if received > MAX_ANSWER_BYTES:
                     raise InvalidAnswer(f"{method} {url}: answer over {MAX_ANSWER_BYTES} bytes")
-                chunks.append(chunk)
-        except httpx.TimeoutException:
-            raise Transient("timed out reading the answer", response.status_code, None) from None
-        except httpx.DecodingError:
+                chunks.extend(decoded.feed(raw))
+            decoded.finish()
+        except EncodingError as exc:
             raise InvalidAnswer(
-                f"{method} {url}: the answer's Content-Encoding could not be decoded",
+                f"{method} {url}: the answer's Content-Encoding could not be decoded ({exc})",
                 http_status=response.status_code,
             ) from None
+        except httpx.TimeoutException:
+            raise Transient("timed out reading the answer", response.status_code, None) from None
         except httpx.HTTPError as exc:
             raise Transient(
                 f"answer cut off ({type(exc).__name__})", response.status_code, None
@@ -560,6 +567,22 @@ class PlatformClient:
     def _observe(self, method: str, status: str) -> None:
         if self._observer is not None:
             self._observer(method, status)
+
+
+def _raw_body(response: httpx.Response) -> tuple[list[str], AsyncIterator[bytes]]:
+    """The body as received, before any decoding, and the encodings to undo. An answer
+    httpx has already read (a MockTransport's `content=`) is decoded already."""
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        return response.headers.get_list("content-encoding", split_commas=True), (
+            response.aiter_raw()
+        )
+    return [], _once(content)
+
+
+async def _once(content: bytes) -> AsyncIterator[bytes]:
+    yield content
 
 
 def _where(url: str) -> str:
