@@ -283,18 +283,26 @@ class PlatformClient:
             )
         except StepNotFound:
             return None
+        return _step_of(answer, step_id, organization_id)
+
+    async def settle_read(self, step_id: str, organization_id: str) -> Step | None:
+        """One read of a step whose last write went unconfirmed, to settle its fate.
+
+        One try, paced like any request; a stop request does not cancel it (it writes
+        nothing and lasts at most api.timeout), nor does a deadline.
+        """
+        path = step_url(step_id)
         try:
-            current = _parse_record(answer.get("data"))
-        except Exception as exc:  # any broken record, however it breaks
-            raise InvalidAnswer(
-                f"re-read: the step breaks the contract ({problems(exc)})"
-            ) from None
-        if (current.organization_id, current.step_id) != (organization_id, step_id):
-            raise InvalidAnswer(
-                f"re-read of step {step_id!r} in {organization_id!r} answered step "
-                f"{current.step_id!r} in {current.organization_id!r}"
+            answer = await self._try_once(
+                "GET", path, {"organizationId": organization_id}, None, 1, even_stopping=True
             )
-        return current
+        except StepNotFound:
+            return None
+        except Transient as exc:
+            raise PlatformUnavailable(
+                f"GET {self._base}{path}: {exc} (settling read)", http_status=exc.http_status
+            ) from None
+        return _step_of(answer, step_id, organization_id)
 
     # -- the write side ------------------------------------------------------
 
@@ -448,14 +456,16 @@ class PlatformClient:
         slots: int = 1,
         paced: bool = True,
         give_up_at: float | None = None,
+        even_stopping: bool = False,
     ) -> dict[str, Any]:
         if self._token_refused_at is not None:
             raise TokenRefused(f"{method} {path}: not sent, the token was refused", attempts=0)
-        if self._stop is not None and self._stop.is_set():
+        stop = None if even_stopping else self._stop  # a settling read goes out anyway
+        if stop is not None and stop.is_set():
             raise Interrupted(f"{method} {path}: not sent, stopping")
         if paced:
             await self._limiter.acquire(slots, give_up_at)
-            if self._stop is not None and self._stop.is_set():
+            if stop is not None and stop.is_set():
                 raise Interrupted(f"{method} {path}: not sent, stopping")
         url = self._base + path
         if params:
@@ -629,6 +639,20 @@ def _written(path: str, answer: dict[str, Any], update: StepUpdate, step_id: str
             http_status=200,
         )
     return data
+
+
+def _step_of(answer: dict[str, Any], step_id: str, organization_id: str) -> Step:
+    """The step a re-read answered: it must keep the contract and be the one asked for."""
+    try:
+        current = _parse_record(answer.get("data"))
+    except Exception as exc:  # any broken record, however it breaks
+        raise InvalidAnswer(f"re-read: the step breaks the contract ({problems(exc)})") from None
+    if (current.organization_id, current.step_id) != (organization_id, step_id):
+        raise InvalidAnswer(
+            f"re-read of step {step_id!r} in {organization_id!r} answered step "
+            f"{current.step_id!r} in {current.organization_id!r}"
+        )
+    return current
 
 
 def _parse_page(answer: dict[str, Any]) -> Page:

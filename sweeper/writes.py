@@ -23,6 +23,7 @@ from sweeper.errors import (
     PlatformUnavailable,
     StepConflict,
     StepNotFound,
+    SweeperError,
     TokenRefused,
     WriteAppliedUnderSkew,
     WriteUnanswered,
@@ -91,20 +92,29 @@ class Writes:
         step_id, org = entry.stepId, entry.organizationId
         attempts, resolve_only = 0, False
         decision: Decision | None = None
+        unsettled: Decision | None = None  # a write went out and no answer confirmed it
         while True:
             if self.halted is not None:
-                return  # pending; settled with the halt's outcome
+                if unsettled is not None:
+                    await self.settled_by_reread(entry, unsettled)
+                return  # or pending; settled with the halt's outcome
             reason = self.why_not_start(deadline_at)
             if reason is not None:
-                self.skip(entry, reason)
+                if unsettled is None or not await self.settled_by_reread(entry, unsettled):
+                    self.skip(entry, reason)
                 return
             if verdict is None:
-                current = await client.get_step(
-                    step_id,
-                    org,
-                    then_write=not self.cfg.dry_run,
-                    give_up_at=self.deadline_at if deadline_at is None else deadline_at,
-                )
+                try:
+                    current = await client.get_step(
+                        step_id,
+                        org,
+                        then_write=not self.cfg.dry_run,
+                        give_up_at=self.deadline_at if deadline_at is None else deadline_at,
+                    )
+                except SweeperError:
+                    if unsettled is not None and await self.settled_by_reread(entry, unsettled):
+                        return
+                    raise
                 if decision is not None and applied_by(current, sweep_id, decision.status):
                     # An earlier attempt was applied though its answer was lost.
                     self.settle(entry, decision, Outcome.MARKED, "applied_earlier")
@@ -146,14 +156,31 @@ class Writes:
                 self.settle(entry, decision, Outcome.MARKED)
                 self.halt(Result.REFUSED, exc.guard, exc)
                 return
+            except GuardRefused as exc:
+                # An answer that tripped a guard (its Date too far off) and confirmed
+                # nothing: the guard stops the sweep, a settling re-read says if it landed.
+                self.halt(Result.REFUSED, exc.guard, exc)
+                await self.settled_by_reread(entry, decision)
+                return  # or pending, with its attempt: failed at the end
             except WriteUnanswered as exc:
                 if exc.http_status not in NOT_PROCESSED:
                     entry.unconfirmed = True  # it may have been applied: never "skipped"
+                unsettled = decision
                 if attempts >= client.max_attempts or not await self.wait_to_retry(
                     entry, exc, attempts, deadline_at
                 ):
+                    if await self.settled_by_reread(entry, decision):
+                        return
                     raise
                 continue
+            except (InvalidAnswer, PlatformUnavailable) as exc:
+                # A 2xx that is no success, a Retry-After too long: it may have landed.
+                # (DeadlineReached: not sent, its rate-limit slot came too late.)
+                if not isinstance(exc, DeadlineReached) and await self.settled_by_reread(
+                    entry, decision
+                ):
+                    return
+                raise
             except StepConflict:
                 if attempts == 1:
                     raise
@@ -161,6 +188,19 @@ class Writes:
                 continue
             self.settle(entry, decision, Outcome.MARKED)
             return
+
+    async def settled_by_reread(self, entry: StepEntry, decision: Decision) -> bool:
+        """The last attempt's answer did not confirm the write (lost, transient, broken):
+        one more re-read settles it. This sweep's own write is `marked`; anything else,
+        or a re-read that fails too, leaves the outcome to the caller."""
+        try:
+            current = await self.client.settle_read(entry.stepId, entry.organizationId)
+        except SweeperError:
+            return False
+        if not applied_by(current, self.report.sweep_id, decision.status):
+            return False
+        self.settle(entry, decision, Outcome.MARKED, "applied_earlier")
+        return True
 
     async def wait_to_retry(
         self, entry: StepEntry, exc: WriteUnanswered, attempts: int, deadline_at: float | None

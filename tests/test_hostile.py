@@ -11,7 +11,8 @@ repeats. Whatever happens, the invariants of a sweep must hold:
 - every zombie ends in exactly one outcome, and the counts add up;
 - every `marked` was applied, and every write the platform applied is reported `marked`
   unless no answer could confirm it (then `failed` with its attempts, never `skipped`,
-  `refused` or `not_attempted`, which would claim that nothing was written);
+  `refused` or `not_attempted`, which would claim that nothing was written); once a
+  re-read has shown this sweep's write, it is `marked` (the settling re-read);
 - every PATCH follows its own re-read, which showed the step RUNNING and stale;
 - no PATCH after a guard fired, after the token was refused, or after the deadline;
 - exit 0 only when every zombie was marked or left alone for a harmless reason;
@@ -56,6 +57,9 @@ FAULTS = (
     "503",
     "429-retry-after",
     "lost",  # a write applied, its answer lost (502); a read answered 502
+    "applied-503",  # a write applied, then 503 (a proxy's); a read answered 503
+    "applied-timeout",  # a write applied, its answer never came; a read timed out
+    "applied-broken",  # a write applied, answered 200 with no JSON; a read the same
     "409",
     "wrong-id",
     "wrong-status",
@@ -100,6 +104,10 @@ class Hostile:
     last_reread: dict[tuple[str, str], bool] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     deadline_at: float = 0.0
+    #: Steps a re-read showed with this sweep's write (a sweepId), answered cleanly.
+    shown_applied: set[tuple[str, str]] = field(default_factory=set)
+    #: Steps whose write was applied, and whether a re-read of them came after it.
+    read_since_applied: dict[tuple[str, str], bool] = field(default_factory=dict)
 
     def fault(self) -> str:
         return self.faults.pop(0) if self.faults else "ok"
@@ -130,6 +138,8 @@ class Hostile:
             step_id = unquote(path.removeprefix(STEPS_PATH + "/"))
             org = request.url.params.get("organizationId")
             if request.method == "GET":
+                if (str(org), step_id) in self.read_since_applied:
+                    self.read_since_applied[(str(org), step_id)] = True
                 response = self.reread((str(org), step_id), fault)
             else:
                 response = self.patch(step_id, json.loads(request.content), fault)
@@ -138,7 +148,15 @@ class Hostile:
                 self.clock() + timedelta(hours=1), usegmt=True
             )
             self.timeline.append(("skew", None))
+        elif fault not in ("wrong-id", "applied-broken", "applied-timeout") and (
+            request.method == "GET" and path != STEPS_PATH and response.status_code == 200
+        ):
+            data = json.loads(response.content).get("data") or {}
+            if (data.get("errorDetails") or {}).get("sweepId"):
+                self.shown_applied.add((data["organizationId"], data["stepId"]))
         await asyncio.sleep(0)
+        if fault == "applied-timeout":
+            raise httpx.ReadTimeout("no answer")
         return response
 
     def listing(self, request: httpx.Request) -> httpx.Response:
@@ -156,8 +174,10 @@ class Hostile:
     def reread(self, key: tuple[str, str], fault: str) -> httpx.Response:
         record = self.steps.get(key)
         self.last_reread[key] = False
-        if fault in ("503", "lost"):
-            return self.answer(503 if fault == "503" else 502)
+        if fault in ("503", "lost", "applied-503"):
+            return self.answer(502 if fault == "lost" else 503)
+        if fault == "applied-broken":
+            return self.answer(200, b"<html>")
         if fault == "429-retry-after":
             return self.answer(429, **{"Retry-After": "1"})
         if record is None:
@@ -202,8 +222,11 @@ class Hostile:
             errorDetails=body["errorDetails"],
             completedAt=body["completedAt"],
         )
-        if fault == "lost":
-            return self.answer(502)
+        self.read_since_applied[key] = False
+        if fault in ("lost", "applied-503"):
+            return self.answer(502 if fault == "lost" else 503)
+        if fault == "applied-broken":
+            return self.answer(200, b"<html>")
         return self.answer(200, {"success": True, "data": record})
 
     def stale(self, record: dict[str, Any]) -> bool:
@@ -250,6 +273,7 @@ scenario = st.fixed_dictionaries(
         "concurrency": st.integers(1, 4),
         "max_steps": st.sampled_from([3, 100]),
         "precise": st.booleans(),
+        "max_attempts": st.integers(1, 3),
     }
 )
 
@@ -286,7 +310,7 @@ def run_scenario(case: dict[str, Any]) -> tuple[Hostile, SweepReport]:
 
     client = PlatformClient(
         http,
-        max_attempts=3,
+        max_attempts=case.get("max_attempts", 3),
         clock=clock,
         monotonic=clock.monotonic,
         sleep=no_sleep,
@@ -347,6 +371,11 @@ def test_a_hostile_platform_never_breaks_the_invariants(case: dict[str, Any]) ->
         # reported as a failed attempt, never as skipped, refused or not attempted.
         assert entries[key].outcome is Outcome.FAILED
         assert entries[key].attempts
+        # And no re-read showed it: one that did settles it as marked.
+        assert key not in platform.shown_applied, (key, entries[key])
+        # One was tried after the write (the settling re-read), unless the token was refused.
+        refused = any(kind == "token_refused" for kind, _ in platform.timeline)
+        assert platform.read_since_applied[key] or refused, (key, entries[key])
     # No PATCH once a guard fired or the token was refused.
     stopped = False
     for kind, _ in platform.timeline:
