@@ -399,8 +399,9 @@ class Daemon:
             # the client in force keeps its refusal until then.
             self.pending = settings
         self._seen = _fingerprint([self.config_path, settings.token_path])
-        if "api.token" in changed and self.state.blocked_by is Result.TOKEN_REFUSED:
-            self._sweep_now()  # the refused token was replaced: no need to wait an interval
+        refused_pair = {"api.token", "api.base_url"}  # a refusal belongs to the pair
+        if refused_pair & set(changed) and self.state.blocked_by is Result.TOKEN_REFUSED:
+            self._sweep_now()  # the refused pair changed: no need to wait an interval
         return True
 
 
