@@ -90,7 +90,7 @@ class EtcdEngine:
             endpoint = self.endpoints[self.current]
             try:
                 return await self._post_to(endpoint, path, body, long_poll)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, OSError) as exc:  # OSError: a TLS alert read raw
                 problem = f"etcd {endpoint}: {type(exc).__name__}"
                 self.current = (self.current + 1) % len(self.endpoints)
         raise EngineError(problem)

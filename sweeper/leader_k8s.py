@@ -131,7 +131,7 @@ class KubernetesEngine:
             answer = await self.http.request(
                 method, url, json=body, headers={"Authorization": f"Bearer {token}"}
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:  # OSError: a TLS alert read raw
             raise EngineError(f"kubernetes {method} lease: {type(exc).__name__}") from None
         try:
             data = answer.json()

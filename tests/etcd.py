@@ -33,10 +33,15 @@ class Etcd:
     client_port: int = field(default_factory=free_port)
     peer_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: More flags (TLS), and how the tests' own health check reaches it.
+    extra_args: tuple[str, ...] = ()
+    scheme: str = "http"
+    #: An ssl.SSLContext (CA, and a client certificate loaded) for a TLS etcd.
+    verify: object = True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 30) -> Etcd:
         binary = shutil.which("etcd") or "/usr/bin/etcd"
@@ -59,6 +64,7 @@ class Etcd:
                     f"--initial-advertise-peer-urls={peer}",
                     f"--initial-cluster=test={peer}",
                     "--log-level=error",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=log,
@@ -66,12 +72,17 @@ class Etcd:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                answer = httpx.get(self.url + "/health", timeout=1)
+                answer = httpx.get(
+                    self.url + "/health",
+                    timeout=1,
+                    verify=self.verify,  # type: ignore[arg-type]
+                )
                 if answer.status_code == 200 and answer.json().get("health") == "true":
                     return self
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise AssertionError(f"etcd did not start (see {log_path})")
             time.sleep(0.05)
 
