@@ -195,7 +195,15 @@ def test_etcd_down_stops_the_leader_by_its_lease_and_nobody_leads_until_back(
         ids = due_steps(fresh, 3, first_in=1, every=0.5, stale=30)
         wait_for(lambda: time.time() - down > 2 * LEASE, timeout=30)
         during = [s for s in fresh.requests() if s.at > lost_at]
-        assert during == [], f"sent while etcd was down: {during[:3]}"
+        story = {
+            c.name: [(e["timestamp"], e["event"], e.get("reason")) for e in c.events()
+                     if str(e["event"]).startswith(("leader.", "sweep.started"))]
+            for c in copies
+        }  # fmt: skip
+        assert during == [], (
+            f"sent while etcd was down (leader {leader.name}, lost at {lost_at}):"
+            f" {during[:3]}; events: {story}"
+        )
         etcd.start()
         back = time.time()
         leader_of(copies, after=back)
