@@ -9,6 +9,7 @@ transport, the token header and TLS) is built outside and passed in.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import ssl
 import time
@@ -191,6 +192,9 @@ class PlatformClient:
         self._observer = observer
         self._on_retry = on_retry
         self._token_refused_at: float | None = None
+        #: Every (base URL, token) pair refused by this client or those it replaced, by
+        #: digest (no old token kept): a reload back to one stays refused.
+        self._refused_pairs: dict[str, float] = {}
 
     @property
     def token_refused(self) -> bool:
@@ -211,11 +215,18 @@ class PlatformClient:
         """A client rebuilt (a reload) keeps the refusal of the one it replaces only when
         both send the same token to the same base URL: a refusal belongs to that pair,
         and a fixed URL or a new token gets its chance at once."""
-        if previous._credentials() == self._credentials():
-            self._token_refused_at = previous._token_refused_at
+        now = self._monotonic()
+        refused = dict(previous._refused_pairs)
+        if previous._token_refused_at is not None:
+            refused[previous._credentials()] = previous._token_refused_at
+        self._refused_pairs = {
+            pair: at for pair, at in refused.items() if now - at < TOKEN_RETRY_SECONDS
+        }
+        self._token_refused_at = self._refused_pairs.pop(self._credentials(), None)
 
-    def _credentials(self) -> tuple[str, str | None]:
-        return self._base, self._http.headers.get("authorization")
+    def _credentials(self) -> str:
+        pair = f"{self._base}\n{self._http.headers.get('authorization')}"
+        return hashlib.sha256(pair.encode()).hexdigest()
 
     # -- the read side -------------------------------------------------------
 

@@ -227,7 +227,8 @@ def test_a_reload_keeps_a_refusal_only_for_the_same_url_and_token(
     async def scenario() -> bool:
         daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
         daemon.generation = daemon._build(settings)
-        daemon.generation.sweeper.client._token_refused_at = 0.0  # a 401 was seen
+        client = daemon.generation.sweeper.client
+        client._token_refused_at = client._monotonic()  # a 401 was seen just now
         config.write_text(body.format(url=url, token=token) + "[sweep]\npage_size = 7\n")
         assert daemon.reload("SIGHUP")
         _, work = daemon.new_sweep()
@@ -235,3 +236,44 @@ def test_a_reload_keeps_a_refusal_only_for_the_same_url_and_token(
         return daemon.generation.sweeper.client.token_refused
 
     assert asyncio.run(scenario()) is refused
+
+
+@pytest.mark.parametrize(
+    ("token", "url"),
+    [
+        ("new-secret", "https://p.test"),  # a new token, then back
+        ("same-secret", "https://right.test"),  # a fixed URL, then back
+        ("new-secret", "https://right.test"),  # both, then back
+    ],
+)
+def test_a_reload_back_to_a_refused_pair_keeps_it_refused(
+    tmp_path: Path, token: str, url: str
+) -> None:
+    """A refusal belongs to the (base URL, token) pair, not to the client that saw it: after
+    reloads to another pair and back again, the refused pair is still refused (no request
+    goes out with it until its retry time), while the other pair was free in between."""
+    import asyncio
+
+    from sweeper.daemon import Daemon
+    from sweeper.logs import Redactor
+
+    config = tmp_path / "c.toml"
+    body = '[api]\nbase_url = "{url}"\ntoken = "{token}"\n[sweep]\npage_size = {size}\n'
+    config.write_text(body.format(url="https://p.test", token="same-secret", size=5))
+    settings, _ = load_settings(config, environ={})
+
+    async def scenario() -> list[bool]:
+        daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
+        daemon.generation = daemon._build(settings)
+        client = daemon.generation.sweeper.client
+        client._token_refused_at = client._monotonic()  # a 401 was seen just now
+        seen = []
+        for size, (u, t) in enumerate([(url, token), ("https://p.test", "same-secret")], 6):
+            config.write_text(body.format(url=u, token=t, size=size))
+            assert daemon.reload("SIGHUP")
+            _, work = daemon.new_sweep()
+            work.close()
+            seen.append(daemon.generation.sweeper.client.token_refused)
+        return seen
+
+    assert asyncio.run(scenario()) == [False, True]
