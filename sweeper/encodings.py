@@ -30,8 +30,14 @@ class _Inflate:
         self._wbits = _GZIP if name == "gzip" else zlib.MAX_WBITS
         self._inflater = zlib.decompressobj(self._wbits)
         self._started = False  # deflate: zlib-wrapped, or raw as some servers send it
+        self._head = b""  # deflate: zlib's header is 2 bytes; decide on both, not on 1
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        if self.name == "deflate" and not self._started:
+            self._head += data
+            if len(self._head) < 2:
+                return
+            data, self._head = self._head, b""
         while True:
             try:
                 out = self._inflater.decompress(data, PIECE)
@@ -58,7 +64,7 @@ class _Inflate:
                 return  # all input used, all output given
 
     def finish(self) -> None:
-        if self._started and not self._inflater.eof:
+        if (self._started or self._head) and not self._inflater.eof:
             raise EncodingError(f"{self.name}: the stream ends early")
 
 

@@ -80,6 +80,24 @@ def test_every_known_stack_decodes(header: str, encodings: list[str]) -> None:
     assert decode(encodings, encode(PAGE * 50, header)) == PAGE * 50
 
 
+@pytest.mark.parametrize(
+    ("header", "encodings"),
+    [
+        ("deflate", ["deflate"]),
+        ("raw-deflate", ["deflate"]),
+        ("gzip", ["gzip"]),
+        ("raw-deflate, gzip", ["deflate", "gzip"]),
+    ],
+)
+def test_an_answer_arriving_a_byte_at_a_time_decodes_whole(
+    header: str, encodings: list[str]
+) -> None:
+    """However the answer is cut into chunks (a byte at a time included), it decodes the
+    same: raw deflate is told from zlib-wrapped deflate on its first two bytes, not on
+    whatever the first chunk held."""
+    assert decode(encodings, encode(PAGE * 3, header), step=1) == PAGE * 3
+
+
 def test_gzip_members_one_after_another_decode_whole() -> None:
     """Two gzip members back to back (RFC 1952) are one answer."""
     assert decode(["gzip"], gzip.compress(PAGE) + gzip.compress(PAGE)) == PAGE * 2
@@ -123,6 +141,7 @@ def test_more_stacked_encodings_than_a_server_sends_are_refused() -> None:
         (["deflate"], zlib.compress(PAGE) + b"more", "data after the end"),
         (["gzip"], gzip.compress(PAGE) + b"trailing", "gzip"),
         (["gzip", "gzip"], gzip.compress(PAGE), "gzip"),
+        (["deflate"], zlib.compress(PAGE)[:1], "ends early"),
     ],
 )
 def test_a_broken_stream_is_refused(encodings: list[str], data: bytes, reason: str) -> None:
