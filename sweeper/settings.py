@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import string
 import tomllib
@@ -178,6 +179,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+#: A DNS host name (RFC 1123 labels, an optional root dot) or an IPv4 address.
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?",
+    re.ASCII,
+)
 
 
 def _is_ipv6(text: str) -> bool:
@@ -467,6 +476,9 @@ class ServerSettings(BaseModel):
         bracketed = host.startswith("[") and host.endswith("]") and _is_ipv6(host[1:-1])
         if not bracketed and any(c in host for c in ":[]"):
             raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:9108")
+        if not bracketed and not _HOST_NAME.fullmatch(host):
+            # getaddrinfo would fail at every start: a restart loop, not a running daemon.
+            raise ValueError(f"not a host name or address: {host[:64]!r}")
         return value
 
     @property

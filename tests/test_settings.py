@@ -216,6 +216,12 @@ def test_check_config_view_redacts_the_token(tmp_path: Path) -> None:
         ('[server]\nlisten = "[host]:9108"\n', "server.listen: an IPv6 address goes in brackets"),
         ('[server]\nlisten = "[10.0.0.1]:9108"\n', "server.listen: an IPv6 address goes in"),
         ('[server]\nlisten = "[::1]:"\n', "server.listen: must be host:port"),
+        # A host no server could bind: refused here, not a restart loop at start.
+        ('[server]\nlisten = " :9108"\n', "server.listen: not a host name or address"),
+        ('[server]\nlisten = "*:9108"\n', "server.listen: not a host name or address"),
+        ('[server]\nlisten = "my host:9108"\n', "server.listen: not a host name or address"),
+        ('[server]\nlisten = "-lo:9108"\n', "server.listen: not a host name or address"),
+        ('[server]\nlisten = "a..b:9108"\n', "server.listen: not a host name or address"),
         ('[[sweep.rules]]\nname = "r"\nmatch = { colour = ["red"] }\n', "sweep.rules.0.match"),
         ('[[sweep.rules]]\nname = "default"\n', "sweep.rules: rule names must be unique"),
         ('[[sweep.rules]]\nstatus = "FAILED"\n', "sweep.rules.0.name: required"),
