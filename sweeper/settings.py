@@ -237,7 +237,7 @@ class ApiSettings(BaseModel):
             )
         if url.port is not None and not 0 < url.port < 65536:
             raise KeyProblem(("base_url",), "the port must be 1 to 65535")
-        if url.path not in ("", "/") or url.query or url.fragment:
+        if url.path not in ("", "/") or any(c in self.base_url for c in "?#"):
             # The API's paths are absolute: a path here would be dropped, not prefixed.
             raise KeyProblem(
                 ("base_url",), "must be scheme and host only (http(s)://host[:port]), no path"

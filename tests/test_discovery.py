@@ -86,10 +86,14 @@ def test_a_relative_config_path_is_named_absolute(tmp_path: Path) -> None:
         "https://p.example.test/api/data-platform/",
         "https://p.example.test/?x=1",
         "https://p.example.test/#frag",
+        "https://p.example.test?",  # an empty query: every path would become the query
+        "https://p.example.test:8443/?",
+        "https://p.example.test#",
     ],
 )
 def test_a_base_url_with_a_path_is_refused(url: str) -> None:
-    """api.base_url is scheme and host only: a path fails check-config, not the first sweep."""
+    """api.base_url is scheme and host only: a path, a query or a fragment (even an empty
+    one, after which httpx would send every API path as the query) fails check-config."""
     env = {**ENV_ONLY, "SWEEPER_API__BASE_URL": url}
     with pytest.raises(ConfigError, match=r"api.base_url: must be scheme and host only"):
         load_settings(environ=env, default_path=Path("/nonexistent/config.toml"))
