@@ -219,6 +219,10 @@ def test_plain_http_elsewhere_is_refused_rather_than_handed_to_a_proxy(
         ({"HTTPS_PROXY": "http://p:3128"}, "https", "::1", None),
         ({"HTTPS_PROXY": "http://p:3128"}, "https", "localhost", None),
         ({"HTTP_PROXY": "http://p:3128"}, "http", "127.0.0.2", None),
+        # This host's loopback spelt as an IPv4-mapped IPv6 address: never handed to a
+        # proxy, whose CONNECT would reach the proxy host's own loopback instead.
+        ({"HTTPS_PROXY": "http://p:3128"}, "https", "::ffff:127.0.0.1", None),
+        ({"HTTP_PROXY": "http://p:3128"}, "http", "::ffff:127.0.0.2", None),
         ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example"}, "https", "platform.example", None),
         (
             {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:1"},
