@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sweeper.api import TOKEN_RETRY_SECONDS
 from sweeper.daemon import changed_keys
 from sweeper.settings import load_settings
 from tests.e2e import Platform, Result, signal_and_collect, start_sweeper, wait_for, write_config
@@ -246,12 +247,14 @@ def test_a_reload_keeps_a_refusal_only_for_the_same_url_and_token(
         ("new-secret", "https://right.test"),  # both, then back
     ],
 )
+@pytest.mark.parametrize(("ago", "back_refused"), [(0.0, True), (3600.0, False)])
 def test_a_reload_back_to_a_refused_pair_keeps_it_refused(
-    tmp_path: Path, token: str, url: str
+    tmp_path: Path, token: str, url: str, ago: float, back_refused: bool
 ) -> None:
     """A refusal belongs to the (base URL, token) pair, not to the client that saw it: after
     reloads to another pair and back again, the refused pair is still refused (no request
-    goes out with it until its retry time), while the other pair was free in between."""
+    goes out with it until its retry time), while the other pair was free in between. A
+    refusal as old as the retry time (TOKEN_RETRY_SECONDS) is not kept."""
     import asyncio
 
     from sweeper.daemon import Daemon
@@ -266,7 +269,8 @@ def test_a_reload_back_to_a_refused_pair_keeps_it_refused(
         daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
         daemon.generation = daemon._build(settings)
         client = daemon.generation.sweeper.client
-        client._token_refused_at = client._monotonic()  # a 401 was seen just now
+        assert ago in (0.0, TOKEN_RETRY_SECONDS)
+        client._token_refused_at = client._monotonic() - ago  # a 401 was seen then
         seen = []
         for size, (u, t) in enumerate([(url, token), ("https://p.test", "same-secret")], 6):
             config.write_text(body.format(url=u, token=t, size=size))
@@ -276,4 +280,4 @@ def test_a_reload_back_to_a_refused_pair_keeps_it_refused(
             seen.append(daemon.generation.sweeper.client.token_refused)
         return seen
 
-    assert asyncio.run(scenario()) == [False, True]
+    assert asyncio.run(scenario()) == [False, back_refused]
