@@ -47,7 +47,9 @@ class VirtualTime:
             self.waiting.remove(target)
 
 
-def rate_limited(platform: FakePlatform, clock: FakeClock, **config: Any) -> Sweeper:
+def rate_limited(
+    platform: FakePlatform, clock: FakeClock, max_attempts: int = 3, **config: Any
+) -> Sweeper:
     """A sweeper at api.max_rate = RATE whose waits run on the fake clock."""
     http = build_http_client(
         "https://platform.test",
@@ -59,7 +61,7 @@ def rate_limited(platform: FakePlatform, clock: FakeClock, **config: Any) -> Swe
     sleep = VirtualTime(clock).sleep
     client = PlatformClient(
         http,
-        max_attempts=3,
+        max_attempts=max_attempts,
         clock=clock,
         monotonic=clock.monotonic,
         sleep=sleep,
@@ -124,6 +126,29 @@ def test_every_request_of_a_sweep_is_paced(
     report = asyncio.run(rate_limited(platform, clock, recheck=recheck).run())
     assert report.counts["marked"] == 20, report.counts
     assert sum(1 for method, _ in seen if method == "PATCH") == (40 if lost_answers else 20)
+    assert_paced(seen)
+
+
+@pytest.mark.parametrize("recheck", [True, False])
+def test_settling_rereads_are_paced(
+    platform: FakePlatform, clock: FakeClock, recheck: bool
+) -> None:
+    """max_attempts 1 and every write applied then answered 503: each step's settling
+    re-read (after the last attempt) waits for its slot like any request; all 12 marked."""
+    platform.add(*(record(f"z{n:02}", started=5 * H) for n in range(12)))
+    seen = sent_at(platform, clock)
+
+    def applied_then_503(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PATCH":
+            platform.state.patch_step(request.url.path.rsplit("/", 1)[1], request.content)
+            return httpx.Response(503)
+        return None
+
+    platform.before.append(applied_then_503)
+    report = asyncio.run(rate_limited(platform, clock, max_attempts=1, recheck=recheck).run())
+    assert report.counts["marked"] == 12, report.counts
+    reads = sum(1 for method, _ in seen if method == "GET")
+    assert reads == 1 + (24 if recheck else 12)  # the listing, (re-reads,) settling reads
     assert_paced(seen)
 
 
