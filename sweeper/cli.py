@@ -105,6 +105,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _gateway(text: str) -> str:
+    # Not echoed back: argparse errors never repeat a value.
+    if not re.fullmatch(r"https?://[^/\s?#@]+/?", text):
+        raise argparse.ArgumentTypeError("must be http(s)://host[:port]")
+    return text.rstrip("/")
+
+
 def _final_status(text: str) -> str:
     # Not argparse's `choices`: its error would repeat the value (a stray token, say).
     if text.upper() not in ("FAILED", "CANCELLED"):
@@ -168,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="with --once: write the outcome as JSON, a summary and one entry per zombie "
         "(default: none)",
+    )
+    run.add_argument(
+        "--push-gateway",
+        type=_gateway,
+        metavar="URL",
+        help="with --once: push the metrics to this Prometheus Pushgateway at the end of the "
+        "run, as job sweeper-once, e.g. http://pushgateway.monitoring:9091 (default: none)",
     )
     run.add_argument(
         "--metrics-file",
@@ -240,8 +254,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
 
         return run_command(args)
     if args.command == "run" and not args.once:
-        # The daemon runs many sweeps: one file would hold only the last (or none).
-        for flag in ("metrics_file", "report"):
+        # The daemon runs many sweeps: one file would hold only the last (or none);
+        # and it is scraped, so it pushes nothing.
+        for flag in ("metrics_file", "report", "push_gateway"):
             if getattr(args, flag) is not None:
                 parser.error(f"--{flag.replace('_', '-')} goes with --once")
     # Refuse before sweeping rather than lose the outcome after it: a path that
@@ -430,11 +445,11 @@ def _crashed(report: SweepReport, exc: BaseException | None) -> None:
 
 
 async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
-    if not args.metrics_file:
+    if not args.metrics_file and not args.push_gateway:
         return await _one_shot(settings, lambda sweeper, report: sweeper.run(report), elect=True)
     from prometheus_client import CollectorRegistry
 
-    from sweeper.ops import Metrics
+    from sweeper.ops import PUSH_JOB, Metrics
 
     metrics = Metrics(CollectorRegistry())
     report = await _one_shot(
@@ -445,10 +460,18 @@ async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:
         elect=True,
     )
     metrics.observe_sweep(report)
-    try:
-        metrics.write_textfile(str(args.metrics_file))
-    except OSError as exc:
-        log.error("metrics.unwritable", path=str(args.metrics_file), error=os_reason(exc))
+    if args.metrics_file:
+        try:
+            metrics.write_textfile(str(args.metrics_file))
+        except OSError as exc:
+            log.error("metrics.unwritable", path=str(args.metrics_file), error=os_reason(exc))
+    if args.push_gateway:
+        try:
+            await asyncio.to_thread(metrics.push, args.push_gateway)
+        except OSError as exc:  # urllib's errors are OSErrors; the exit code stays the sweep's
+            log.error("metrics.push_failed", gateway=args.push_gateway, error=str(exc))
+        else:
+            log.info("metrics.pushed", gateway=args.push_gateway, job=PUSH_JOB)
     return report
 
 

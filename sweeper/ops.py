@@ -23,15 +23,21 @@ from prometheus_client import (
     Histogram,
     Info,
     make_wsgi_app,
+    push_to_gateway,
+    pushadd_to_gateway,
     write_to_textfile,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from sweeper import __version__
 from sweeper.durations import humanize
 from sweeper.report import Result, SweepReport
 
 LAST_SUCCESS = "sweeper_last_success_timestamp_seconds"
+#: The Pushgateway job of one-shot runs (`run --once --push-gateway URL`); the alerts
+#: of deploy/prometheus/alerts.yaml's sweeper-pushgateway group select it.
+PUSH_JOB = "sweeper-once"
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 #: Precise marking aims at well under a second; a listing-bound mark takes up to an interval.
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -114,6 +120,13 @@ class Metrics:
         self.timers_armed = Gauge(
             "sweeper_timers_armed", "Precise-marking timers armed now.", registry=registry
         )
+        # Registered by the first sweep: absent (not 0, "failed") until one has ended.
+        self.last_sweep_ok = Gauge(
+            "sweeper_last_sweep_successful",
+            "1 if the last sweep ran to its end, 0 if it failed (an alert goes pending at once).",
+            registry=None,
+        )
+        self._last_sweep_registered = False
 
         # Registered by enable_leader: only a copy with [leader] has an election to show.
         self.leader: Gauge | None = None
@@ -187,6 +200,10 @@ class Metrics:
         self.requests.labels(method=method, status=status).inc()
 
     def observe_sweep(self, report: SweepReport) -> None:
+        if not self._last_sweep_registered:
+            self.registry.register(self.last_sweep_ok)
+            self._last_sweep_registered = True
+        self.last_sweep_ok.set(1 if report.succeeded else 0)
         self.sweeps.labels(result=report.result.value).inc()
         for entry in report.entries:
             self.steps.labels(outcome=entry.count_name, status=entry.status or "").inc()
@@ -211,7 +228,48 @@ class Metrics:
         if not self.registry.get_sample_value(LAST_SUCCESS):
             # 0 means "never succeeded here", as the daemon's gauge does at start.
             self.last_success.set(previous_last_success(Path(path)) or 0.0)
+        self._carry_counters(Path(path))
         write_to_textfile(path, self.registry)
+
+    def _carry_counters(self, path: Path) -> None:
+        """Add the counts of the file this run replaces: counters that restarted at every
+        run would read ~0 in increase() and rate(); kept, they count since the first run
+        on this host (a removed file is a counter reset, which increase() handles)."""
+        counters = {
+            "sweeper_sweeps": self.sweeps,
+            "sweeper_steps": self.steps,
+            "sweeper_records_invalid": self.records_invalid,
+            "sweeper_http_requests": self.requests,
+            "sweeper_http_retries": self.retries,
+        }
+        try:
+            families = list(text_string_to_metric_families(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return  # no file, or not one of ours: start from this run's counts
+        for family in families:
+            counter = counters.get(family.name)
+            if counter is None or family.type != "counter":
+                continue
+            for sample in family.samples:
+                if not sample.name.endswith("_total") or not 0 <= sample.value < math.inf:
+                    continue
+                child = counter.labels(**sample.labels) if sample.labels else counter
+                child.inc(sample.value)
+
+    def push(self, gateway: str, job: str = PUSH_JOB) -> None:
+        """To a Pushgateway, for batch jobs with no file to leave (a Kubernetes CronJob).
+
+        A run that did not succeed leaves the group's last success as it is: it replaces
+        only the metrics it sends (POST), without sweeper_last_success_timestamp_seconds.
+        """
+        if self.registry.get_sample_value(LAST_SUCCESS):
+            push_to_gateway(gateway, job=job, registry=self.registry, timeout=10)
+            return
+        self.registry.unregister(self.last_success)
+        try:
+            pushadd_to_gateway(gateway, job=job, registry=self.registry, timeout=10)
+        finally:
+            self.registry.register(self.last_success)
 
 
 class Health:
