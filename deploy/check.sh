@@ -36,7 +36,7 @@ for mode in cronjob daemon; do
     render "$here/kubernetes/overlays/$mode" > "$work/k8s-$mode.yaml"
     # Exactly one workload per overlay: two modes at once would sweep every step twice.
     "$tools/python" - "$work/k8s-$mode.yaml" "$mode" <<'PY'
-import sys, yaml
+import json, sys, yaml
 path, mode = sys.argv[1], sys.argv[2]
 workloads = {"CronJob", "Job", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod"}
 docs = [d for d in yaml.safe_load_all(open(path, encoding="utf-8")) if d]
@@ -46,8 +46,12 @@ if len(found) != 1 or not found[0].startswith(expected + "/"):
     sys.exit(f"overlays/{mode}: expected one {expected}, found {found or 'no workload'}")
 print(f"overlays/{mode}: {len(docs)} objects, one workload: {found[0]}")
 # Core objects only for kubernetes-validate: it has no schema for the operator's
-# PrometheusRule, whose rules promtool checks below.
-core = [d for d in docs if d.get("kind") != "PrometheusRule"]
+# PrometheusRule (whose rules promtool checks below) and ServiceMonitor.
+operator = {"PrometheusRule", "ServiceMonitor"}
+core = [d for d in docs if d.get("kind") not in operator]
+rules = [d["spec"] for d in docs if d.get("kind") == "PrometheusRule"]
+with open(path.replace(".yaml", ".rules.json"), "w", encoding="utf-8") as out:
+    json.dump(rules[0] if rules else {"groups": []}, out)
 with open(path.replace(".yaml", ".core.yaml"), "w", encoding="utf-8") as out:
     yaml.safe_dump_all(core, out)
 PY
@@ -69,10 +73,10 @@ promtool=$("$here/prometheus/install-promtool.sh" "$(dirname "$tools")/promtool"
 "$promtool" --version 2>&1 | head -n 1
 "$promtool" check rules "$here/prometheus/alerts.yaml"
 "$promtool" test rules "$here/prometheus/alerts_test.yaml"
-# The PrometheusRule's spec, as Kubernetes would hand it to the operator.
-"$tools/python" -c 'import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["spec"]))' \
-    "$here/kubernetes/base/prometheusrule.yaml" > "$work/prometheusrule-spec.json"
-"$promtool" check rules "$work/prometheusrule-spec.json"
+# Each overlay's PrometheusRule spec, as Kubernetes would hand it to the operator.
+for mode in cronjob daemon; do
+    "$promtool" check rules "$work/k8s-$mode.rules.json"
+done
 python3 "$here/prometheus/render.py" dashboard-rules > "$work/dashboard-rules.json"
 "$promtool" check rules "$work/dashboard-rules.json"
 echo "deploy/: all checks passed"

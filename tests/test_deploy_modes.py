@@ -31,10 +31,8 @@ def test_the_base_holds_no_workload() -> None:
         assert not set(kinds) & set(WORKLOADS), manifest.name
 
 
-@pytest.mark.tools
-@pytest.mark.parametrize(("mode", "workload"), MODES.items())
-def test_each_overlay_renders_exactly_one_workload(mode: str, workload: str) -> None:
-    """kubectl kustomize overlays/<mode>: the shared base plus one workload of its kind."""
+def render(mode: str) -> list[str]:
+    """kubectl kustomize overlays/<mode>, split into its documents."""
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(KUBERNETES / "overlays" / mode)],
         capture_output=True,
@@ -42,10 +40,32 @@ def test_each_overlay_renders_exactly_one_workload(mode: str, workload: str) -> 
         check=True,
         timeout=60,
     ).stdout
-    kinds = re.findall(r"^kind: (\w+)$", rendered, re.MULTILINE)
+    return [doc for doc in rendered.split("\n---\n") if doc.strip()]
+
+
+def kind_of(doc: str) -> str:
+    match = re.search(r"^kind: (\w+)$", doc, re.MULTILINE)
+    assert match, doc[:200]
+    return match.group(1)
+
+
+def groups_and_alerts(docs: list[str]) -> tuple[list[str], list[str]]:
+    rules = [doc for doc in docs if kind_of(doc) == "PrometheusRule"]
+    assert len(rules) == 1
+    groups = re.findall(r"^\s*- name: (sweeper-\S+)$", rules[0], re.MULTILINE)
+    alerts = re.findall(r"^\s*- alert: (\w+)$", rules[0], re.MULTILINE)
+    return groups, alerts
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize(("mode", "workload"), MODES.items())
+def test_each_overlay_renders_exactly_one_workload(mode: str, workload: str) -> None:
+    """kubectl kustomize overlays/<mode>: the shared base plus one workload of its kind, and no
+    Secret (an apply never overwrites the real token)."""
+    kinds = [kind_of(doc) for doc in render(mode)]
     assert [k for k in kinds if k in WORKLOADS] == [workload]
     assert {"Namespace", "ConfigMap", "NetworkPolicy"} <= set(kinds)
-    assert "namespace: sweeper" in rendered
+    assert "Secret" not in kinds
 
 
 @pytest.mark.tools
@@ -94,3 +114,45 @@ def test_the_daemon_overlay_runs_two_replicas_under_leader_election() -> None:
     assert not [kind for kind, _ in docs if kind.startswith("Cluster")]
     pdb = docs[("PodDisruptionBudget", "sweeper")]
     assert "minAvailable: 1" in pdb
+
+
+@pytest.mark.tools
+def test_the_daemon_overlay_is_scraped_and_alerts_on_the_daemon() -> None:
+    """A ServiceMonitor for the metrics Service, with job="sweeper"; the daemon's alerts only."""
+    docs = render("daemon")
+    (monitor,) = [doc for doc in docs if kind_of(doc) == "ServiceMonitor"]
+    (service,) = [doc for doc in docs if kind_of(doc) == "Service"]
+    assert "jobLabel: app.kubernetes.io/name" in monitor
+    assert "port: metrics" in monitor and "name: metrics" in service
+    assert "app.kubernetes.io/name: sweeper" in service
+    groups, alerts = groups_and_alerts(docs)
+    assert groups == ["sweeper-daemon"]
+    assert {"SweeperDown", "SweeperAbsent", "SweeperNoSuccessfulSweep"} <= set(alerts)
+    assert not [a for a in alerts if "OneShot" in a or "Textfile" in a or "CronJob" in a]
+
+
+@pytest.mark.tools
+def test_the_cronjob_overlay_pushes_and_alerts_on_the_push() -> None:
+    """The CronJob pushes to a Pushgateway; its alerts select that push, none of the daemon's
+    (SweeperAbsent would fire: no daemon exists) and no ServiceMonitor."""
+    docs = render("cronjob")
+    kinds = [kind_of(doc) for doc in docs]
+    assert "ServiceMonitor" not in kinds
+    (cronjob,) = [doc for doc in docs if kind_of(doc) == "CronJob"]
+    assert "- --push-gateway" in cronjob
+    groups, alerts = groups_and_alerts(docs)
+    assert groups == ["sweeper-pushgateway"]
+    assert "SweeperAbsent" not in alerts and "SweeperDown" not in alerts
+    assert set(alerts) == {
+        "SweeperCronJobNoSuccessfulSweep",
+        "SweeperCronJobNeverSucceeded",
+        "SweeperCronJobNotPushing",
+        "SweeperCronJobAbsent",
+    }
+
+
+def test_the_base_applies_no_secret() -> None:
+    """secret.example.yaml is in no kustomization: `kubectl apply -k` keeps the real token."""
+    for kustomization in KUBERNETES.rglob("kustomization.yaml"):
+        text = kustomization.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*- .*secret", text, re.MULTILINE), kustomization

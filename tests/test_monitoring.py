@@ -27,15 +27,15 @@ from tests.markdown import anchors_of
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
-PROMETHEUSRULE = ROOT / "deploy" / "kubernetes" / "base" / "prometheusrule.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "sweeper.json"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 
 #: PromQL words that are not metric names.
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"}
 GROUPING = r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
-#: Exposed by Prometheus itself (`up`) or by node_exporter (`node_*`), not by sweeper.
-NOT_OURS = re.compile(r"up|node_\w+")
+#: Exposed by Prometheus itself (`up`), node_exporter (`node_*`) or the Pushgateway
+#: (`push_time_seconds`), not by sweeper.
+NOT_OURS = re.compile(r"up|node_\w+|push_time_seconds")
 SUFFIXES = {
     "counter": ("_total", "_created"),
     "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -183,15 +183,28 @@ def test_every_runbook_url_is_a_runbook_heading() -> None:
         assert anchor in anchors, f"docs/runbook.md has no heading for #{anchor}"
 
 
-def test_prometheusrule_is_rendered_from_alerts_yaml() -> None:
-    """base/prometheusrule.yaml is alerts.yaml under spec: (one source of truth)."""
-    expected = render.prometheusrule(ALERTS.read_text())
-    assert PROMETHEUSRULE.read_text() == expected, (
-        "prometheusrule.yaml is out of date: python3 deploy/prometheus/render.py "
-        "prometheusrule > deploy/kubernetes/base/prometheusrule.yaml"
+@pytest.mark.parametrize(("mode", "groups"), sorted(render.OVERLAY_GROUPS.items()))
+def test_each_overlays_prometheusrule_is_rendered_from_alerts_yaml(
+    mode: str, groups: tuple[str, ...]
+) -> None:
+    """overlays/<mode>/prometheusrule.yaml is its mode's groups of alerts.yaml (one source)."""
+    overlay = ROOT / "deploy" / "kubernetes" / "overlays" / mode
+    expected = render.prometheusrule(ALERTS.read_text(), mode)
+    assert (overlay / "prometheusrule.yaml").read_text() == expected, (
+        f"prometheusrule.yaml is out of date: python3 deploy/prometheus/render.py "
+        f"prometheusrule {mode} > deploy/kubernetes/overlays/{mode}/prometheusrule.yaml"
     )
-    kustomization = (ROOT / "deploy" / "kubernetes" / "base" / "kustomization.yaml").read_text()
-    assert "\n  - prometheusrule.yaml\n" in kustomization
+    assert "\n  - prometheusrule.yaml\n" in (overlay / "kustomization.yaml").read_text()
+    names = re.findall(r"^    - name: (\S+)$", expected, re.MULTILINE)
+    assert tuple(names) == groups
+
+
+def test_every_group_of_alerts_yaml_belongs_to_a_mode() -> None:
+    """The daemon's, the timer's (textfile) and the CronJob's (Pushgateway) groups."""
+    names = re.findall(r"^  - name: (\S+)$", ALERTS.read_text(), re.MULTILINE)
+    assert names == ["sweeper-daemon", "sweeper-oneshot", "sweeper-pushgateway"]
+    in_overlays = {g for groups in render.OVERLAY_GROUPS.values() for g in groups}
+    assert in_overlays == {"sweeper-daemon", "sweeper-pushgateway"}  # no textfile on Kubernetes
 
 
 def test_dashboard_has_a_datasource_variable_used_by_every_panel() -> None:

@@ -1,8 +1,9 @@
 """Files derived from deploy/'s sources, so that each rule and query is written once.
 
-  python3 deploy/prometheus/render.py prometheusrule > deploy/kubernetes/base/prometheusrule.yaml
-      alerts.yaml as a prometheus-operator PrometheusRule (tests/test_monitoring.py
-      fails when the committed file differs from this output);
+  python3 deploy/prometheus/render.py prometheusrule MODE > deploy/kubernetes/overlays/MODE/prometheusrule.yaml
+      the groups of alerts.yaml for that deploy mode (daemon, cronjob) as a
+      prometheus-operator PrometheusRule (tests/test_monitoring.py fails when a
+      committed file differs from this output);
   python3 deploy/prometheus/render.py dashboard-rules > rules.json
       every PromQL expression of deploy/grafana/sweeper.json as a recording rule, for
       `promtool check rules` (deploy/check.sh).
@@ -24,19 +25,26 @@ DASHBOARD = DEPLOY / "grafana" / "sweeper.json"
 
 PROMETHEUSRULE_HEAD = """\
 # Generated from deploy/prometheus/alerts.yaml by deploy/prometheus/render.py: edit
-# alerts.yaml, then run `python3 deploy/prometheus/render.py prometheusrule >
-# deploy/kubernetes/base/prometheusrule.yaml`. Needs the prometheus-operator CRDs; the
-# operator loads it when its ruleSelector matches these labels (README).
+# alerts.yaml, then run `python3 deploy/prometheus/render.py prometheusrule {mode} >
+# deploy/kubernetes/overlays/{mode}/prometheusrule.yaml`. Only the alerts that can fire
+# in this mode. Needs the prometheus-operator CRDs; the operator loads it when its
+# ruleSelector matches these labels (docs/monitoring.md).
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
 metadata:
-  name: sweeper
+  name: sweeper-{mode}
   namespace: sweeper
   labels:
     app.kubernetes.io/name: sweeper
     app.kubernetes.io/component: alerts
 spec:
+  groups:
 """
+
+#: The groups of alerts.yaml each Kubernetes overlay ships: the daemon is scraped
+#: (ServiceMonitor); the CronJob pushes to a Pushgateway. No textfile on Kubernetes.
+OVERLAY_GROUPS = {"daemon": ("sweeper-daemon",), "cronjob": ("sweeper-pushgateway",)}
+
 
 #: What Grafana puts in place of its variables when it queries; any other
 #: variable ($job, ${instance}) stands inside a label matcher's regex.
@@ -47,12 +55,30 @@ GRAFANA_BUILTINS = {
 }
 
 
-def prometheusrule(alerts: str) -> str:
-    """alerts.yaml under `spec:`: its comment header dropped, every line indented by two."""
+def prometheusrule(alerts: str, mode: str) -> str:
+    """The mode's groups of alerts.yaml under `spec: groups:`, every line indented by two."""
     lines = alerts.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("groups:"))
-    body = [f"  {line}" if line else "" for line in lines[start:]]
-    return PROMETHEUSRULE_HEAD + "\n".join(body) + "\n"
+    # A group is its "  - name:" line, the comment lines just above it (at the groups'
+    # own indent) and everything below it up to the next group.
+    blocks: list[tuple[str, list[str]]] = []
+    comments: list[str] = []
+    for line in lines[start + 1 :]:
+        if line.startswith("  #"):
+            comments.append(line)
+        elif line.startswith("  - name: "):
+            blocks.append((line.removeprefix("  - name: ").strip(), [*comments, line]))
+            comments = []
+        elif blocks:
+            blocks[-1][1].append(line)
+    chosen: list[str] = []
+    for name, block in blocks:
+        if name in OVERLAY_GROUPS[mode]:
+            chosen.extend(block)
+    while chosen and not chosen[-1]:
+        chosen.pop()
+    body = [f"  {line}" if line else "" for line in chosen]
+    return PROMETHEUSRULE_HEAD.format(mode=mode) + "\n".join(body) + "\n"
 
 
 def dashboard_expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
@@ -94,8 +120,8 @@ def dashboard_rules(dashboard: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["prometheusrule"]:
-        sys.stdout.write(prometheusrule(ALERTS.read_text(encoding="utf-8")))
+    if len(argv) == 2 and argv[0] == "prometheusrule" and argv[1] in OVERLAY_GROUPS:
+        sys.stdout.write(prometheusrule(ALERTS.read_text(encoding="utf-8"), argv[1]))
         return 0
     if argv == ["dashboard-rules"]:
         print(dashboard_rules(json.loads(DASHBOARD.read_text(encoding="utf-8"))))
