@@ -1,6 +1,7 @@
 """Files derived from deploy/'s sources, so that each rule and query is written once.
 
-  python3 deploy/prometheus/render.py prometheusrule MODE > deploy/kubernetes/overlays/MODE/prometheusrule.yaml
+  python3 deploy/prometheus/render.py prometheusrule MODE \
+      > deploy/kubernetes/overlays/MODE/prometheusrule.yaml
       the groups of alerts.yaml for that deploy mode (daemon, cronjob) as a
       prometheus-operator PrometheusRule (tests/test_monitoring.py fails when a
       committed file differs from this output);
