@@ -140,7 +140,9 @@ def _real(shared_platform: Platform) -> Platform:
     return shared_platform
 
 
-def run_daemon_for(config: Path, tmp_path: Path, seconds: float) -> str:
+def run_daemon_until(config: Path, tmp_path: Path, listings: int, timeout: float = 90) -> str:
+    """Run the daemon until it has started `listings` listings (an event, not a fixed
+    sleep: on a loaded machine the start-up alone can take seconds), then stop it."""
     err = tmp_path / "daemon.log"
     with err.open("w") as handle:
         proc = subprocess.Popen(
@@ -159,7 +161,11 @@ def run_daemon_for(config: Path, tmp_path: Path, seconds: float) -> str:
             env=environment(),
         )
     try:
-        time.sleep(seconds)
+        deadline = time.monotonic() + timeout
+        while err.read_text().count('"sweep.started"') < listings:
+            assert time.monotonic() < deadline, "too few listings in time"
+            assert proc.poll() is None, err.read_text()
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
@@ -180,7 +186,7 @@ def test_daemon_precise_timers_on_a_slow_platform_lose_no_listing(
     real.faults.latency = timedelta(milliseconds=400)
     extra = '[schedule]\ninterval = "2s"\nprecise = true\n[sweep]\nstale_after = "1m"\n'
     config = write_config(tmp_path, real.base_url, extra)
-    log = run_daemon_for(config, tmp_path, 9)
+    log = run_daemon_until(config, tmp_path, listings=5)
     lines = log.splitlines()
     skipped = [line for line in lines if "maximum number of running instances" in line]
     overran = [line for line in lines if '"sweep.overran"' in line]
