@@ -48,7 +48,7 @@ etcd:
 	@command -v etcd >/dev/null 2>&1 || test -x /usr/bin/etcd || \
 		($(SUDO) apt-get update && $(SUDO) apt-get install -y etcd-server)
 
-$(PROMTOOL_DIR)/promtool:
+$(PROMTOOL_DIR)/promtool $(PROMTOOL_DIR)/prometheus:
 	deploy/prometheus/install-promtool.sh $(PROMTOOL_DIR)
 
 # Validators for deploy/ live in their own environment (checkov's tree is large).
@@ -58,7 +58,7 @@ $(TOOLS)/.installed: requirements/tools.lock
 	touch $@
 
 # Needs root and a Debian machine: promtool comes from Debian's prometheus package.
-deploy-check: venv $(TOOLS)/.installed $(PROMTOOL_DIR)/promtool
+deploy-check: venv $(TOOLS)/.installed $(PROMTOOL_DIR)/promtool $(PROMTOOL_DIR)/prometheus
 	$(BIN)/pytest -m tools -q -p no:cacheprovider
 	deploy/check.sh $(CURDIR)/$(TOOLS)/bin $(CURDIR)/$(BIN)/sweeper
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Prints the path of a promtool, putting Debian's at DIR/promtool first if needed.
+# Prints the path of a promtool, putting Debian's at DIR/promtool first if needed;
+# Debian's prometheus server goes beside it, at DIR/prometheus (the alerts are tried
+# in a real Prometheus by tests/test_alerts_live.py).
 # Usage: deploy/prometheus/install-promtool.sh DIR
 #
 # $PROMTOOL, when set, is used as it is. Otherwise the `prometheus` package
@@ -20,7 +22,7 @@ if [ -n "${PROMTOOL:-}" ]; then
     echo "$PROMTOOL"
     exit 0
 fi
-if [ -x "$dir/promtool" ] && "$dir/promtool" --version >/dev/null 2>&1; then
+if [ -x "$dir/promtool" ] && [ -x "$dir/prometheus" ] && "$dir/promtool" --version >/dev/null 2>&1; then
     echo "$dir/promtool"
     exit 0
 fi
@@ -36,9 +38,10 @@ if ! download; then
     apt-get update -q >&2 || fail "apt-get update failed"
     download || fail "apt-get download prometheus failed"
 fi
-dpkg-deb --fsys-tarfile "$work"/prometheus_*.deb | tar -x -C "$work" ./usr/bin/promtool \
-    || fail "no usr/bin/promtool in the prometheus package"
+dpkg-deb --fsys-tarfile "$work"/prometheus_*.deb | tar -x -C "$work" ./usr/bin/promtool ./usr/bin/prometheus \
+    || fail "no usr/bin/promtool or usr/bin/prometheus in the prometheus package"
 mkdir -p "$dir"
 install -m 0755 "$work/usr/bin/promtool" "$dir/promtool"
+install -m 0755 "$work/usr/bin/prometheus" "$dir/prometheus"
 "$dir/promtool" --version 2>&1 | head -n 1 >&2
 echo "$dir/promtool"

@@ -1,0 +1,170 @@
+"""The daemon's alerts in a real Prometheus (Debian's, on loopback) scraping the real daemon.
+
+Nothing is pending while daemon and platform are healthy; a platform the daemon
+cannot reach puts SweeperNoSuccessfulSweep in pending state within a minute (its
+`for:` holds the page back); a daemon that is down puts SweeperDown in pending state
+within a minute. Time is scaled down (an interval of seconds, a scrape and an
+evaluation every second); the rules are the shipped ones, unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e import Platform, environment, start_sweeper, wait_for, write_config
+
+ROOT = Path(__file__).parent.parent
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+
+pytestmark = pytest.mark.tools
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def prometheus_binary() -> str:
+    """Debian's prometheus, which `make deploy-check` puts beside promtool; never a skip."""
+    path = os.environ.get("PROMETHEUS") or str(ROOT / ".venv-tools" / "promtool" / "prometheus")
+    if not os.access(path, os.X_OK):
+        pytest.fail(
+            f"prometheus not found at {path}: run `make deploy-check`, or "
+            "deploy/prometheus/install-promtool.sh .venv-tools/promtool, or set PROMETHEUS"
+        )
+    return path
+
+
+def daemon_rules() -> str:
+    """The sweeper-daemon group of alerts.yaml, as a rules file (what the daemon overlay ships)."""
+    spec = importlib.util.spec_from_file_location("render", ROOT / "deploy/prometheus/render.py")
+    assert spec is not None and spec.loader is not None
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    rule = render.prometheusrule(ALERTS.read_text(), "daemon")
+    body = rule.split("\nspec:\n", 1)[1]
+    return "\n".join(line[2:] for line in body.splitlines()) + "\n"
+
+
+@pytest.fixture(name="platform")
+def _platform(shared_platform: Platform) -> Platform:
+    shared_platform.reset()
+    return shared_platform
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def alerts(self) -> list[dict[str, Any]]:
+        answer = httpx.get(f"{self.url}/api/v1/alerts", timeout=5).json()
+        alerts: list[dict[str, Any]] = answer["data"]["alerts"]
+        return alerts
+
+    def states(self) -> dict[str, str]:
+        return {a["labels"]["alertname"]: a["state"] for a in self.alerts()}
+
+    def value(self, query: str) -> float | None:
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": query}, timeout=5)
+        result = answer.json()["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def evaluations_since(self, start: float) -> bool:
+        """Has the rule group been evaluated since `start` (a Unix time)?"""
+        groups = httpx.get(f"{self.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        last = groups[0]["lastEvaluation"]
+        return datetime.fromisoformat(last[:26].rstrip("Z") + "+00:00").timestamp() > start
+
+
+@pytest.fixture(name="watched")
+def _watched(
+    platform: Platform, tmp_path: Path
+) -> Iterator[tuple[Prometheus, subprocess.Popen[str]]]:
+    """The real daemon (interval 3 s) and a real Prometheus scraping it every second."""
+    daemon_port, web_port = free_port(), free_port()
+    extra = (
+        'timeout = "1s"\n[schedule]\ninterval = "3s"\n[sweep]\ndeadline = "2s"\n'
+        f'[server]\nlisten = "127.0.0.1:{daemon_port}"\n'
+    )
+    daemon = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    rules = tmp_path / "sweeper.rules.yaml"
+    rules.write_text(daemon_rules())
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {rules}\n"
+        "scrape_configs:\n  - job_name: sweeper\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{daemon_port}']\n"
+    )
+    log = (tmp_path / "prometheus.log").open("w")
+    server = subprocess.Popen(
+        [
+            prometheus_binary(),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=environment(),
+    )
+    prometheus = Prometheus(f"http://127.0.0.1:{web_port}")
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{prometheus.url}/-/ready", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ready, timeout=60)
+        yield prometheus, daemon
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=30)
+
+
+def test_the_daemons_alerts_in_a_real_prometheus(
+    watched: tuple[Prometheus, subprocess.Popen[str]], platform: Platform
+) -> None:
+    """Healthy: nothing pending. Platform unreachable: pending within a minute. Daemon
+    down: SweeperDown pending within a minute."""
+    prometheus, daemon = watched
+    # Healthy: three sweeps scraped, and the rules evaluated after that.
+    wait_for(lambda: (prometheus.value('sweeper_sweeps_total{result="completed"}') or 0) >= 3, 60)
+    seen = time.time()
+    wait_for(lambda: prometheus.evaluations_since(seen + 2), 60)
+    assert prometheus.alerts() == []
+
+    # The platform stops answering: every request fails.
+    platform.faults.error_rate = 1.0
+    failed_at = time.monotonic()
+    wait_for(lambda: prometheus.states().get("SweeperNoSuccessfulSweep") == "pending", 60)
+    assert time.monotonic() - failed_at < 60
+    assert prometheus.states()["SweeperNoSuccessfulSweep"] == "pending"  # not firing: for:
+
+    # The daemon goes away.
+    platform.faults.error_rate = 0.0
+    daemon.send_signal(signal.SIGTERM)
+    daemon.communicate(timeout=30)
+    down_at = time.monotonic()
+    wait_for(lambda: prometheus.states().get("SweeperDown") == "pending", 60)
+    assert time.monotonic() - down_at < 60
