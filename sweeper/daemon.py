@@ -25,14 +25,15 @@ import httpx
 import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from sweeper.api import PlatformClient
 from sweeper.app import build_sweeper, http_client
 from sweeper.election import Leadership, build_leadership
-from sweeper.errors import ConfigError
+from sweeper.errors import ConfigError, SweeperError
 from sweeper.leader import EngineError, LeaderEvents
 from sweeper.logs import Redactor, configure_logging
 from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
-from sweeper.outages import OutageLog
+from sweeper.outages import OutageLog, watch_gap
 from sweeper.precise import Interval
 from sweeper.report import ExitCode, Result, SweepReport
 from sweeper.schedule import DaemonState, install_stop_handlers, run_daemon
@@ -44,6 +45,8 @@ log = structlog.get_logger("sweeper.daemon")
 
 #: Keys that only a restart can change (a section's name: every key in it).
 RESTART_ONLY = ("server.listen", "leader")
+#: The probe lists the steps that started before this: none, a cheap answer.
+PROBE_BEFORE = datetime(1970, 1, 1, tzinfo=UTC)
 #: Precise marking ends an interval this long (at most) before the next listing.
 LISTING_MARGIN = timedelta(milliseconds=250)
 #: While the token is refused, how often its file is checked for a replacement.
@@ -145,6 +148,9 @@ class Daemon:
         self.state.listeners.append(self.metrics.observe_sweep)
         self.state.listeners.append(self._status)
         self.outages = OutageLog(lambda: datetime.now(UTC))
+        self._watch_outages(settings)
+        #: Set when the limits change, so that the prober looks at its cadence again.
+        self._rewatch = asyncio.Event()
         self.pending: Settings | None = None
         self.generation: _Generation | None = None
         self.health: Health | None = None
@@ -158,6 +164,36 @@ class Daemon:
 
     def _files_now(self) -> bytes:
         return _fingerprint([self.config_path, self.settings.token_path])
+
+    def _watch_outages(self, settings: Settings) -> None:
+        """Outage grace follows the limits in force: its gap, and how long it remembers."""
+        limits = settings.sweep.build_rules().limits
+        self.outages.configure(
+            watch_gap(min(limits, default=None)),
+            2 * max(limits) if limits else None,
+        )
+
+    async def _keep_watching(self) -> None:
+        """Sample the platform when nothing else did for half the outage gap: a silence
+        longer than the gap counts as an outage (unwatched), which only delays marks."""
+        while not self.stop.is_set():
+            self._rewatch.clear()
+            due = self.outages.probe_due()
+            wait = None if due is None else (due - datetime.now(UTC)).total_seconds()
+            if wait is None or wait > 0:
+                await _first_of(self.stop, self._rewatch, seconds=wait)
+                continue
+            assert self.generation is not None
+            try:
+                await self._probe(self.generation.sweeper.client)
+            except SweeperError as exc:
+                log.debug("outage.probe_failed", error=str(exc))
+
+    @staticmethod
+    async def _probe(client: PlatformClient) -> None:
+        """One listing page of steps that started before 1970: a cheap answer."""
+        async for _ in client.list_running(PROBE_BEFORE, 1):
+            return
 
     def _observe(self, method: str, status: str) -> None:
         self.metrics.observe_request(method, status)
@@ -216,6 +252,7 @@ class Daemon:
         electing = None
         if self.leadership is not None:
             electing = asyncio.ensure_future(self.leadership.elector.run())
+        watching = asyncio.ensure_future(self._keep_watching())
         try:
             await run_daemon(
                 self.new_sweep,
@@ -231,6 +268,8 @@ class Daemon:
             if self.leadership is not None:
                 # run_daemon has drained the writes in flight: now hand the lease over.
                 await self.leadership.close(electing)
+            watching.cancel()  # a probe in flight is only a read
+            await asyncio.gather(watching, return_exceptions=True)
             await self.generation.http.aclose()
             if ops is not None:
                 ops.stop()
@@ -340,6 +379,8 @@ class Daemon:
             return  # the one in force stays, whole
         self.settings = settings
         self.generation = generation
+        self._watch_outages(settings)
+        self._rewatch.set()
         if old is not None:
             generation.sweeper.client.carry_refusal(old.sweeper.client)
             # The previous sweep has ended (one listing at a time): nothing uses it now.
@@ -413,6 +454,16 @@ def status_line(report: SweepReport) -> str:
         f"last sweep {report.result.value} at {at}: {counts['zombies']} zombies, "
         f"{counts['marked']} marked, {counts['failed']} failed"
     )
+
+
+async def _first_of(*events: asyncio.Event, seconds: float | None) -> None:
+    """Wait until one of the events is set, or `seconds` pass."""
+    waiters = {asyncio.ensure_future(e.wait()) for e in events}
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def run(

@@ -1,15 +1,25 @@
-"""Outage grace: remember when the platform was away, and how long of it to forgive.
+"""Outage grace: remember when the platform was away, or unwatched, and forgive that time.
 
 While the platform is down, workers cannot record heartbeats either, so their
 steps look idle without being dead; the decision does not count that time toward
 a step's idle time (see policy.decide).
 
-An outage is the platform being away, not one failed request: failures that
-end within OUTAGE_MIN of the first one (a blip that workers retry their
-heartbeats through) discount nothing. A longer run of failures opens a window
-at the last successful contact before it (the outage may have begun any time
-after) and closes it at the first success after it; erring that way only ever
-delays a mark.
+Everything is relative to the limits in force (operations.md, "Outage grace"):
+no absolute duration says what an outage is. The daemon's requests are samples
+of the platform: each success says it was up at that moment, each failure that
+it was away. Two kinds of time are forgiven:
+
+- a run of failures with no success between them, from its first failure to its
+  last: a single failed request between successes forgives nothing;
+- time the daemon did not watch: a silence between two samples longer than
+  `gap` (an eighth of the smallest limit), and the time before the first answer
+  (an outage may have begun before the daemon started; nothing says it did not)
+  but its last half limit (see `_head_start`).
+
+The daemon keeps silences shorter than `gap` by probing when it has been quiet
+for half of it (`probe_due`), so a real outage is seen within `gap` of its start
+and its end, and at most 2 * gap = limit / 4 of it goes unforgiven: a worker that
+beats every limit / 6 and retries within limit / 2 stays within its limit.
 
 Windows are kept sorted, merged and bounded, with prefix sums, so the discount
 for one step costs two binary searches however many windows there are.
@@ -20,16 +30,19 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 Window = tuple[datetime, datetime]
 
 #: Answers that mean "the platform was not there", as the client reports them.
 UNREACHABLE = frozenset({"error", "timeout", "408", "429", "500", "502", "503", "504"})
-#: Failures shorter than this are a blip, not an outage (see the README, "Outage grace").
-OUTAGE_MIN = timedelta(seconds=30)
 #: At most this many windows are kept; beyond it the two closest are merged.
 MAX_WINDOWS = 1024
+#: The longest silence between two samples that still counts as watching, as a
+#: fraction of the smallest limit; the daemon probes after half of it.
+GAP_FRACTION = 8
+#: Before the first sample: nothing is known, back to the beginning of time.
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,59 +88,131 @@ class OutageWindows:
             return timedelta(0)
         return self.covered(now) - self.covered(since)
 
+    def extended(self, window: Window) -> OutageWindows:
+        """These windows and one more (the open one: usually after all the others)."""
+        start, end = window
+        if end <= start:
+            return self
+        if self.starts and start < self.starts[-1]:
+            return OutageWindows.of([*zip(self.starts, self.ends, strict=True), window])
+        if self.starts and start <= self.ends[-1]:
+            if end <= self.ends[-1]:
+                return self
+            return OutageWindows(self.starts, (*self.ends[:-1], end), self.before)
+        total = self.before[-1] + self.ends[-1] - self.starts[-1] if self.starts else timedelta(0)
+        return OutageWindows((*self.starts, start), (*self.ends, end), (*self.before, total))
+
 
 NO_OUTAGES = OutageWindows()
 
 
+def watch_gap(smallest_limit: timedelta | None) -> timedelta | None:
+    """The longest silence that still counts as watching, for these limits (None: any)."""
+    if smallest_limit is None or smallest_limit <= timedelta(0):
+        return None
+    return smallest_limit / GAP_FRACTION
+
+
 class OutageLog:
-    """Feeds on every request's result (the client's observer hook); keeps the windows."""
+    """Feeds on every request's result (the client's observer hook); keeps the windows.
+
+    `gap` is the longest silence between two samples that still counts as watching
+    (None: any silence does; the one-shot run, which has no grace); `keep` is how
+    long a closed window is remembered (it matters only while a step that went
+    silent before its end can still be judged: the largest limit, and more).
+    """
 
     def __init__(
         self,
         clock: Callable[[], datetime],
-        keep: timedelta = timedelta(days=7),
-        minimum: timedelta = OUTAGE_MIN,
+        gap: timedelta | None = None,
+        keep: timedelta | None = None,
         max_windows: int = MAX_WINDOWS,
     ) -> None:
         self._clock = clock
-        self._keep = keep
-        self._minimum = minimum
+        self.gap = gap
+        self.keep = keep
         self._max_windows = max_windows
-        self._last_contact: datetime | None = None
+        self._started = clock()
+        self._last_sample = EARLIEST
+        self._first_success: datetime | None = None  # nothing is known before it
         self._failing_since: datetime | None = None
+        self._last_failure: datetime | None = None
         self._closed: list[Window] = []
         self._snapshot = NO_OUTAGES
 
+    def configure(self, gap: timedelta | None, keep: timedelta | None) -> None:
+        """New limits (a reload): the gap and the memory follow them from now on."""
+        self.gap, self.keep = gap, keep
+
     def observe(self, method: str, status: str) -> None:
         now = self._clock()
+        if self._first_success is None:
+            # Nothing is known before the first answer: forgive all of it but the last
+            # half limit (below). A failure meanwhile only says it is not over yet.
+            if status not in UNREACHABLE:
+                self._first_success = now
+                self._close((EARLIEST, now - self._head_start()))
+            self._last_sample = max(self._last_sample, now)
+            return
+        if self._silent(now):
+            self._close((self._last_sample, now))  # nobody watched: it may have been away
         if status in UNREACHABLE:
             if self._failing_since is None:
                 self._failing_since = now
-            return
-        if self._failing_since is not None:
-            if now - self._failing_since >= self._minimum:
-                self._close((self._last_contact or self._failing_since, now))
-            self._failing_since = None
-        self._last_contact = now
+            self._last_failure = now
+        elif self._failing_since is not None and self._last_failure is not None:
+            self._close((self._failing_since, self._last_failure))
+            self._failing_since = self._last_failure = None
+        self._last_sample = max(self._last_sample, now)
+
+    def _head_start(self) -> timedelta:
+        """How much of the time before the first answer counts after all: half the
+        smallest limit. Whatever outage came before, it had ended by that answer, and
+        a worker that retries within half its limit has beaten again half a limit
+        later; a step silent until then is judged from the answer on, less this."""
+        return self.gap * GAP_FRACTION / 2 if self.gap is not None else timedelta(0)
+
+    def _silent(self, now: datetime) -> bool:
+        return self.gap is not None and now - self._last_sample > self.gap
 
     def _close(self, window: Window) -> None:
-        horizon = window[1] - self._keep
-        windows = [w for w in self._closed if w[1] >= horizon]
-        windows.append(window)
-        snapshot = OutageWindows.of(windows)
+        if window[1] <= window[0]:
+            return
+        snapshot = OutageWindows.of([*self._closed, window])
+        if self.keep is not None:
+            # Merged first: a window that touches a later one is the same outage, and a
+            # worker silent since its start is forgiven until that outage ends.
+            try:
+                horizon = window[1] - self.keep
+            except OverflowError:
+                horizon = EARLIEST
+            pairs = zip(snapshot.starts, snapshot.ends, strict=True)
+            snapshot = OutageWindows.of(w for w in pairs if w[1] >= horizon)
         while len(snapshot) > self._max_windows:
             snapshot = _merge_closest(snapshot)
         self._closed = list(zip(snapshot.starts, snapshot.ends, strict=True))
         self._snapshot = snapshot
 
     def windows(self) -> OutageWindows:
-        """Closed windows, plus the open one (until now) once it has lasted OUTAGE_MIN."""
-        if self._failing_since is None:
-            return self._snapshot
+        """Closed windows, plus what is open now: a run of failures, or a silence."""
         now = self._clock()
-        if now - self._failing_since < self._minimum:
-            return self._snapshot
-        return OutageWindows.of([*self._closed, (self._last_contact or self._failing_since, now)])
+        snapshot = self._snapshot
+        if self._first_success is None:
+            return snapshot.extended((EARLIEST, now))
+        if self._failing_since is not None:
+            snapshot = snapshot.extended((self._failing_since, now))
+        if self._silent(now):
+            snapshot = snapshot.extended((self._last_sample, now))
+        return snapshot
+
+    def probe_due(self) -> datetime | None:
+        """When the daemon should sample the platform if nothing else does before:
+        half a gap after the last sample (None: no gap, no need)."""
+        if self.gap is None:
+            return None
+        last = self._started if self._last_sample == EARLIEST else self._last_sample
+        return last + self.gap / 2
 
 
 def _merge_closest(windows: OutageWindows) -> OutageWindows:

@@ -89,6 +89,11 @@ class Rules:
         return self.default
 
     @property
+    def limits(self) -> list[timedelta]:
+        """Every finite limit in force (rules that never mark have none)."""
+        return [r.stale_after for r in (*self.overrides, self.default) if r.stale_after]
+
+    @property
     def smallest_stale_after(self) -> timedelta:
         """The listing filter: no rule can call a step younger than this stale."""
         limits = [r.stale_after for r in (*self.overrides, self.default) if r.stale_after]

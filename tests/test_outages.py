@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sweeper.outages import MAX_WINDOWS, OUTAGE_MIN, OutageLog, OutageWindows
+from sweeper.outages import EARLIEST, MAX_WINDOWS, OutageLog, OutageWindows, watch_gap
 from tests.helpers import NOW, FakeClock
 
 S = timedelta(seconds=1)
@@ -17,66 +17,141 @@ M = timedelta(minutes=1)
 
 
 def pairs(windows: OutageWindows) -> list[tuple[object, object]]:
-    return list(zip(windows.starts, windows.ends, strict=True))
+    """The windows, less the one before the first answer (every log has it)."""
+    return [w for w in zip(windows.starts, windows.ends, strict=True) if w[0] != EARLIEST]
 
 
-def test_a_long_outage_opens_at_last_contact_and_closes_at_recovery(clock: FakeClock) -> None:
-    """Failures lasting OUTAGE_MIN or more: a window from the last good answer to the next."""
-    log = OutageLog(clock)
+def test_a_run_of_failures_is_forgiven_from_its_first_failure_to_its_last(
+    clock: FakeClock,
+) -> None:
+    """Failures with no success between them: a window from the first to the last of them."""
+    log = OutageLog(clock, gap=timedelta(minutes=8))
     log.observe("GET", "200")
-    t_ok = clock()
     clock.advance(timedelta(minutes=5))
     log.observe("GET", "error")
-    clock.advance(OUTAGE_MIN - S)
+    t_first = clock()
+    clock.advance(timedelta(minutes=3))
     log.observe("GET", "503")
-    assert not log.windows()  # not yet an outage
-    clock.advance(S)
-    assert pairs(log.windows()) == [(t_ok, clock())]  # still open: runs until now
-    clock.advance(timedelta(minutes=20))
+    assert pairs(log.windows()) == [(t_first, clock())]  # still open: runs until now
+    t_last = clock()
+    clock.advance(timedelta(minutes=1))
     log.observe("GET", "200")
-    assert pairs(log.windows()) == [(t_ok, clock())]
+    assert pairs(log.windows()) == [(t_first, t_last)]
     clock.advance(timedelta(minutes=5))
     log.observe("PATCH", "404")  # an answer, even a refusal, is contact
-    assert len(log.windows()) == 1
+    assert len(pairs(log.windows())) == 1
 
 
-def test_a_blip_discounts_nothing(clock: FakeClock) -> None:
-    """Failures that end within OUTAGE_MIN are a blip that workers retry through."""
-    log = OutageLog(clock)
+def test_a_single_failure_between_successes_discounts_nothing(clock: FakeClock) -> None:
+    """One failed request between two answers is no evidence of an outage."""
+    log = OutageLog(clock, gap=timedelta(minutes=8))
     log.observe("GET", "200")
     clock.advance(timedelta(minutes=5))
     log.observe("PATCH", "503")
-    clock.advance(OUTAGE_MIN - S)
+    clock.advance(timedelta(minutes=5))
     log.observe("GET", "200")
-    assert not log.windows()
+    assert not pairs(log.windows())
 
 
-def test_windows_are_forgotten_after_a_week(clock: FakeClock) -> None:
+def test_a_silence_longer_than_the_gap_is_unwatched_time(clock: FakeClock) -> None:
+    """Nobody looked for longer than the gap: the platform may have been away."""
+    log = OutageLog(clock, gap=M)
+    log.observe("GET", "200")
+    t_ok = clock()
+    clock.advance(M)
+    log.observe("GET", "200")  # exactly the gap: still watched
+    assert not pairs(log.windows())
+    t_ok = clock()
+    clock.advance(M + S)
+    assert pairs(log.windows()) == [(t_ok, clock())]  # open while nobody looks
+    log.observe("GET", "200")
+    assert pairs(log.windows()) == [(t_ok, clock())]
+
+
+def test_time_before_the_first_answer_is_unknown(clock: FakeClock) -> None:
+    """A daemon that just started knows nothing of what came before: it forgives all of it
+    but the last half of the smallest limit (a live worker has beaten again by then)."""
+    log = OutageLog(clock, gap=M)  # the smallest limit is 8 minutes
+    assert (log.windows().starts, log.windows().ends) == ((EARLIEST,), (clock(),))
+    clock.advance(M)
+    log.observe("GET", "503")  # still down: still unknown
+    clock.advance(M)
+    assert (log.windows().starts, log.windows().ends) == ((EARLIEST,), (clock(),))
+    log.observe("GET", "200")
+    windows = log.windows()
+    assert (windows.starts, windows.ends) == ((EARLIEST,), (clock() - 4 * M,))
+    month = timedelta(days=30)
+    assert windows.overlap(clock() - month, clock()) == month - 4 * M
+
+
+def test_the_gap_and_the_probe_follow_the_limits(clock: FakeClock) -> None:
+    """An eighth of the smallest limit; the daemon probes after half of it, from the start."""
+    assert watch_gap(timedelta(seconds=8)) == S
+    assert watch_gap(timedelta(0)) is None
+    assert watch_gap(None) is None
+    log = OutageLog(clock, gap=watch_gap(timedelta(seconds=8)))
+    assert log.probe_due() == clock() + S / 2
+    clock.advance(S)
+    log.observe("GET", "200")
+    assert log.probe_due() == clock() + S / 2
+    log.configure(None, None)
+    assert log.probe_due() is None
+    log.configure(M, None)
+    assert log.probe_due() == clock() + M / 2
+
+
+def test_windows_are_forgotten_after_keep(clock: FakeClock) -> None:
     """Old windows are dropped so memory stays bounded."""
-    log = OutageLog(clock)
-    log.observe("GET", "timeout")
-    clock.advance(timedelta(hours=1))
+    log = OutageLog(clock, gap=M, keep=timedelta(days=7))
     log.observe("GET", "200")
-    assert len(log.windows()) == 1
-    clock.advance(timedelta(days=8))
+    clock.advance(S)
     log.observe("GET", "timeout")
-    clock.advance(timedelta(hours=1))
+    clock.advance(timedelta(seconds=30))
+    log.observe("GET", "timeout")
+    clock.advance(timedelta(seconds=30))
     log.observe("GET", "200")
-    assert len(log.windows()) == 1
+    assert len(log.windows()) == 2  # before the first answer, and the run
+    for _ in range(13_000):  # 7.5 days of answers every 50 s
+        clock.advance(timedelta(seconds=50))
+        log.observe("GET", "200")
+    log.observe("GET", "timeout")
+    clock.advance(timedelta(seconds=30))
+    log.observe("GET", "timeout")
+    log.observe("GET", "200")
+    assert len(log.windows()) == 1  # forgotten as the new one closed
+
+
+def test_a_window_touching_a_later_one_is_kept_with_it(clock: FakeClock) -> None:
+    """One outage seen as several windows (unwatched, then failing) is remembered whole."""
+    log = OutageLog(clock, gap=M, keep=timedelta(hours=1))
+    log.observe("GET", "200")
+    t_ok = clock()
+    clock.advance(timedelta(hours=5))
+    log.observe("GET", "503")  # nobody looked for 5 hours, and it is down
+    for _ in range(5 * 60):
+        clock.advance(timedelta(seconds=50))
+        log.observe("GET", "503")
+    t_last = clock()
+    clock.advance(S)
+    log.observe("GET", "200")
+    assert pairs(log.windows()) == [(t_ok, t_last)]
 
 
 def test_memory_is_bounded_by_merging_the_closest_windows(clock: FakeClock) -> None:
     """Past MAX_WINDOWS, neighbours merge: fewer windows, never less time forgiven."""
-    log = OutageLog(clock, max_windows=8)
+    log = OutageLog(clock, gap=timedelta(minutes=10), max_windows=8)
     first = clock()
+    log.observe("GET", "200")
     covered = timedelta(0)
     for n in range(50):
         log.observe("GET", "200")
         clock.advance(timedelta(minutes=1 + n % 7))
         log.observe("GET", "503")
         clock.advance(timedelta(minutes=1))
+        log.observe("GET", "503")
+        covered += timedelta(minutes=1)  # first failure -> last failure
+        clock.advance(timedelta(minutes=1))
         log.observe("GET", "200")
-        covered += timedelta(minutes=2 + n % 7)  # last contact -> recovery
         clock.advance(timedelta(minutes=n % 5))
     windows = log.windows()
     assert len(windows) == 8
@@ -85,14 +160,16 @@ def test_memory_is_bounded_by_merging_the_closest_windows(clock: FakeClock) -> N
 
 
 def test_a_platform_that_fails_a_quarter_of_requests_is_not_down(clock: FakeClock) -> None:
-    """25% of answers 503, requests every 0.1-2 s for hours: no outage, no discount."""
+    """25% of answers 503, requests every 0.1-2 s for hours: only runs of failures count,
+    a small part of the time."""
     rng = random.Random(7)
-    log = OutageLog(clock)
+    log = OutageLog(clock, gap=timedelta(minutes=15))
+    log.observe("GET", "200")
     start = clock()
     for _ in range(20_000):
         clock.advance(timedelta(seconds=rng.uniform(0.1, 2.0)))
         log.observe("PATCH", "503" if rng.random() < 0.25 else "200")
-    assert log.windows().overlap(start, clock()) < S
+    assert log.windows().overlap(start, clock()) < (clock() - start) / 10
 
 
 windows_strategy = st.lists(
@@ -162,28 +239,18 @@ def test_overlap_is_never_negative(since: datetime, now: datetime, expected: tim
     assert OutageWindows.of([(T, T + 4 * S)]).overlap(since, now) == expected
 
 
-def test_failures_lasting_exactly_outage_min_are_an_outage(clock: FakeClock) -> None:
-    """OUTAGE_MIN is inclusive: failures lasting exactly that long open a window."""
-    log = OutageLog(clock)
-    log.observe("GET", "200")
-    t_ok = clock()
-    log.observe("GET", "503")
-    clock.advance(OUTAGE_MIN)
-    log.observe("GET", "200")
-    assert pairs(log.windows()) == [(t_ok, clock())]
-
-
 def outage(log: OutageLog, clock: FakeClock, length: timedelta) -> None:
     """One outage: a good answer, failures for `length`, then a good answer again."""
     log.observe("GET", "200")
     log.observe("GET", "503")
     clock.advance(length)
+    log.observe("GET", "503")
     log.observe("GET", "200")
 
 
 def test_a_window_ending_exactly_at_the_horizon_is_kept(clock: FakeClock) -> None:
     """`keep` is inclusive: a window that ended exactly `keep` before the new one's end stays."""
-    log = OutageLog(clock, keep=timedelta(days=1), minimum=S)
+    log = OutageLog(clock, keep=timedelta(days=1))
     outage(log, clock, S)
     old_end = clock()
     clock.advance(timedelta(days=1) - S)
@@ -193,6 +260,24 @@ def test_a_window_ending_exactly_at_the_horizon_is_kept(clock: FakeClock) -> Non
     clock.advance(S)
     outage(log, clock, S)
     assert len(log.windows()) == 2  # the first one is now past the horizon
+
+
+def test_extending_with_an_earlier_window_keeps_everything(clock: FakeClock) -> None:
+    """A run of failures that began before a silence inside it: both are forgiven."""
+    log = OutageLog(clock, gap=M)
+    log.observe("GET", "200")
+    clock.advance(S)
+    log.observe("GET", "503")
+    t_fail = clock()
+    clock.advance(2 * M)
+    log.observe("GET", "503")  # a silence inside the run, closed on its own
+    clock.advance(S)
+    assert pairs(log.windows()) == [(t_fail, clock())]
+    windows = OutageWindows.of([(T, T + S), (T + 3 * S, T + 4 * S)])
+    assert pairs(windows.extended((T + 2 * S, T + 5 * S))) == [(T, T + S), (T + 2 * S, T + 5 * S)]
+    assert pairs(windows.extended((T + 3 * S, T + 3 * S))) == pairs(windows)
+    assert pairs(windows.extended((T + 3 * S, T + 4 * S))) == pairs(windows)
+    assert windows.extended((T + 6 * S, T + 7 * S)).overlap(T, T + 7 * S) == 3 * S
 
 
 @pytest.mark.parametrize(
@@ -208,7 +293,9 @@ def test_the_two_windows_with_the_shortest_gap_merge(
     clock: FakeClock, gaps: tuple[int, int], expected: list[tuple[int, int]]
 ) -> None:
     """Three one-minute windows, room for two: the pair separated by the shortest gap merges."""
-    log = OutageLog(clock, minimum=S, max_windows=2)
+    log = OutageLog(clock, max_windows=3)  # the one before the first answer, and two
+    log.observe("GET", "200")
+    clock.advance(timedelta(days=1))
     start = clock()
     for gap in (0, *gaps):
         clock.advance(gap * M)

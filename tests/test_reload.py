@@ -61,7 +61,8 @@ def start(config: Path, tmp_path: Path) -> tuple[object, Lines]:
 def test_a_changed_rule_threshold_applies_from_the_next_listing(
     platform: Platform, tmp_path: Path
 ) -> None:
-    """stale_after 10h -> 1h in the file: config.reloaded names the key; the next listing marks."""
+    """stale_after 10h -> 2s in the file: config.reloaded names the key; the next listing marks
+    (the time before the daemon's first answer is forgiven but half a limit)."""
     zombies(platform, 3)
     extra = '[schedule]\ninterval = "1s"\n[sweep]\nstale_after = "10h"\n'
     config = write_config(tmp_path, platform.base_url, extra)
@@ -69,14 +70,14 @@ def test_a_changed_rule_threshold_applies_from_the_next_listing(
     try:
         wait_for(lambda: len(lines.named("sweep.finished")) >= 1)
         assert platform.state.patches == []
-        config.write_text(config.read_text().replace('"10h"', '"1h"'))
+        config.write_text(config.read_text().replace('"10h"', '"2s"'))
         wait_for(lambda: len(platform.state.patches) == 3)
         (reloaded,) = lines.named("config.reloaded")
         assert reloaded["changed"] == ["sweep.stale_after"]
         assert reloaded["trigger"] == "file changed"
         started = lines.named("sweep.started")
         assert started[0]["stale_after"] == "10h"
-        assert started[-1]["stale_after"] == "1h"
+        assert started[-1]["stale_after"] == "2s"
     finally:
         proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
         proc.wait(timeout=30)  # type: ignore[attr-defined]
@@ -85,20 +86,20 @@ def test_a_changed_rule_threshold_applies_from_the_next_listing(
 
 def test_a_broken_file_is_refused_and_the_old_one_kept(platform: Platform, tmp_path: Path) -> None:
     """A wrong key: config.reload_failed naming it; the daemon goes on with the old values."""
-    extra = '[schedule]\ninterval = "1s"\n[sweep]\nstale_after = "10h"\n'
+    extra = '[schedule]\ninterval = "1s"\n[sweep]\nstale_after = "2s"\n'
     config = write_config(tmp_path, platform.base_url, extra)
     good = config.read_text()
     proc, lines = start(config, tmp_path)
     try:
         wait_for(lambda: len(lines.named("sweep.finished")) >= 1)
-        config.write_text(good.replace('stale_after = "10h"', 'stale_after = "0s"\nbogus = 1'))
+        config.write_text(good.replace('stale_after = "2s"', 'stale_after = "0s"\nbogus = 1'))
         wait_for(lambda: len(lines.named("config.reload_failed")) == 1)
         (failed,) = lines.named("config.reload_failed")
         assert "sweep.stale_after" in str(failed["error"])
         assert "sweep.bogus" in str(failed["error"])
         sweeps = len(lines.named("sweep.finished"))
         wait_for(lambda: len(lines.named("sweep.finished")) >= sweeps + 2)
-        assert lines.named("sweep.started")[-1]["stale_after"] == "10h"
+        assert lines.named("sweep.started")[-1]["stale_after"] == "2s"
         assert len(lines.named("config.reload_failed")) == 1  # once per change, not per listing
         zombies(platform, 1, hours=20)
         wait_for(lambda: len(platform.state.patches) == 1)  # still sweeping, old limits
@@ -116,7 +117,8 @@ def test_sighup_reloads_and_loses_no_write(platform: Platform, tmp_path: Path) -
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     extra = (
-        f'max_concurrency = 2\n[schedule]\ninterval = "1h"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+        'max_concurrency = 2\n[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "2s"\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n'
     )
     config = write_config(tmp_path, platform.base_url, extra)
     proc = start_sweeper("--config", str(config), "run")

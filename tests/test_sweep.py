@@ -552,10 +552,10 @@ def test_outage_windows_are_discounted_in_the_sweep(
 def test_daemon_outage_memory_spares_steps_that_could_not_report(
     platform: FakePlatform, clock: FakeClock
 ) -> None:
-    """A sweep that finds the platform down opens an outage; the next one discounts it."""
+    """A sweep that finds the platform down, then three hours nobody watched: discounted."""
     from sweeper.outages import OutageLog
 
-    outages = OutageLog(clock)
+    outages = OutageLog(clock, gap=timedelta(minutes=15))
     # 1h in: the platform answers, and the step's worker is alive.
     platform.add(record("s", started=5 * H, heartbeat=timedelta(minutes=1)))
     sweeper = make_sweeper(platform, clock, max_attempts=1)
