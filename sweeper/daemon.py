@@ -183,11 +183,16 @@ class Daemon:
             if wait is None or wait > 0:
                 await _first_of(self.stop, self._rewatch, seconds=wait)
                 continue
-            assert self.generation is not None
+            assert self.generation is not None and self.outages.gap is not None
             try:
                 await self._probe(self.generation.sweeper.client)
             except SweeperError as exc:
                 log.debug("outage.probe_failed", error=str(exc))
+            except Exception as exc:  # never the end of watching; the listings go on
+                log.error("outage.probe_failed", error=f"{type(exc).__name__}: {exc}")
+            # A probe that sent nothing (a refused token, a stop) is no sample: wait all
+            # the same, or this loop would spin.
+            await _first_of(self.stop, self._rewatch, seconds=self.outages.gap.total_seconds() / 2)
 
     @staticmethod
     async def _probe(client: PlatformClient) -> None:

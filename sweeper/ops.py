@@ -113,7 +113,8 @@ class Metrics:
         )
         self.detection_lag = Histogram(
             "sweeper_detection_lag_seconds",
-            "Precise marking: seconds from a step crossing its limit to its write.",
+            "Precise marking: seconds from a step crossing its limit, watched by a timer,"
+            " to its write (a backlog found by a listing is not counted).",
             buckets=LAG_BUCKETS,
             registry=registry,
         )
@@ -209,7 +210,7 @@ class Metrics:
             self.steps.labels(outcome=entry.count_name, status=entry.status or "").inc()
             if entry.runaway:
                 self.runaways.labels(outcome=entry.count_name, status=entry.status or "").inc()
-            if entry.lagSeconds is not None:
+            if entry.watched and entry.lagSeconds is not None:
                 self.observe_detection_lag(max(entry.lagSeconds, 0.0))
         self.records_invalid.inc(report.counts["invalid"])
         self.zombies.set(report.counts["zombies"])

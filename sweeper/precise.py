@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sweeper.errors import GuardRefused, LeaseLost
+from sweeper.errors import GuardRefused, Interrupted, LeaseLost, PlatformError, TokenRefused
 from sweeper.model import Step
 from sweeper.policy import Decision, SkipReason, recheck
 from sweeper.report import Result, StepEntry
@@ -135,7 +135,7 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
             give_up_at=deadline_at,
         )
     except Exception as exc:
-        run.settle_failure(run.new_entry(step.step_id, step.organization_id), exc)
+        unchecked(run, step, exc)
         return
     verdict = rearm(step, current, sweeper.clock(), interval.until, cfg.rules, sweeper.outages())
     if verdict.next is Next.REARM and verdict.step is not None and verdict.due is not None:
@@ -179,6 +179,33 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
         return recheck(step, again, sweeper.clock(), cfg.rules, sweeper.outages())
 
     await run.handle(judge, entry, verdict.decision, deadline_at, reserved=True)
+    # Its lag is precise marking's detection lag: it crossed its limit while a timer
+    # watched it. A backlog written by a listing (at start, after a timer's re-read
+    # failed, by a periodic sweep) is not: the histogram means one thing.
+    entry.watched = True
+
+
+def unchecked(run: _Run, step: Step, exc: Exception) -> None:
+    """A timer's re-read gave no answer: nothing showed the step stale, so it is no
+    zombie (no entry, no step.failed); the next listing reads it again. What stops
+    every write (a refused token, a guard, the unforeseen) still stops them."""
+    match exc:
+        case TokenRefused():
+            run.halt(Result.TOKEN_REFUSED, "token_refused", exc)
+        case GuardRefused():
+            run.halt(Result.REFUSED, exc.guard, exc)
+        case Interrupted():
+            pass  # stopping: the next listing, if any, takes it over
+        case PlatformError():
+            run.counts["unchecked"] += 1
+            run.log.debug(  # counted in sweep.finished; hundreds at once on a slow platform
+                "timer.unchecked",
+                step_id=step.step_id,
+                organization_id=step.organization_id,
+                error=str(exc),
+            )
+        case _:
+            run.halt(Result.CRASHED, "crashed", exc)
 
 
 def interval_end(sweeper: Sweeper, interval: Interval) -> float:

@@ -75,6 +75,7 @@ LISTING_COUNTS = (
     "exempt",
     "not_stale",
     "armed",
+    "unchecked",
     "zombies",
 )
 #: The zombie outcomes, as counted; derived from the entries, so they add up to `zombies`.
@@ -125,6 +126,9 @@ class StepEntry:
     lagSeconds: float | None = None
     #: True when a write was sent whose answer was lost: it may have been applied.
     unconfirmed: bool | None = None
+    #: True when a precise-marking timer watched it cross its limit: its lag is
+    #: detection lag (the histogram); a listing's backlog has lag but no watch.
+    watched: bool | None = None
     #: `mark` without --force, a step left alone: the limit it is within (`2h`, `never`).
     limit: str | None = None
     #: What made it a zombie: `stale`, or `max_runtime` for a runaway (None by hand).

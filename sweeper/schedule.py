@@ -112,9 +112,11 @@ async def run_daemon(
         if stop.is_set() or not may_list():
             return
         state.job = asyncio.current_task()
+        report, work = new_sweep()
+        # Read after new_sweep: a reload it applied may have rescheduled the job, and the
+        # old next listing time would make a lengthened interval look overrun.
         job = state.scheduler.get_job("sweep") if state.scheduler is not None else None
         next_listing = job.next_run_time if job is not None else None
-        report, work = new_sweep()
         state.last_report = report
         state.current = asyncio.ensure_future(work)
         try:

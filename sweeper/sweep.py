@@ -47,7 +47,7 @@ from sweeper.policy import (
 )
 from sweeper.precise import Interval, run_timers
 from sweeper.report import Outcome, Result, StepEntry, StepKey, SweepReport
-from sweeper.timers import Timer, due_at, listing_horizon
+from sweeper.timers import Timer, due_at, half_silent, listing_horizon
 from sweeper.writes import Writes, fill
 
 log = structlog.get_logger("sweeper.sweep")
@@ -171,6 +171,7 @@ class _Run(Writes):
         self.interval = interval
         self.soon: list[Timer] = []  # precise mode: steps due before the interval ends
         self.confirmed = 0  # precise mode: zombies confirmed in this interval so far
+        self.silent = 0  # precise mode: listed steps silent past half their limit
         self.client = sweeper.client
         self.cfg = sweeper.config
         self.report = report
@@ -256,15 +257,14 @@ class _Run(Writes):
             await self.write_all(zombies)
             return
         # Precise: the guard counts the zombies due in this listing interval: those due
-        # now, and those due later that have already been silent a whole interval. A
-        # step that showed life within the interval is not counted as a coming zombie:
-        # with a limit shorter than the interval every healthy step has a due moment
-        # in it, and counting them would refuse every listing of a large fleet. The
-        # zombies the timers then confirm are counted as they come (`precise.fire`).
+        # now, and those due later that have already been silent past half their limit
+        # (operations.md, "Precise marking"). A healthy step (silent less than that) is
+        # not counted: with a limit shorter than the interval every healthy step has a
+        # due moment in it, and counting them would refuse every listing of a large
+        # fleet. The zombies the timers then confirm are counted as they come, and no
+        # interval marks more than max_steps (`precise.fire`).
         interval.timers.clear()
-        now, length = self.s.clock(), interval.until - self.s.clock()
-        silent = [t for t in self.soon if now - t.step.last_sign_of_life[1] >= length]
-        check_blast_radius(len(zombies) + len(silent), self.cfg.max_steps)
+        check_blast_radius(len(zombies) + self.silent, self.cfg.max_steps)
         self.confirmed = len(zombies)
         for timer in sorted(self.soon, key=lambda t: t.due):
             if not interval.timers.arm(timer.step, timer.due, self.report.sweep_id):
@@ -419,6 +419,7 @@ class _Run(Writes):
             seen.add(key)
             self.counts[verdict.value] += 1
             if verdict is Spared.NOT_STALE and self.interval is not None:
+                self.silent += half_silent(record, now, self.cfg.rules, outages)
                 due = due_at(record, self.cfg.rules, outages)
                 if due is not None and due < self.interval.until:
                     self.soon.append(Timer(record, due, self.report.sweep_id))

@@ -66,6 +66,18 @@ def _runaway_due(step: Step, rule: Rule) -> datetime | None:
         return None
 
 
+def half_silent(
+    step: Step, now: datetime, rules: Rules, outages: OutageWindows = NO_OUTAGES
+) -> bool:
+    """Has this step been silent past half its limit (outage time not counted)? The
+    precise-mode guard counts such steps at the listing as zombies to come."""
+    limit = rules.rule_for(step).stale_after
+    if step.status != StepStatus.RUNNING or limit is None:
+        return False
+    _, last_seen = step.last_sign_of_life
+    return now - last_seen - outages.overlap(last_seen, now) > limit / 2
+
+
 def _cross(last_seen: datetime, limit: timedelta, outages: OutageWindows) -> datetime:
     """The last moment at which idle time is still exactly `limit` (decide still spares).
 

@@ -125,13 +125,13 @@ def test_a_timer_firing_at_the_end_of_the_interval_starts_no_write_after_it(
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.e2e import Platform, environment, write_config  # noqa: E402
+from tests.e2e import Platform, environment, wait_for, write_config  # noqa: E402
 
 
 @pytest.fixture(name="real")
@@ -140,9 +140,8 @@ def _real(shared_platform: Platform) -> Platform:
     return shared_platform
 
 
-def run_daemon_until(config: Path, tmp_path: Path, listings: int, timeout: float = 90) -> str:
-    """Run the daemon until it has started `listings` listings (an event, not a fixed
-    sleep: on a loaded machine the start-up alone can take seconds), then stop it."""
+def run_daemon_until(config: Path, tmp_path: Path, done: Callable[[str], bool]) -> str:
+    """Run the real daemon until its log shows `done` (an event, with a generous bound)."""
     err = tmp_path / "daemon.log"
     with err.open("w") as handle:
         proc = subprocess.Popen(
@@ -161,11 +160,7 @@ def run_daemon_until(config: Path, tmp_path: Path, listings: int, timeout: float
             env=environment(),
         )
     try:
-        deadline = time.monotonic() + timeout
-        while err.read_text().count('"sweep.started"') < listings:
-            assert time.monotonic() < deadline, "too few listings in time"
-            assert proc.poll() is None, err.read_text()
-            time.sleep(0.05)
+        wait_for(lambda: done(err.read_text()), timeout=120)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
@@ -175,26 +170,27 @@ def run_daemon_until(config: Path, tmp_path: Path, listings: int, timeout: float
 def test_daemon_precise_timers_on_a_slow_platform_lose_no_listing(
     real: Platform, tmp_path: Path
 ) -> None:
-    """interval 2s, platform latency 0.4s (api.timeout 5s), steps due every 100 ms over
-    the next 6 s. A timer firing near an interval's end is read (0.4 s) and written
-    (0.4 s) after the 250 ms margin: the listing run is still going when the next is due
-    and APScheduler skips it ("maximum number of running instances reached")."""
+    """interval 2s, platform latency 0.4s (api.timeout 5s), steps due every 100 ms from
+    about 2 s after the start. A timer firing near an interval's end is read (0.4 s) and
+    written (0.4 s) after the 250 ms margin: the listing run is still going when the next
+    is due and APScheduler skips it ("maximum number of running instances reached").
+    Observed until the fourth listing and the last step marked (events, not a clock)."""
     now = datetime.now(UTC)
-    limit = timedelta(minutes=1)
-    for i in range(60):
-        real.state.add(record(f"d{i}", now=now, started=limit - timedelta(seconds=2 + i * 0.1)))
+    for i in range(20):
+        real.state.add(record(f"d{i}", now=now, started=timedelta(seconds=2 - i * 0.1)))
     real.faults.latency = timedelta(milliseconds=400)
-    extra = '[schedule]\ninterval = "2s"\nprecise = true\n[sweep]\nstale_after = "1m"\n'
+    extra = '[schedule]\ninterval = "2s"\nprecise = true\n[sweep]\nstale_after = "4s"\n'
     config = write_config(tmp_path, real.base_url, extra)
-    log = run_daemon_until(config, tmp_path, listings=5)
-    lines = log.splitlines()
+
+    def done(log: str) -> bool:
+        return log.count('"sweep.started"') >= 4 and len(real.state.patches) == 20
+
+    lines = run_daemon_until(config, tmp_path, done).splitlines()
     skipped = [line for line in lines if "maximum number of running instances" in line]
     overran = [line for line in lines if '"sweep.overran"' in line]
-    listings = [line for line in lines if '"sweep.started"' in line]
     # An interval that ran past the next listing's time lists again at once: none lost.
     # (The stop may cut the last one: a daemon stopping lists nothing more.)
     assert len(overran) >= len(skipped) - 1
-    assert len(listings) >= 4, len(listings)
 
 
 def test_a_reload_whose_apply_fails_keeps_the_old_one_whole(tmp_path: Path) -> None:

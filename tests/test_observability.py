@@ -47,11 +47,11 @@ def test_a_refused_token_names_where_it_came_from(platform: Platform, tmp_path: 
 
 def test_a_replaced_token_sweeps_at_once(platform: Platform, tmp_path: Path) -> None:
     """After a refusal, a new token in the file is noticed and swept with at once, not an
-    interval (here an hour) later."""
+    interval (here an hour) later. (A limit of 2 s: outage grace forgives the time before
+    the daemon's first answer but half a limit.)"""
     platform.state.add(record("z0", now=datetime.now(UTC), started=timedelta(hours=5)))
-    config = write_config(
-        tmp_path, platform.base_url, '[schedule]\ninterval = "1h"\n', token="not-the-token"
-    )
+    extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "2s"\n'
+    config = write_config(tmp_path, platform.base_url, extra, token="not-the-token")
     proc = start_sweeper("--config", str(config), "run")
     try:
         wait_for(lambda: platform.counters.requests >= 1)  # the refused listing

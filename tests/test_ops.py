@@ -23,8 +23,9 @@ def report(clock: FakeClock, result: Result = Result.COMPLETED) -> SweepReport:
     r.finished_at = clock()
     r.counts.update(zombies=3, invalid=2)
     r.entries += [
-        StepEntry("a", "org", Outcome.MARKED, status="FAILED", lagSeconds=0.4),
-        StepEntry("b", "org", Outcome.MARKED, status="CANCELLED"),
+        StepEntry("a", "org", Outcome.MARKED, status="FAILED", lagSeconds=0.4, watched=True),
+        # A backlog a listing wrote: it has a lag, but no timer watched it cross.
+        StepEntry("b", "org", Outcome.MARKED, status="CANCELLED", lagSeconds=300.0),
         StepEntry("c", "org", Outcome.SKIPPED, reason="finished", status="FAILED"),
     ]
     return r
@@ -78,7 +79,7 @@ def test_metrics_endpoint_serves_every_documented_metric(
     assert samples[("sweeper_sweep_duration_seconds_sum", ())] == 3
     assert samples[("sweeper_last_success_timestamp_seconds", ())] == NOW.timestamp()
     assert samples[("sweeper_zombies_found", ())] == 3
-    # The detection lag of each marked step that carries one.
+    # The detection lag of each marked step a timer watched, and of no other.
     assert samples[("sweeper_detection_lag_seconds_count", ())] == 1
     assert samples[("sweeper_detection_lag_seconds_bucket", (("le", "0.5"),))] == 1
     assert samples[("sweeper_records_invalid_total", ())] == 2

@@ -107,7 +107,10 @@ def test_daemon_works_without_the_server_stack(platform: Platform, tmp_path: Pat
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    extra = f'[schedule]\ninterval = "1h"\n[server]\nlisten = "127.0.0.1:{port}"\n'
+    extra = (
+        '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "2s"\n'  # marks a second in
+        f'[server]\nlisten = "127.0.0.1:{port}"\n'
+    )
     config = write_config(tmp_path, platform.base_url, extra)
     proc = subprocess.Popen(
         command("--config", str(config), "run"),

@@ -225,3 +225,53 @@ def test_a_sweep_that_raises_is_counted_as_crashed() -> None:
     state = asyncio.run(main())
     assert seen[0].result is Result.CRASHED
     assert state.blocked_by is Result.CRASHED
+
+
+def test_a_reload_that_lengthens_the_interval_is_no_overrun() -> None:
+    """Finding 15: the listing applies a reload that reschedules the job from 1 h to 2 h,
+    and lasts 90 min (an injected clock): no false sweep.overran, no listing at once."""
+    from apscheduler.triggers.interval import IntervalTrigger
+    from structlog.testing import capture_logs
+
+    now = [datetime.now(UTC)]
+    state = DaemonState()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        def new_sweep() -> tuple[SweepReport, Any]:
+            state.scheduler.reschedule_job(
+                "sweep", trigger=IntervalTrigger(hours=2, timezone="UTC")
+            )
+            report = SweepReport("id", now[0], dry_run=False)
+
+            async def work() -> SweepReport:
+                now[0] += timedelta(minutes=90)
+                return report
+
+            return report, work()
+
+        swept = asyncio.Event()
+        state.listeners.append(lambda _: swept.set())
+
+        async def stop_after_the_first_sweep() -> None:
+            await swept.wait()
+            for _ in range(5):  # let the job finish its bookkeeping
+                await asyncio.sleep(0)
+            stop.set()
+
+        stopper = asyncio.ensure_future(stop_after_the_first_sweep())
+        await run_daemon(
+            new_sweep,
+            stop=stop,
+            trigger=IntervalTrigger(hours=1, timezone="UTC"),
+            misfire_grace=timedelta(minutes=5),
+            state=state,
+            clock=lambda: now[0],
+        )
+        await stopper
+
+    with capture_logs() as logs:
+        asyncio.run(main())
+    assert state.sweeps == 1
+    assert not [e for e in logs if e["event"] == "sweep.overran"]
