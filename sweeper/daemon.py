@@ -147,12 +147,13 @@ class Daemon:
         self.metrics = Metrics(registry)
         self.state.listeners.append(self.metrics.observe_sweep)
         self.state.listeners.append(self._status)
-        self.outages = OutageLog(lambda: datetime.now(UTC))
+        self.generation: _Generation | None = None
+        # On the platform's clock, as the step timestamps its windows are laid against.
+        self.outages = OutageLog(self._platform_now)
         self._watch_outages(settings)
         #: Set when the limits change, so that the prober looks at its cadence again.
         self._rewatch = asyncio.Event()
         self.pending: Settings | None = None
-        self.generation: _Generation | None = None
         self.health: Health | None = None
         self.timers = TimerHeap(settings.sweep.max_steps)
         self._closing: set[asyncio.Future[None]] = set()
@@ -179,7 +180,7 @@ class Daemon:
         while not self.stop.is_set():
             self._rewatch.clear()
             due = self.outages.probe_due()
-            wait = None if due is None else (due - datetime.now(UTC)).total_seconds()
+            wait = None if due is None else (due - self._platform_now()).total_seconds()
             if wait is None or wait > 0:
                 await _first_of(self.stop, self._rewatch, seconds=wait)
                 continue
@@ -199,6 +200,10 @@ class Daemon:
         """One listing page of steps that started before 1970: a cheap answer."""
         async for _ in client.list_running(PROBE_BEFORE, 1):
             return
+
+    def _platform_now(self) -> datetime:
+        generation = self.generation
+        return generation.sweeper.platform_now() if generation else datetime.now(UTC)
 
     def _observe(self, method: str, status: str) -> None:
         self.metrics.observe_request(method, status)
@@ -384,6 +389,11 @@ class Daemon:
             return  # the one in force stays, whole
         self.settings = settings
         self.generation = generation
+        new_check, old_check = generation.sweeper.client.clock_check, None
+        if old is not None and old.settings.api.base_url == settings.api.base_url:
+            old_check = old.sweeper.client.clock_check
+        if new_check is not None and old_check is not None:
+            new_check.offset = old_check.offset  # the same platform's clock, until it answers
         self._watch_outages(settings)
         self._rewatch.set()
         if old is not None:

@@ -51,6 +51,10 @@ class ClockCheck:
         self.max_skew = max_skew
         self.clock = clock
         self.warned_missing = False
+        #: The platform's clock minus ours, at most: its Date is whole seconds, truncated,
+        #: and was stamped before we read it. Step timestamps are judged against our
+        #: clock plus this, so a skew the check accepts never adds to idle time.
+        self.offset = timedelta(0)
 
     def begin_sweep(self) -> None:
         """Each sweep warns afresh about a missing Date header."""
@@ -79,6 +83,7 @@ class ClockCheck:
             return InvalidAnswer("the platform's Date header is out of range")
         if abs(skew) > self.max_skew + DATE_RESOLUTION:
             return ClockSkewRefused(skew.total_seconds(), self.max_skew.total_seconds())
+        self.offset = skew
         return None
 
     def observe(self, date_header: str | None) -> None:

@@ -133,7 +133,11 @@ class OutageLog:
         self.gap = gap
         self.keep = keep
         self._max_windows = max_windows
-        self._started = clock()
+        self.forget()
+
+    def forget(self) -> None:
+        """Know nothing again, as at the start: another platform (a new api.base_url)."""
+        self._started = self._clock()
         self._last_sample = EARLIEST
         self._first_success: datetime | None = None  # nothing is known before it
         self._failing_since: datetime | None = None

@@ -73,16 +73,16 @@ async def run_timers(run: _Run, interval: Interval) -> None:
                 break
             interval.wake.clear()
             interval.refill()
-            due = heap.next_due()
+            due = heap.next_due()  # on the platform's clock, as step timestamps are
             if sweeper.clock() >= interval.until:
                 break  # the next listing is due: it takes over whatever is left
-            if due is not None and due < interval.until:
-                wait = (due - sweeper.clock()).total_seconds()
+            if due is not None and due < sweeper.on_platform(interval.until):
+                wait = (due - sweeper.platform_now()).total_seconds()
                 if wait > 0:
                     left = (interval.until - sweeper.clock()).total_seconds()
                     await sweeper.nap(min(wait, left), interval.wake)
                     continue
-                for timer in heap.pop_due(sweeper.clock()):
+                for timer in heap.pop_due(sweeper.platform_now()):
                     await slots.acquire()
                     task = asyncio.ensure_future(fire(run, interval, timer))
                     firing.add(task)
@@ -118,8 +118,9 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
     due = due_at(timer.step, cfg.rules, sweeper.outages())
     if due is None:
         return
-    if due > sweeper.clock():
-        arm(interval, timer.step, due, timer.sweep_id)
+    until = sweeper.on_platform(interval.until)
+    if due > sweeper.platform_now():
+        arm(interval, timer.step, due, timer.sweep_id, until)
         return
     # A write never starts later than sweep.deadline after its timer fired, nor after
     # the interval ends (the next listing reads the step again and takes it over).
@@ -137,17 +138,18 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
     except Exception as exc:
         unchecked(run, step, exc)
         return
-    verdict = rearm(step, current, sweeper.clock(), interval.until, cfg.rules, sweeper.outages())
+    now, until = sweeper.platform_now(), sweeper.on_platform(interval.until)
+    verdict = rearm(step, current, now, until, cfg.rules, sweeper.outages())
     if verdict.next is Next.REARM and verdict.step is not None and verdict.due is not None:
-        if verdict.due > sweeper.clock():
-            arm(interval, verdict.step, verdict.due, timer.sweep_id)
+        if verdict.due > now:
+            arm(interval, verdict.step, verdict.due, timer.sweep_id, until)
             return
         # It moved, yet is already past its new moment (a backdated sign of life):
         # judge this read as the new baseline now, rather than read it again and again.
         step = verdict.step
-        verdict = rearm(step, step, sweeper.clock(), interval.until, cfg.rules, sweeper.outages())
+        verdict = rearm(step, step, now, until, cfg.rules, sweeper.outages())
         if verdict.next is Next.REARM and verdict.step is not None and verdict.due is not None:
-            arm(interval, verdict.step, verdict.due, timer.sweep_id)
+            arm(interval, verdict.step, verdict.due, timer.sweep_id, until)
             return
     if verdict.next is Next.DROP:
         # Finished, gone or alive at its due moment: it never was a zombie.
@@ -176,7 +178,7 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
         return  # left pending: refused when the interval ends
 
     def judge(again: Step | None) -> Decision | SkipReason:
-        return recheck(step, again, sweeper.clock(), cfg.rules, sweeper.outages())
+        return recheck(step, again, sweeper.platform_now(), cfg.rules, sweeper.outages())
 
     await run.handle(judge, entry, verdict.decision, deadline_at, reserved=True)
     # Its lag is precise marking's detection lag: it crossed its limit while a timer
@@ -213,6 +215,7 @@ def interval_end(sweeper: Sweeper, interval: Interval) -> float:
     return sweeper.monotonic() + (interval.until - sweeper.clock()).total_seconds()
 
 
-def arm(interval: Interval, step: Step, due: datetime, sweep_id: str) -> None:
-    if due < interval.until and interval.timers.arm(step, due, sweep_id):
+def arm(interval: Interval, step: Step, due: datetime, sweep_id: str, until: datetime) -> None:
+    """Arm a timer due (on the platform's clock) before `until` (the interval's end, there)."""
+    if due < until and interval.timers.arm(step, due, sweep_id):
         interval.wake.set()

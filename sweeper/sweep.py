@@ -111,6 +111,17 @@ class Sweeper:
         self.outages = outages
         self.nap = nap or self._nap
 
+    def on_platform(self, moment: datetime) -> datetime:
+        """A moment of our clock on the platform's, as far as its Date answers show: never
+        later than the platform's own (their one-second resolution counts against us), so
+        idle time is never overstated by a clock skew (guards.ClockCheck.offset)."""
+        check = self.client.clock_check
+        return moment + (check.offset if check is not None else timedelta(0))
+
+    def platform_now(self) -> datetime:
+        """Now on the platform's clock: what step timestamps are compared with."""
+        return self.on_platform(self.clock())
+
     async def _nap(self, seconds: float, wake: asyncio.Event) -> None:
         """Sleep between timers; a stop or a re-armed timer ends it early."""
         stop, woken = (asyncio.ensure_future(e.wait()) for e in (self.stop, wake))
@@ -296,13 +307,13 @@ class _Run(Writes):
         limits = None if force else self.cfg.rules
 
         def judge(current: Step | None) -> Decision | SkipReason:
-            return decide_by_hand(current, self.s.clock(), rule, limits)
+            return decide_by_hand(current, self.s.platform_now(), rule, limits)
 
         current = await self.client.get_step(
             step_id, organization_id, then_write=not self.cfg.dry_run
         )
         if limits is not None and current is not None and current.status == StepStatus.RUNNING:
-            within = within_limit(current, self.s.clock(), limits)
+            within = within_limit(current, self.s.platform_now(), limits)
             if within is not None:
                 self.refuse_live(entry, within)
         await self.handle(judge, entry, judge(current), reserved=True)
@@ -376,14 +387,16 @@ class _Run(Writes):
         cfg = self.cfg
         zombies: dict[StepKey, Decision] = {}
         seen: set[StepKey] = set()  # spared steps, by identity: exact, no hash to collide
-        now = self.s.clock()
+        # Step timestamps are the platform's: they are compared with its clock.
+        now = self.s.platform_now()
         started_before = now - cfg.rules.smallest_limit  # stale and runaway candidates
         if self.interval is not None:
             # Young steps that will be due before the next listing are listed too.
-            started_before = listing_horizon(now, self.interval.until - now, cfg.rules)
+            until = self.s.on_platform(self.interval.until)
+            started_before = listing_horizon(now, until - now, cfg.rules)
         pages = self.client.list_running(started_before, cfg.page_size, self.deadline_at)
         async for page in pages:
-            now = self.s.clock()
+            now = self.s.platform_now()
             outages = self.s.outages()
             for record in page.records:
                 self.counts["listed"] += 1
@@ -421,7 +434,7 @@ class _Run(Writes):
             if verdict is Spared.NOT_STALE and self.interval is not None:
                 self.silent += half_silent(record, now, self.cfg.rules, outages)
                 due = due_at(record, self.cfg.rules, outages)
-                if due is not None and due < self.interval.until:
+                if due is not None and due < self.s.on_platform(self.interval.until):
                     self.soon.append(Timer(record, due, self.report.sweep_id))
             return
         zombies[key] = verdict
@@ -460,7 +473,7 @@ class _Run(Writes):
         listed = decision.step
 
         def judge(current: Step | None) -> Decision | SkipReason:
-            return recheck(listed, current, self.s.clock(), self.cfg.rules, self.s.outages())
+            return recheck(listed, current, self.s.platform_now(), self.cfg.rules, self.s.outages())
 
         verdict: Decision | SkipReason | None = None if self.cfg.recheck else decision
         await self.handle(judge, entry, verdict)

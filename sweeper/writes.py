@@ -253,7 +253,8 @@ class Writes:
         entry.settle(outcome, reason)
         if outcome is Outcome.MARKED and not self.report.manual:
             # Detection lag: from the moment the step crossed its limit to its write.
-            entry.lagSeconds = round((self.s.clock() - decision.crossed_at).total_seconds(), 3)
+            lag = self.s.platform_now() - decision.crossed_at
+            entry.lagSeconds = round(lag.total_seconds(), 3)
         self.log.info(
             "step.marked" if outcome is Outcome.MARKED else "step.would_mark",
             step_id=entry.stepId,

@@ -16,7 +16,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -483,7 +482,9 @@ def test_reload_to_an_unusable_token_is_refused_and_the_old_one_kept(
         wait_for(lambda: '"sweep.finished"' in err.read_text())
         (tmp_path / "api-token").write_text(TOKEN + "\u00e9\n", encoding="utf-8")
         wait_for(lambda: "config.reload" in err.read_text())
-        time.sleep(3)  # a few more listings (interval 1s)
+        listed = err.read_text().count('"sweep.finished"')
+        # A few more listings (interval 1s): events, not a clock.
+        wait_for(lambda: err.read_text().count('"sweep.finished"') >= listed + 3, timeout=60)
     finally:
         stop_daemon(proc)
     events = events_of(err.read_text())
@@ -514,7 +515,8 @@ def test_sighup_with_a_deeply_nested_config_is_reported_failed(
         config.write_text(text + "[sweep]\norganizations = " + "[" * 3000 + "]" * 3000 + "\n")
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "hangup" in err.read_text() or "config.reload" in err.read_text())
-        time.sleep(1)
+        listed = err.read_text().count('"sweep.finished"')
+        wait_for(lambda: err.read_text().count('"sweep.finished"') > listed, timeout=60)
     finally:
         stop_daemon(proc)
     names = [e["event"] for e in events_of(err.read_text())]
@@ -622,7 +624,9 @@ def test_an_unrelated_reload_keeps_a_refused_token_unsent(live: Platform, tmp_pa
         assert refused == 1  # one 401, then nothing: as it should be
         config.write_text(config.read_text() + "[sweep]\npage_size = 100\n")
         wait_for(lambda: "config.reload" in err.read_text())
-        time.sleep(2.5)  # two more listings at interval 1s
+        listed = err.read_text().count('"sweep.finished"')
+        # Two more listings at interval 1s: events, not a clock.
+        wait_for(lambda: err.read_text().count('"sweep.finished"') >= listed + 2, timeout=60)
     finally:
         stop_daemon(proc)
     assert live.counters.requests == refused, "the refused token was sent again"

@@ -12,7 +12,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -148,19 +147,16 @@ def test_api_timeout_bounds_the_whole_request(platform: Platform, tmp_path: Path
             return None
 
         async def body():  # type: ignore[no-untyped-def]
-            for _ in range(200):
+            while True:  # a trickle that never ends: only api.timeout can end the request
                 yield b" "
                 await asyncio.sleep(0.1)
 
         return StreamingResponse(body(), media_type="application/json")
 
     platform.hooks.append(trickle)
-    started = time.monotonic()
     result = run_once(platform, tmp_path, 'timeout = "1s"\n')
-    elapsed = time.monotonic() - started
     assert result.code == 75, result.stderr
     assert "api.timeout" in result.named("sweep.aborted")[0]["error"]
-    assert elapsed < 15  # the trickle alone would take 20 s; a hang would take forever
 
 
 def test_a_write_retried_after_the_step_finished_is_not_sent(

@@ -106,7 +106,8 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         type=_signed_duration,
         default=timedelta(0),
         metavar="DURATION",
-        help="offset of the Date header from the real clock, e.g. -5m (default: 0s)",
+        help="offset of the platform's clock (its Date and its timestamps) from the real one,"
+        " e.g. -5m (default: 0s)",
     )
     dev.add_argument(
         "--seed",
@@ -142,20 +143,18 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_demo()
     import asyncio
+    from datetime import UTC, datetime
 
     from sweeper.devserver.app import Faults
     from sweeper.devserver.server import serve_forever
     from sweeper.devserver.state import PlatformState
 
-    state = PlatformState()
+    skew = args.clock_skew
+    # A platform whose clock is off stamps its steps with it, not only its Date header.
+    state = PlatformState(clock=lambda: datetime.now(UTC) + skew)
     state.seed(args.zombies, args.live, args.seed)
     state.seed_runaways(args.runaways, args.seed)
-    faults = Faults(
-        latency=args.latency,
-        error_rate=args.error_rate,
-        clock_skew=args.clock_skew,
-        seed=args.seed,
-    )
+    faults = Faults(latency=args.latency, error_rate=args.error_rate, seed=args.seed)
     # uvicorn handles SIGTERM/SIGINT while serving, then re-raises them under the
     # handlers it found: with these, a clean stop exits 0 instead of dying by signal.
     for signum in (signal.SIGTERM, signal.SIGINT):
