@@ -55,6 +55,7 @@ class ClockCheck:
         #: and was stamped before we read it. Step timestamps are judged against our
         #: clock plus this, so a skew the check accepts never adds to idle time.
         self.offset = timedelta(0)
+        self._offset_seen = False
 
     def begin_sweep(self) -> None:
         """Each sweep warns afresh about a missing Date header."""
@@ -83,8 +84,17 @@ class ClockCheck:
             return InvalidAnswer("the platform's Date header is out of range")
         if abs(skew) > self.max_skew + DATE_RESOLUTION:
             return ClockSkewRefused(skew.total_seconds(), self.max_skew.total_seconds())
-        self.offset = skew
+        self.learn_offset(skew)
         return None
+
+    def learn_offset(self, bound: timedelta) -> None:
+        """Keep the tightest lower bound of the offset: each answer gives one (its Date
+        less our clock). The highest seen is kept, so that our idea of the platform's
+        clock moves on with ours instead of standing still within a Date's second; one
+        lower by more than the Date's resolution means the platform's clock went back."""
+        if not self._offset_seen or bound > self.offset or bound < self.offset - DATE_RESOLUTION:
+            self.offset = bound
+            self._offset_seen = True
 
     def observe(self, date_header: str | None) -> None:
         """Raise what `check` finds."""

@@ -110,3 +110,27 @@ def test_missing_date_warns_once_per_sweep(logs: list[dict[str, Any]]) -> None:
         ]
         * 2
     )
+
+
+def test_the_clock_offset_is_the_tightest_lower_bound_and_follows_a_step_back() -> None:
+    """Each Date gives a lower bound of the platform's clock minus ours: the highest is
+    kept (our idea of its clock moves on, never stands still within a second); one lower
+    by more than a Date's resolution is the platform's clock going back: taken."""
+    from datetime import UTC, datetime, timedelta
+
+    from sweeper.guards import ClockCheck
+
+    now = [datetime(2026, 5, 1, 12, 0, 0, 400_000, tzinfo=UTC)]
+    check = ClockCheck(timedelta(minutes=2), lambda: now[0])
+    assert check.offset == timedelta(0)  # nothing known: no correction
+    check.check("Fri, 01 May 2026 11:58:20 GMT")  # 100 s behind, read 0.4 s late
+    assert check.offset == timedelta(seconds=-100.4)
+    now[0] += timedelta(seconds=0.7)  # the Date has flipped to the next second
+    check.check("Fri, 01 May 2026 11:58:21 GMT")
+    assert check.offset == timedelta(seconds=-100.1)  # tighter
+    now[0] += timedelta(seconds=0.5)
+    check.check("Fri, 01 May 2026 11:58:21 GMT")  # same second, later: a looser bound
+    assert check.offset == timedelta(seconds=-100.1)  # kept
+    now[0] += timedelta(seconds=1)
+    check.check("Fri, 01 May 2026 11:58:12 GMT")  # its clock went back 10 s
+    assert check.offset == timedelta(seconds=-110.6)
