@@ -196,6 +196,8 @@ def unchecked(run: _Run, step: Step, exc: Exception) -> None:
             run.halt(Result.TOKEN_REFUSED, "token_refused", exc)
         case GuardRefused():
             run.halt(Result.REFUSED, exc.guard, exc)
+        case LeaseLost():
+            run.halt(Result.INTERRUPTED, "lease_lost", exc)  # no more writes from this copy
         case Interrupted():
             pass  # stopping: the next listing, if any, takes it over
         case PlatformError():
