@@ -33,7 +33,9 @@ def test_a_reload_that_fixes_base_url_sweeps_the_right_platform(
     for i in range(3):
         platform.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
     with serve_in_thread(PlatformState(), "another-environments-token") as wrong:
-        extra = f'[schedule]\ninterval = "{interval}"\nprecise = false\n[sweep]\nstale_after = "2s"\n'
+        extra = (
+            f'[schedule]\ninterval = "{interval}"\nprecise = false\n[sweep]\nstale_after = "2s"\n'
+        )
         config = write_config(tmp_path, wrong.base_url, extra)
         proc, lines = start(config, tmp_path)
         try:
