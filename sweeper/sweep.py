@@ -307,7 +307,9 @@ class _Run(Writes):
         limits = None if force else self.cfg.rules
 
         def judge(current: Step | None) -> Decision | SkipReason:
-            return decide_by_hand(current, self.s.platform_now(), rule, limits)
+            # An operator decided: the idle time is only reported (within_limit, below,
+            # judges on the platform's clock).
+            return decide_by_hand(current, self.s.clock(), rule, limits)
 
         current = await self.client.get_step(
             step_id, organization_id, then_write=not self.cfg.dry_run
