@@ -266,6 +266,10 @@ def rearm(
     due = due_at(current_step, rules, outages)
     if due is None or due >= next_listing_at:
         return Rearm(Next.DROP, reason=SkipReason.ALIVE)
+    if current_step.started_at != listed_step.started_at and due <= now:
+        # It started again yet is already past its new moment: a sweep's re-read leaves
+        # such a step alone, and so does a timer; the next listing judges it afresh.
+        return Rearm(Next.DROP, reason=SkipReason.ALIVE)
     # A moved step may already be past its new due moment (a backdated sign of life):
     # it fires at once, is read again and, unmoved, is judged like any other.
     return Rearm(Next.REARM, step=current_step, due=due)

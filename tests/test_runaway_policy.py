@@ -26,7 +26,7 @@ from sweeper.policy import (
     recheck,
     within_limit,
 )
-from sweeper.timers import TICK, due_at, listing_horizon
+from sweeper.timers import TICK, Next, due_at, listing_horizon, rearm
 from tests.helpers import NOW, step
 
 H = timedelta(hours=1)
@@ -396,3 +396,25 @@ def test_a_runaway_moment_past_the_calendar_arms_nothing() -> None:
     end = datetime.max.replace(tzinfo=UTC)
     hostile = Step("x", "org", "RUNNING", started_at=end - H, last_heartbeat_at=end - H)
     assert due_at(hostile, Rules((), rule(stale_after=None, max_runtime=24 * H))) is None
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        (step(started=25 * H - S, heartbeat=1 * S), Next.DROP),  # changed, already past
+        (step(started=30 * H, heartbeat=1 * S), Next.DROP),  # moved earlier, already past
+        (step(started=24 * H - M, heartbeat=1 * S), Next.REARM),  # started again: new moment
+        (step(started=25 * H, heartbeat=1 * S), Next.WRITE),  # unchanged: heartbeat moved
+    ],
+)
+def test_a_fired_timer_writes_no_runaway_whose_started_at_changed(
+    current: Step, expected: Next
+) -> None:
+    """A fired timer follows the re-read rule: a runaway whose startedAt changed is not
+    written from that read, even when its new start is already past max_runtime (dropped,
+    left to the next listing); one due later is re-armed from its new start."""
+    listed = step(started=25 * H, heartbeat=1 * M)
+    verdict = rearm(listed, current, NOW, NOW + 5 * M, RUNAWAY_RULES)
+    assert verdict.next is expected
+    if expected is Next.DROP:
+        assert verdict.reason is SkipReason.ALIVE

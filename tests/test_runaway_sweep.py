@@ -287,3 +287,20 @@ def test_no_lease_time_left_no_runaway_write(platform: FakePlatform, clock: Fake
         "max_runtime",
     )
     assert report.counts["runaways"] == 1 and report.counts["runaways_marked"] == 0
+
+
+def test_a_precise_timer_leaves_a_runaway_whose_started_at_changed_even_if_backdated(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Precise mode follows the sweep's re-read rule: a runaway whose startedAt changed
+    on the re-read is left alone (the next listing judges it afresh), even when the new
+    startedAt is itself already past max_runtime; it is not written from that read."""
+    from tests.test_precise import precise
+
+    platform.add(record("w", started=24 * H - 60 * S, heartbeat=S))
+    beat_on_reread(platform, "w", startedAt=format_timestamp(NOW - 30 * H))
+    sweeper = make_sweeper(platform, clock, rules=RULES)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    assert report.counts["armed"] == 1
+    assert platform.patches == []
+    assert platform.state.steps["w"]["status"] == "RUNNING"
