@@ -6,7 +6,9 @@ import pytest
 import structlog
 
 from tests.e2e import Platform, start_platform
+from tests.etcd import Etcd
 from tests.helpers import FakeClock, FakePlatform
+from tests.leader_harness import Stand, start_stand
 
 
 @pytest.fixture(name="clock")
@@ -25,6 +27,31 @@ def _shared_platform() -> Iterator[Platform]:
     platform = start_platform()
     yield platform
     platform.server.stop()
+
+
+@pytest.fixture(name="etcd", scope="module")
+def _etcd(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Etcd]:
+    """A real etcd per test module (the leader-election tests), in its own temp dir."""
+    server = Etcd(tmp_path_factory.mktemp(request.module.__name__) / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(name="stand", scope="module")
+def _stand() -> Iterator[Stand]:
+    """A stand-in platform that tells three copies apart by their tokens."""
+    stand = start_stand(3)
+    yield stand
+    stand.server.stop()
+
+
+@pytest.fixture(name="fresh")
+def _fresh(stand: Stand) -> Stand:
+    stand.state.reset()
+    stand.seen.clear()
+    return stand
 
 
 @pytest.fixture(name="logs")

@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.e2e import wait_for
 from tests.etcd import Etcd, free_port
-from tests.leader_harness import Copy, Stand, due_steps, leader_of, start_stand, stop_all
-
-
-@pytest.fixture(name="etcd", scope="module")
-def _etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    server = Etcd(tmp_path_factory.mktemp("etcd-cli") / "data").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(name="stand", scope="module")
-def _stand() -> Iterator[Stand]:
-    stand = start_stand(3)
-    yield stand
-    stand.server.stop()
-
-
-@pytest.fixture(name="fresh")
-def _fresh(stand: Stand) -> Stand:
-    stand.state.reset()
-    stand.seen.clear()
-    return stand
+from tests.leader_harness import Copy, Stand, due_steps, leader_of, stop_all
 
 
 def on_etcd(url: str, name: str) -> str:

@@ -28,33 +28,11 @@ from tests.leader_harness import (
     due_steps,
     first_listing_after,
     leader_of,
-    start_stand,
     stop_all,
     wait_all_marked,
 )
 
 K8S_TOKEN = "fake-service-account-token"
-
-
-@pytest.fixture(name="etcd", scope="module")
-def _etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    server = Etcd(tmp_path_factory.mktemp("etcd-e2e") / "data").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(name="stand", scope="module")
-def _stand() -> Iterator[Stand]:
-    stand = start_stand(3)
-    yield stand
-    stand.server.stop()
-
-
-@pytest.fixture(name="fresh")
-def _fresh(stand: Stand) -> Stand:
-    stand.state.reset()
-    stand.seen.clear()
-    return stand
 
 
 @pytest.fixture(name="fake_api", scope="module")

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,6 @@ from sweeper.leader import EngineError, Lost
 from sweeper.leader_etcd import EtcdEngine
 from sweeper.leader_settings import EtcdSettings
 from tests.etcd import Etcd, free_port
-
-
-@pytest.fixture(name="etcd", scope="module")
-def _etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    server = Etcd(tmp_path_factory.mktemp("etcd") / "data").start()
-    yield server
-    server.stop()
 
 
 def engine(

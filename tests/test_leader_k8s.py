@@ -21,13 +21,6 @@ from tests.k8s_fake import FakeApiServer, serve_fake_api
 TOKEN = "sa-token-value"
 
 
-@pytest.fixture(name="etcd", scope="module")
-def _etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
-    server = Etcd(tmp_path_factory.mktemp("etcd-k8s") / "data").start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(name="api", scope="module")
 def _api(etcd: Etcd) -> Iterator[tuple[str, FakeApiServer]]:
     server, api = serve_fake_api(etcd.url, TOKEN)
