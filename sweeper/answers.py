@@ -22,6 +22,7 @@ from sweeper.errors import (
     StepConflict,
     StepNotFound,
     TokenRefused,
+    Transient,
 )
 
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -101,15 +102,6 @@ def _decode_deep(content: bytes) -> Any:
         raise ValueError("not an object")
     top["data"] = records
     return top
-
-
-class Transient(Exception):
-    """One failed try that may succeed later (408, 429, 5xx, transport errors)."""
-
-    def __init__(self, reason: str, http_status: int | None, retry_after: float | None) -> None:
-        super().__init__(reason)
-        self.http_status = http_status
-        self.retry_after = retry_after
 
 
 def retry_after_seconds(header: str | None, now: datetime) -> float | None:

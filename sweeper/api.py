@@ -31,7 +31,7 @@ from tenacity import (
 )
 
 from sweeper import __version__
-from sweeper.answers import DEEP, Transient, classify
+from sweeper.answers import DEEP, classify
 from sweeper.encodings import Decoded, EncodingError
 from sweeper.errors import (
     ClockSkewRefused,
@@ -41,10 +41,12 @@ from sweeper.errors import (
     InvalidAnswer,
     InvalidListing,
     ListingNotFound,
+    OutOfTime,
     PlatformUnavailable,
     StepNotFound,
     SweeperError,
     TokenRefused,
+    Transient,
     WriteAppliedUnderSkew,
     WriteUnanswered,
 )
@@ -139,10 +141,6 @@ class RateLimiter:
         self._next = slot + self._interval * slots
         if slot > now:
             await self._sleep(slot - now)
-
-
-class OutOfTime(Exception):
-    """Waiting (a retry, a rate-limit slot) would end past the caller's deadline."""
 
 
 class PlatformClient:

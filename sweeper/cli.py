@@ -403,7 +403,7 @@ def _misconfigured(error: str) -> SweepReport:
     """[leader] that cannot be built (an engine setting found wrong at start): exit 78."""
     from datetime import UTC, datetime
 
-    from sweeper.report import Result
+    from sweeper.errors import Result
 
     report = SweepReport(sweep_id="-", started_at=datetime.now(UTC), dry_run=False)
     report.result, report.error = Result.MISCONFIGURED, error
@@ -417,7 +417,7 @@ async def _lead_once(
 ) -> bool:
     """`run --once` with [leader]: wait at most one lease for it; else say who holds it."""
     from sweeper.election import take_for_one_sweep
-    from sweeper.report import Result
+    from sweeper.errors import Result
 
     wait = settings.leader.lease.total_seconds()
     held, holder = await take_for_one_sweep(leadership, wait, stop)
@@ -435,13 +435,13 @@ async def _lead_once(
 
 
 def _crashed(report: SweepReport, exc: BaseException | None) -> None:
-    from sweeper.report import Outcome, Result
+    from sweeper.errors import Crashed
 
-    report.result = Result.CRASHED
-    report.error = f"{type(exc).__name__}: {exc}"
-    report.settle_pending(Outcome.NOT_ATTEMPTED, Result.CRASHED.value)
+    crashed = Crashed(exc)
+    report.end(crashed)
+    report.settle_pending(crashed.outcome, crashed.reason)
     report.tally()
-    log.error("sweep.aborted", result=report.result.value, error=report.error, exc_info=exc)
+    log.error("sweep.aborted", **crashed.log_fields())
 
 
 async def _once(settings: Settings, args: argparse.Namespace) -> SweepReport:

@@ -28,14 +28,14 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from sweeper.api import PlatformClient
 from sweeper.app import build_sweeper, http_client
 from sweeper.election import Leadership, build_leadership
-from sweeper.errors import ConfigError, SweeperError
+from sweeper.errors import ConfigError, Result, SweeperError
 from sweeper.leader import EngineError, LeaderEvents
 from sweeper.logs import Redactor, configure_logging
 from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
 from sweeper.outages import OutageLog, watch_gap
 from sweeper.precise import Interval
-from sweeper.report import ExitCode, Result, SweepReport
+from sweeper.report import ExitCode, SweepReport
 from sweeper.schedule import DaemonState, install_stop_handlers, run_daemon
 from sweeper.settings import Settings, config_path_of, load_settings
 from sweeper.sweep import Sweeper

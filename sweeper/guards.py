@@ -12,8 +12,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from sweeper.errors import ClockSkewRefused, GuardRefused, InvalidAnswer
-from sweeper.policy import SkipReason
+from sweeper.errors import ClockSkewRefused, Guard, GuardRefused, InvalidAnswer, SkipReason
 
 #: The Date header has whole seconds: its truncation is not skew.
 DATE_RESOLUTION = timedelta(seconds=1)
@@ -21,15 +20,24 @@ DATE_RESOLUTION = timedelta(seconds=1)
 log = structlog.get_logger("sweeper.guards")
 
 
+def blast_radius(zombies: int, max_steps: int, where: str = "found") -> GuardRefused | None:
+    """More zombies than max_steps means something else is wrong: write none (or no
+    more, when a precise-marking timer confirms one too many in its interval)."""
+    if zombies <= max_steps:
+        return None
+    return GuardRefused(
+        Guard.MAX_STEPS,
+        f"{zombies} zombies {where}, more than sweep.max_steps",
+        zombies=zombies,
+        max_steps=max_steps,
+    )
+
+
 def check_blast_radius(zombies: int, max_steps: int) -> None:
-    """More zombies than max_steps means something else is wrong: write none."""
-    if zombies > max_steps:
-        raise GuardRefused(
-            "max_steps",
-            f"{zombies} zombies found, more than sweep.max_steps",
-            zombies=zombies,
-            max_steps=max_steps,
-        )
+    """Raise what `blast_radius` finds."""
+    refused = blast_radius(zombies, max_steps)
+    if refused is not None:
+        raise refused
 
 
 def why_not_start(stopping: bool, now: float, deadline_at: float) -> SkipReason | None:

@@ -32,7 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sweeper import __version__
 from sweeper.durations import humanize
-from sweeper.report import Result, SweepReport
+from sweeper.errors import Result
+from sweeper.report import SweepReport
 
 LAST_SUCCESS = "sweeper_last_success_timestamp_seconds"
 #: The Pushgateway job of one-shot runs (`run --once --push-gateway URL`); the alerts

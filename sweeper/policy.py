@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from sweeper.durations import humanize
+from sweeper.errors import SkipReason
 from sweeper.model import Step, StepStatus, format_timestamp
 from sweeper.outages import NO_OUTAGES, OutageWindows
 
@@ -121,17 +122,6 @@ class Spared(StrEnum):
     NOT_RUNNING = "not_running"
     NOT_STALE = "not_stale"
     EXEMPT = "exempt"
-
-
-class SkipReason(StrEnum):
-    """Why a zombie was left alone (the `reason` of `step.skipped`)."""
-
-    GONE = "gone"
-    FINISHED = "finished"
-    ALIVE = "alive"
-    CONFLICT = "conflict"
-    DEADLINE = "deadline"
-    SHUTDOWN = "shutdown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sweeper.errors import GuardRefused, Interrupted, LeaseLost, PlatformError, TokenRefused
+from sweeper.errors import LeaseLost, SkipReason, as_error
+from sweeper.guards import blast_radius
 from sweeper.model import Step
-from sweeper.policy import Decision, SkipReason, recheck
-from sweeper.report import Result, StepEntry
+from sweeper.policy import Decision, recheck
+from sweeper.report import StepEntry
 from sweeper.timers import Next, Timer, TimerHeap, due_at, rearm
 
 if TYPE_CHECKING:
@@ -68,8 +69,7 @@ async def run_timers(run: _Run, interval: Interval) -> None:
     try:
         while run.halted is None and not sweeper.stop.is_set() and not failures:
             if not interval.holding():
-                lost = LeaseLost("the lease was lost: the timers are dropped")
-                run.halt(Result.INTERRUPTED, "lease_lost", lost)
+                run.halt(LeaseLost("the lease was lost: the timers are dropped"))
                 break
             interval.wake.clear()
             interval.refill()
@@ -162,19 +162,11 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
         return
     entry: StepEntry = run.new_entry(step.step_id, step.organization_id)
     run.confirmed += 1
-    if run.confirmed > cfg.max_steps:
+    refused = blast_radius(run.confirmed, cfg.max_steps, "in this listing interval")
+    if refused is not None:
         # More zombies in this interval than sweep.max_steps: no more writes in it;
         # the next listing sees them all and refuses them all if they are still there.
-        run.halt(
-            Result.REFUSED,
-            "max_steps",
-            GuardRefused(
-                "max_steps",
-                f"{run.confirmed} zombies in this listing interval, more than sweep.max_steps",
-                zombies=run.confirmed,
-                max_steps=cfg.max_steps,
-            ),
-        )
+        run.halt(refused)
         return  # left pending: refused when the interval ends
 
     def judge(again: Step | None) -> Decision | SkipReason:
@@ -190,26 +182,18 @@ async def fire(run: _Run, interval: Interval, timer: Timer) -> None:
 def unchecked(run: _Run, step: Step, exc: Exception) -> None:
     """A timer's re-read gave no answer: nothing showed the step stale, so it is no
     zombie (no entry, no step.failed); the next listing reads it again. What stops
-    every write (a refused token, a guard, the unforeseen) still stops them."""
-    match exc:
-        case TokenRefused():
-            run.halt(Result.TOKEN_REFUSED, "token_refused", exc)
-        case GuardRefused():
-            run.halt(Result.REFUSED, exc.guard, exc)
-        case LeaseLost():
-            run.halt(Result.INTERRUPTED, "lease_lost", exc)  # no more writes from this copy
-        case Interrupted():
-            pass  # stopping: the next listing, if any, takes it over
-        case PlatformError():
-            run.counts["unchecked"] += 1
-            run.log.debug(  # counted in sweep.finished; hundreds at once on a slow platform
-                "timer.unchecked",
-                step_id=step.step_id,
-                organization_id=step.organization_id,
-                error=str(exc),
-            )
-        case _:
-            run.halt(Result.CRASHED, "crashed", exc)
+    every write (a refused token, a guard, a lost lease, the unforeseen) still stops them."""
+    error = as_error(exc)
+    if error.halts:
+        run.halt(error)
+    elif error.reason is not SkipReason.SHUTDOWN:  # stopping: the next listing takes it over
+        run.counts["unchecked"] += 1
+        run.log.debug(  # counted in sweep.finished; hundreds at once on a slow platform
+            "timer.unchecked",
+            step_id=step.step_id,
+            organization_id=step.organization_id,
+            error=str(exc),
+        )
 
 
 def interval_end(sweeper: Sweeper, interval: Interval) -> float:

@@ -9,10 +9,20 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from sweeper.errors import (
+    AlreadySettled,
+    Guard,
+    GuardRefused,
+    Outcome,
+    Reason,
+    Result,
+    SkipReason,
+    SweeperError,
+)
 from sweeper.model import format_timestamp
 
 
@@ -29,19 +39,6 @@ class ExitCode(IntEnum):
     CONFIG = 78
 
 
-class Result(StrEnum):
-    """How a sweep as a whole ended."""
-
-    COMPLETED = "completed"
-    REFUSED = "refused"
-    TOKEN_REFUSED = "token_refused"
-    UNAVAILABLE = "unavailable"
-    INTERRUPTED = "interrupted"
-    INVALID_LISTING = "invalid_listing"
-    MISCONFIGURED = "misconfigured"
-    CRASHED = "crashed"
-
-
 _EXIT_CODE_OF = {
     Result.REFUSED: ExitCode.GUARD_REFUSED,
     Result.TOKEN_REFUSED: ExitCode.TOKEN_REFUSED,
@@ -51,18 +48,6 @@ _EXIT_CODE_OF = {
     Result.MISCONFIGURED: ExitCode.CONFIG,
     Result.CRASHED: ExitCode.CRASHED,
 }
-
-
-class Outcome(StrEnum):
-    """The one fate of one zombie. Every entry leaves PENDING exactly once."""
-
-    PENDING = "pending"
-    MARKED = "marked"
-    WOULD_MARK = "would_mark"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-    REFUSED = "refused"
-    NOT_ATTEMPTED = "not_attempted"
 
 
 #: What the listing saw, counted as records go by (not zombie outcomes).
@@ -80,17 +65,12 @@ LISTING_COUNTS = (
 )
 #: The zombie outcomes, as counted; derived from the entries, so they add up to `zombies`.
 OUTCOME_COUNTS = (
-    "marked",
-    "would_mark",
-    "skipped_gone",
-    "skipped_finished",
-    "skipped_alive",
-    "skipped_conflict",
-    "skipped_deadline",
-    "skipped_shutdown",
-    "failed",
-    "refused",
-    "not_attempted",
+    Outcome.MARKED.value,
+    Outcome.WOULD_MARK.value,
+    *(reason.counted_as for reason in SkipReason),
+    Outcome.FAILED.value,
+    Outcome.REFUSED.value,
+    Outcome.NOT_ATTEMPTED.value,
 )
 #: Runaways (trigger max_runtime) counted apart: how many of the zombies were runaways,
 #: and how many of those were marked. Both are part of the counts above too.
@@ -104,10 +84,6 @@ StepKey = tuple[str, str]
 """A step's identity: (organizationId, stepId). The same id in two organizations is two steps."""
 
 
-class AlreadySettled(RuntimeError):
-    """A second outcome for one zombie: a bug, and the sweep ends as crashed."""
-
-
 @dataclass(slots=True)
 class StepEntry:
     """One zombie's fate, as the JSON report lists it."""
@@ -115,7 +91,7 @@ class StepEntry:
     stepId: str
     organizationId: str
     outcome: Outcome = Outcome.PENDING
-    reason: str | None = None
+    reason: Reason | None = None
     rule: str | None = None
     status: str | None = None
     errorCode: str | None = None
@@ -148,10 +124,10 @@ class StepEntry:
     def count_name(self) -> str:
         """The name this entry is counted under (`skipped_<reason>` for a skip)."""
         if self.outcome is Outcome.SKIPPED:
-            return f"skipped_{self.reason}"
+            return SkipReason(str(self.reason)).counted_as  # a skip without its reason: a bug
         return self.outcome.value
 
-    def settle(self, outcome: Outcome, reason: str | None = None) -> None:
+    def settle(self, outcome: Outcome, reason: Reason | None = None) -> None:
         if self.outcome is not Outcome.PENDING:
             raise AlreadySettled(
                 f"step {self.stepId!r}: {outcome.value} after {self.outcome.value}"
@@ -169,12 +145,19 @@ class SweepReport:
     manual: bool = False
     finished_at: datetime | None = None
     result: Result = Result.COMPLETED
-    guard: str | None = None
+    guard: Guard | None = None
     error: str | None = None
     counts: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
     entries: list[StepEntry] = field(default_factory=list)
 
-    def settle_pending(self, outcome: Outcome, reason: str) -> int:
+    def end(self, error: SweeperError) -> None:
+        """The sweep ends with this error: its result, its message, the guard that fired."""
+        self.result = error.result
+        self.error = str(error)
+        if isinstance(error, GuardRefused):
+            self.guard = error.guard
+
+    def settle_pending(self, outcome: Outcome, reason: Reason) -> int:
         """Give every entry still pending the same outcome; returns how many."""
         settled = 0
         for entry in self.entries:

@@ -16,8 +16,9 @@ from sweeper import __version__
 # The cron helpers live in sweeper/cron.py; re-exported for callers of this module.
 from sweeper.cron import cron_trigger as cron_trigger
 from sweeper.cron import crontab_weekdays as crontab_weekdays
+from sweeper.errors import Crashed, Result
 from sweeper.notify import SystemdNotifier
-from sweeper.report import Result, SweepReport
+from sweeper.report import SweepReport
 
 #: A sweep ending so makes /readyz 503 at once, until one succeeds: no retry helps.
 NOT_READY_AT_ONCE = frozenset({Result.TOKEN_REFUSED, Result.CRASHED, Result.MISCONFIGURED})
@@ -125,15 +126,9 @@ async def run_daemon(
         except asyncio.CancelledError:
             return
         except Exception as exc:  # one failed sweep never kills the daemon
-            report.result = Result.CRASHED
-            report.error = f"{type(exc).__name__}: {exc}"
-            log.error(
-                "sweep.aborted",
-                sweep_id=report.sweep_id,
-                result=report.result.value,
-                error=report.error,
-                exc_info=exc,
-            )
+            crashed = Crashed(exc)
+            report.end(crashed)
+            log.error("sweep.aborted", sweep_id=report.sweep_id, **crashed.log_fields())
         finally:
             state.sweeps += 1
             if report.succeeded:

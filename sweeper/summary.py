@@ -11,19 +11,12 @@ from datetime import timedelta
 from typing import Any
 
 from sweeper.durations import humanize
-from sweeper.report import Outcome, StepEntry, SweepReport
+from sweeper.errors import Outcome, SkipReason
+from sweeper.report import StepEntry, SweepReport
 
 #: Steps listed one by one at most; the rest are counted (the report has them all).
 MAX_ROWS = 15
 
-_LEFT_ALONE = {
-    "finished": "finished before the write (its result kept)",
-    "alive": "showed a sign of life on the re-read",
-    "gone": "no longer exists",
-    "conflict": "the platform reported a conflict",
-    "deadline": "left for the next sweep (deadline)",
-    "shutdown": "not started (stop signal)",
-}
 _LISTING = (
     ("listed", "RUNNING steps listed"),
     ("not_stale", "alive (recent sign of life)"),
@@ -80,9 +73,9 @@ def sweep_summary(report: SweepReport, duration: timedelta | None = None) -> str
             n = sum(1 for e in report.entries if e.outcome is outcome and e.status == status)
             if n:
                 outcomes.append((f"{verb} {status}", str(n)))
-    for reason, text in _LEFT_ALONE.items():
-        if counts[f"skipped_{reason}"]:
-            outcomes.append((f"left alone: {text}", str(counts[f"skipped_{reason}"])))
+    for reason in SkipReason:
+        if counts[reason.counted_as]:
+            outcomes.append((f"left alone: {reason.text}", str(counts[reason.counted_as])))
     for key, text in (
         ("failed", "could not be marked"),
         ("refused", "not written: a guard refused"),
@@ -123,7 +116,7 @@ def mark_summary(report: SweepReport, step_id: str, organization: str) -> str:
     elif entry.outcome in (Outcome.MARKED, Outcome.WOULD_MARK):
         idle = idle_text(entry.idleSeconds)
         text = head + f"{_what(entry)} with error code {entry.errorCode} (idle {idle})"
-    elif entry.outcome is Outcome.SKIPPED and entry.reason == "gone":
+    elif entry.outcome is Outcome.SKIPPED and entry.reason is SkipReason.GONE:
         text = head + (
             "not found: no such step in this organization (a wrong --org, or a wrong id)"
         )
@@ -132,7 +125,7 @@ def mark_summary(report: SweepReport, step_id: str, organization: str) -> str:
             f"not marked: its last sign of life was {idle_text(entry.idleSeconds)} ago, within "
             f"its limit ({entry.limit}, rule {entry.rule}); --force marks it anyway"
         )
-    elif entry.outcome is Outcome.SKIPPED and entry.reason == "finished":
+    elif entry.outcome is Outcome.SKIPPED and entry.reason is SkipReason.FINISHED:
         text = head + "not marked: it is no longer RUNNING (its result is kept)"
     else:
         text = head + f"not marked: {_what(entry)}"

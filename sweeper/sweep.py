@@ -25,10 +25,12 @@ from sweeper.durations import format_duration, humanize
 from sweeper.errors import (
     GuardRefused,
     Interrupted,
-    InvalidListing,
-    ListingNotFound,
-    PlatformError,
-    TokenRefused,
+    ListingOverran,
+    Outcome,
+    Result,
+    SkipReason,
+    SweeperError,
+    as_error,
 )
 from sweeper.guards import check_blast_radius
 from sweeper.model import Step, StepStatus
@@ -38,7 +40,6 @@ from sweeper.policy import (
     NotStale,
     Rule,
     Rules,
-    SkipReason,
     Spared,
     decide,
     decide_by_hand,
@@ -46,7 +47,7 @@ from sweeper.policy import (
     within_limit,
 )
 from sweeper.precise import Interval, run_timers
-from sweeper.report import Outcome, Result, StepEntry, StepKey, SweepReport
+from sweeper.report import StepEntry, StepKey, SweepReport
 from sweeper.timers import Timer, due_at, half_silent, listing_horizon
 from sweeper.writes import Writes, fill
 
@@ -79,10 +80,6 @@ class SweepConfig:
 
 def new_sweep_id() -> str:
     return uuid.uuid4().hex[:16]
-
-
-class ListingOverran(Exception):
-    """The listing did not end before sweep.deadline."""
 
 
 #: Sleep for so many seconds, or less if the event is set (or a stop comes).
@@ -190,8 +187,10 @@ class _Run(Writes):
         self.deadline_at = sweeper.monotonic() + self.cfg.deadline.total_seconds()
         # Writes in flight at once, the listing's and precise-marking timers' together.
         self.slots = asyncio.Semaphore(self.cfg.max_concurrency)
-        # Set once, by the first thing that stops every write: (result, reason).
-        self.halted: tuple[Result, str] | None = None
+        # Set once, by the first error that stops every write (its `halts`).
+        self.halted: SweeperError | None = None
+        # The error that ended the sweep, if one did.
+        self.ended_by: SweeperError | None = None
         self.log = log.bind(sweep_id=report.sweep_id)
 
     async def execute(self, work: Callable[[_Run], Awaitable[None]]) -> None:
@@ -201,26 +200,12 @@ class _Run(Writes):
         self.log_started()
         try:
             await work(self)
-        except GuardRefused as exc:
-            self.refuse(exc)
-        except TokenRefused as exc:
-            self.end(Result.TOKEN_REFUSED, exc, token_source=self.cfg.token_source)
-        except Interrupted as exc:
-            self.end(Result.INTERRUPTED, exc)
-        except InvalidListing as exc:
-            self.end(Result.INVALID_LISTING, exc)
-        except ListingNotFound as exc:
-            self.end(Result.MISCONFIGURED, exc)
-        except ListingOverran as exc:
-            self.end(Result.UNAVAILABLE, exc)
-        except PlatformError as exc:
-            self.end(Result.UNAVAILABLE, exc)
         except asyncio.CancelledError:
             # The stop grace ran out: writes still in flight have no known answer.
-            self.end(Result.INTERRUPTED, Interrupted("stopped before the writes in flight ended"))
+            self.end(Interrupted("stopped before the writes in flight ended"))
             raise
         except Exception as exc:  # fail closed: the unforeseen is a crash, never success
-            self.crash(exc)
+            self.end(as_error(exc))
         finally:
             self.finish(started)
 
@@ -239,16 +224,19 @@ class _Run(Writes):
 
     def finish(self, started: float) -> None:
         report = self.report
-        if self.halted is not None and report.result is Result.COMPLETED:
-            report.result = self.halted[0]
         if self.s.stop.is_set() and report.result is Result.COMPLETED:
             report.result = Result.INTERRUPTED
-        reason = self.halted[1] if self.halted else report.guard or report.result.value
+        # What stopped every write says the fate of the zombies still pending; else
+        # they were not attempted because the sweep ended as it did.
+        stopper = self.halted or self.ended_by
+        if stopper is not None and stopper.halts:
+            leftover, reason = stopper.outcome, stopper.reason
+        else:
+            leftover, reason = Outcome.NOT_ATTEMPTED, report.result
         for entry in report.entries:
             if entry.outcome is Outcome.PENDING and entry.attempts:
                 # Sent before the sweep stopped: never "refused" or "not attempted".
                 self.fail_unknown(entry, reason, "the sweep stopped before an answer came")
-        leftover = Outcome.REFUSED if report.result is Result.REFUSED else Outcome.NOT_ATTEMPTED
         report.settle_pending(leftover, reason)
         report.tally()
         report.finished_at = self.s.clock()
@@ -337,38 +325,26 @@ class _Run(Writes):
             f"{within.rule}): not marked; --force marks it anyway",
         )
 
-    def end(self, result: Result, exc: BaseException, **detail: str) -> None:
-        self.report.result = result
-        self.report.error = str(exc)
-        self.log.error("sweep.aborted", result=result.value, error=str(exc), **detail)
+    def end(self, error: SweeperError) -> None:
+        """The sweep ends with this error: its result, and the one event that says so."""
+        self.ended_by = error
+        self.report.end(error)
+        if isinstance(error, GuardRefused):
+            self.log.error("sweep.refused", **error.log_fields())
+            return
+        refused = error.result is Result.TOKEN_REFUSED
+        # Where the refused token came from (never the token).
+        detail = {"token_source": self.cfg.token_source} if refused else {}
+        self.log.error("sweep.aborted", **error.log_fields(), **detail)
 
-    def crash(self, exc: Exception) -> None:
-        """An error nobody foresaw: logged with its traceback (never frame locals)."""
-        self.report.result = Result.CRASHED
-        self.report.error = f"{type(exc).__name__}: {exc}"
-        self.log.error(
-            "sweep.aborted", result=Result.CRASHED.value, error=self.report.error, exc_info=exc
-        )
-
-    def refuse(self, exc: GuardRefused) -> None:
-        self.report.result = Result.REFUSED
-        self.report.guard = exc.guard
-        self.report.error = str(exc)
-        self.log.error("sweep.refused", guard=exc.guard, error=str(exc), **exc.figures)
-
-    def halt(self, result: Result, reason: str, exc: BaseException) -> None:
-        """Stop every write not yet sent; the first reason wins."""
+    def halt(self, error: SweeperError) -> None:
+        """Stop every write not yet sent; the first error wins."""
         if self.halted is not None:
             return
-        self.halted = (result, reason)
+        self.halted = error
         if self.interval is not None:
             self.interval.wake.set()  # the timer loop stops napping and ends
-        if isinstance(exc, GuardRefused):
-            self.refuse(exc)
-        elif isinstance(exc, Exception) and result is Result.CRASHED:
-            self.crash(exc)
-        else:
-            self.end(result, exc)
+        self.end(error)
 
     # -- listing -------------------------------------------------------------
 

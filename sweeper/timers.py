@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from sweeper.errors import SkipReason
 from sweeper.model import Step, StepStatus
 from sweeper.outages import NO_OUTAGES, OutageWindows
-from sweeper.policy import Decision, Rule, Rules, SkipReason, recheck
+from sweeper.policy import Decision, Rule, Rules, recheck
 
 #: The resolution of datetime: a step is due one tick after its idle time reaches its limit,
 #: because `policy.decide` marks only when idle time is strictly more than the limit.

@@ -12,26 +12,27 @@ from typing import TYPE_CHECKING, Any
 
 from sweeper.api import step_url
 from sweeper.errors import (
-    BodyRejected,
     DeadlineReached,
+    FailReason,
     GuardRefused,
-    Interrupted,
     InvalidAnswer,
     LeaseLost,
-    PlatformError,
-    PlatformRefused,
+    MarkReason,
+    Outcome,
     PlatformUnavailable,
+    Reason,
+    SkipReason,
     StepConflict,
-    StepNotFound,
     SweeperError,
     TokenRefused,
     WriteAppliedUnderSkew,
     WriteUnanswered,
+    as_error,
 )
 from sweeper.guards import why_not_start
 from sweeper.model import Step
-from sweeper.policy import Decision, SkipReason, applied_by, build_update
-from sweeper.report import Outcome, Result, StepEntry, SweepReport
+from sweeper.policy import Decision, applied_by, build_update
+from sweeper.report import StepEntry, SweepReport
 
 if TYPE_CHECKING:
     from sweeper.api import PlatformClient
@@ -54,9 +55,9 @@ class Writes:
     report: SweepReport
     log: Any
     deadline_at: float
-    halted: tuple[Result, str] | None
+    halted: SweeperError | None
 
-    def halt(self, result: Result, reason: str, exc: BaseException) -> None:
+    def halt(self, error: SweeperError) -> None:
         raise NotImplementedError  # pragma: no cover - _Run's
 
     def why_not_start(self, deadline_at: float | None = None) -> SkipReason | None:
@@ -117,7 +118,7 @@ class Writes:
                     raise
                 if decision is not None and applied_by(current, sweep_id, decision.status):
                     # An earlier attempt was applied though its answer was lost.
-                    self.settle(entry, decision, Outcome.MARKED, "applied_earlier")
+                    self.settle(entry, decision, Outcome.MARKED, MarkReason.APPLIED_EARLIER)
                     return
                 verdict = SkipReason.CONFLICT if resolve_only else judge(current)
                 reserved = True  # then_write: the write's rate-limit slot is held
@@ -148,18 +149,18 @@ class Writes:
                 entry.attempts = attempts - 1  # refused before it was sent
                 raise
             except TokenRefused as exc:
-                self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
+                self.halt(exc)
                 if exc.attempts:  # sent and refused; else never sent: not_attempted
-                    self.fail(entry, "token_refused", exc)
+                    self.fail(entry, FailReason.TOKEN_REFUSED, exc)
                 return
             except WriteAppliedUnderSkew as exc:
                 self.settle(entry, decision, Outcome.MARKED)
-                self.halt(Result.REFUSED, exc.guard, exc)
+                self.halt(exc)
                 return
             except GuardRefused as exc:
                 # An answer that tripped a guard (its Date too far off) and confirmed
                 # nothing: the guard stops the sweep, a settling re-read says if it landed.
-                self.halt(Result.REFUSED, exc.guard, exc)
+                self.halt(exc)
                 await self.settled_by_reread(entry, decision)
                 return  # or pending, with its attempt: failed at the end
             except WriteUnanswered as exc:
@@ -199,7 +200,7 @@ class Writes:
             return False
         if not applied_by(current, self.report.sweep_id, decision.status):
             return False
-        self.settle(entry, decision, Outcome.MARKED, "applied_earlier")
+        self.settle(entry, decision, Outcome.MARKED, MarkReason.APPLIED_EARLIER)
         return True
 
     async def wait_to_retry(
@@ -213,42 +214,27 @@ class Writes:
         return not self.s.stop.is_set()
 
     def settle_failure(self, entry: StepEntry, exc: Exception) -> None:
-        """The one place where an error becomes a zombie's outcome."""
+        """The one place where an error becomes a zombie's outcome: the fate it carries."""
         if entry.outcome is not Outcome.PENDING:
             raise exc
-        match exc:
-            case StepNotFound():
-                self.skip(entry, SkipReason.GONE)
-            case StepConflict():
-                self.skip(entry, SkipReason.CONFLICT)
-            case LeaseLost():
-                # [leader]: this write and every one not yet sent are not_attempted.
-                self.halt(Result.INTERRUPTED, "lease_lost", exc)
-            case Interrupted():
-                self.skip(entry, SkipReason.SHUTDOWN)
-            case TokenRefused():
-                # On a re-read: not written (not_attempted), or, after an earlier attempt
-                # whose fate is unknown, failed (see finish).
-                self.halt(Result.TOKEN_REFUSED, "token_refused", exc)
-            case GuardRefused():
-                self.halt(Result.REFUSED, exc.guard, exc)
-            case DeadlineReached():
-                self.skip(entry, SkipReason.DEADLINE)  # nothing was sent
-            case BodyRejected():
-                self.fail(entry, "rejected", exc)
-            case PlatformUnavailable():
-                self.fail(entry, "unavailable", exc)
-            case InvalidAnswer():
-                self.fail(entry, "invalid_answer", exc)
-            case PlatformRefused():
-                self.fail(entry, "rejected", exc)
-            case _:
-                self.halt(Result.CRASHED, "crashed", exc)
+        error = as_error(exc)
+        if error.halts:
+            # This write and every one not yet sent: settled when the sweep ends (after
+            # an earlier attempt whose fate is unknown, failed; see finish).
+            self.halt(error)
+        elif error.outcome is Outcome.SKIPPED:
+            self.skip(entry, SkipReason(error.reason))
+        else:
+            self.fail(entry, FailReason(error.reason), error)
 
     # -- outcomes ------------------------------------------------------------
 
     def settle(
-        self, entry: StepEntry, decision: Decision, outcome: Outcome, reason: str | None = None
+        self,
+        entry: StepEntry,
+        decision: Decision,
+        outcome: Outcome,
+        reason: MarkReason | None = None,
     ) -> None:
         entry.settle(outcome, reason)
         if outcome is Outcome.MARKED and not self.report.manual:
@@ -266,15 +252,15 @@ class Writes:
             # A dry run sends nothing: no `attempts=None` for a person to puzzle over.
             **({"attempts": entry.attempts} if entry.attempts is not None else {}),
             **_trigger_fields(decision),
-            **({"detail": reason} if reason else {}),
+            **({"detail": reason.value} if reason else {}),
         )
 
     def skip(self, entry: StepEntry, reason: SkipReason) -> None:
         if entry.unconfirmed:
             # A write went out whose answer was lost: "skipped" would claim none did.
-            self.fail_unknown(entry, reason.value, "an earlier write's answer was lost")
+            self.fail_unknown(entry, reason, "an earlier write's answer was lost")
             return
-        entry.settle(Outcome.SKIPPED, reason.value)
+        entry.settle(Outcome.SKIPPED, reason)
         # Stop and deadline skips can be hundreds at once: counted in sweep.finished.
         quiet = reason in (SkipReason.SHUTDOWN, SkipReason.DEADLINE)
         (self.log.debug if quiet else self.log.info)(
@@ -285,23 +271,23 @@ class Writes:
             rule=entry.rule,
         )
 
-    def fail_unknown(self, entry: StepEntry, reason: str, error: str) -> None:
+    def fail_unknown(self, entry: StepEntry, reason: Reason, error: str) -> None:
         """A write went out and no answer told whether it was applied: failed."""
         self.failed(entry, reason, f"{error}; it may have been applied")
 
-    def fail(self, entry: StepEntry, reason: str, exc: PlatformError) -> None:
+    def fail(self, entry: StepEntry, reason: FailReason, exc: SweeperError) -> None:
         entry.httpStatus = exc.http_status
         entry.attempts = entry.attempts or exc.attempts
         self.failed(entry, reason, str(exc))
 
-    def failed(self, entry: StepEntry, reason: str, error: str) -> None:
+    def failed(self, entry: StepEntry, reason: Reason, error: str) -> None:
         """Settle a zombie as failed and say why: the one `step.failed`."""
         entry.settle(Outcome.FAILED, reason)
         self.log.warning(
             "step.failed",
             step_id=entry.stepId,
             organization_id=entry.organizationId,
-            reason=reason,
+            reason=reason.value,
             http_status=entry.httpStatus,
             attempts=entry.attempts,
             error=error,

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
+from sweeper.errors import SkipReason
 
 DEMO_CONFIG = """\
 # The demo's configuration: the defaults, a max_runtime for wedged steps that beat on,
@@ -46,15 +47,6 @@ error_message = "The run was cancelled and this step never reported back ({{idle
 RACING_STEP = "zombie-00000"
 #: Wedged workers whose heartbeat thread beats on: only max_runtime catches them.
 RUNAWAYS = 2
-
-_REASONS = {
-    "finished": "finished between the listing and the write (real result kept)",
-    "alive": "showed a sign of life on the re-read",
-    "gone": "no longer exists",
-    "conflict": "the platform reported a conflict",
-    "deadline": "left for the next sweep (deadline)",
-    "shutdown": "not started (shutdown)",
-}
 
 
 def run_demo() -> int:
@@ -137,7 +129,7 @@ def summarize(report: dict[str, Any]) -> str:
                 f" marked {s.get('status')} ({s.get('errorCode')})"
             )
     for reason, n in sorted(reasons.items()):
-        lines.append(f"  left alone {n:>3}: {_REASONS.get(reason, reason)}")
+        lines.append(f"  left alone {n:>3}: {SkipReason(reason).text}")
     failed = [s for s in steps if s["outcome"] == "failed"]
     if failed:
         lines.append(f"  could not be marked {len(failed)}")
