@@ -25,7 +25,12 @@ from sweeper.errors import (
     Transient,
 )
 
+#: Answers worth trying again: the one statement of the retryable statuses (the
+#: outage log counts the same ones as "the platform was not there").
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Of those, the answers that say a write was not processed at all (the platform
+#: refused to look at it); after any other failed attempt it may have been applied.
+NOT_PROCESSED = frozenset({408, 429, 503})
 #: How much of the platform's own error text is kept for the log.
 MESSAGE_LIMIT = 300
 

@@ -32,10 +32,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from sweeper.answers import TRANSIENT_STATUSES
+
 Window = tuple[datetime, datetime]
 
-#: Answers that mean "the platform was not there", as the client reports them.
-UNREACHABLE = frozenset({"error", "timeout", "408", "429", "500", "502", "503", "504"})
+#: Answers that mean "the platform was not there", as the client reports them: no
+#: answer at all, or one of the statuses worth trying again.
+UNREACHABLE = frozenset({"error", "timeout", *(str(s) for s in TRANSIENT_STATUSES)})
 #: At most this many windows are kept; beyond it the two closest are merged.
 MAX_WINDOWS = 1024
 #: The longest silence between two samples that still counts as watching, as a

@@ -295,15 +295,24 @@ def decide_by_hand(
     """`sweeper mark`: a RUNNING step that is there and past its configured limit
     (`limits`); with --force (`limits` None) any RUNNING step, however recent its
     last sign of life (a wedged step may still heartbeat)."""
+    step = still_running(current)
+    if isinstance(step, SkipReason):
+        return step
+    if limits is not None and within_limit(step, now, limits) is not None:
+        return SkipReason.ALIVE
+    field_name, last_seen = step.last_sign_of_life
+    idle = max(now - last_seen, timedelta(0))
+    return _decision(step, rule, idle, field_name, last_seen, trigger=None)
+
+
+def still_running(current: Step | None) -> Step | SkipReason:
+    """A fresh read of a zombie, if it is still there and RUNNING; else why the write
+    leaves it alone (whatever the rules: its real state is kept)."""
     if current is None:
         return SkipReason.GONE
     if current.status != StepStatus.RUNNING:
         return SkipReason.FINISHED
-    if limits is not None and within_limit(current, now, limits) is not None:
-        return SkipReason.ALIVE
-    field_name, last_seen = current.last_sign_of_life
-    idle = max(now - last_seen, timedelta(0))
-    return _decision(current, rule, idle, field_name, last_seen, trigger=None)
+    return current
 
 
 def applied_by(current: Step | None, sweep_id: str, status: StepStatus) -> bool:
@@ -324,10 +333,10 @@ def recheck(
     runaway is left alone only when it finished or its startedAt changed (it started
     again): a heartbeat that moved does not save it, since a wedged worker beats on.
     """
-    if current is None:
-        return SkipReason.GONE
-    if current.status != StepStatus.RUNNING:
-        return SkipReason.FINISHED
+    step = still_running(current)
+    if isinstance(step, SkipReason):
+        return step
+    current = step
     rule = rules.rule_for(current)
     if current.last_sign_of_life[1] <= listed.last_sign_of_life[1]:
         verdict = stale(current, now, rule, outages)

@@ -5,7 +5,8 @@ guard can count) before the first write; each write attempt follows its own
 re-read of the step with nothing in between; no write starts after the
 deadline, a stop request or a guard that fired. Every zombie ends in exactly one
 Outcome, and whatever ends the sweep, even an error nobody foresaw, ends it
-through one path (`_Run.execute`).
+through one path (`_Sweep.execute`). The zombies' fates are the ledger's
+(`sweeper.ledger`), their writes the writer's (`sweeper.writer`).
 """
 
 from __future__ import annotations
@@ -22,17 +23,9 @@ import structlog
 from sweeper import __version__
 from sweeper.api import Clock, InvalidRecord, PlatformClient
 from sweeper.durations import format_duration, humanize
-from sweeper.errors import (
-    GuardRefused,
-    Interrupted,
-    ListingOverran,
-    Outcome,
-    Result,
-    SkipReason,
-    SweeperError,
-    as_error,
-)
+from sweeper.errors import Interrupted, ListingOverran, SkipReason, as_error
 from sweeper.guards import check_blast_radius
+from sweeper.ledger import Ledger, fill
 from sweeper.model import Step, StepStatus
 from sweeper.outages import NO_OUTAGES, OutageWindows
 from sweeper.policy import (
@@ -46,10 +39,9 @@ from sweeper.policy import (
     recheck,
     within_limit,
 )
-from sweeper.precise import Interval, run_timers
+from sweeper.precise import Interval, Nap, Watch
 from sweeper.report import StepEntry, StepKey, SweepReport
-from sweeper.timers import Timer, due_at, half_silent, listing_horizon
-from sweeper.writes import Writes, fill
+from sweeper.writer import Clocks, Writer
 
 log = structlog.get_logger("sweeper.sweep")
 
@@ -82,10 +74,6 @@ def new_sweep_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-#: Sleep for so many seconds, or less if the event is set (or a stop comes).
-Nap = Callable[[float, asyncio.Event], Awaitable[None]]
-
-
 class Sweeper:
     """Runs sweeps against one platform client; the clock and stop signal come from outside."""
 
@@ -107,17 +95,19 @@ class Sweeper:
         self.monotonic = monotonic
         self.outages = outages
         self.nap = nap or self._nap
+        self.clocks = Clocks(clock, monotonic, self._offset)
+
+    def _offset(self) -> timedelta:
+        check = self.client.clock_check
+        return check.offset if check is not None else timedelta(0)
 
     def on_platform(self, moment: datetime) -> datetime:
-        """A moment of our clock on the platform's, as far as its Date answers show: never
-        later than the platform's own (their one-second resolution counts against us), so
-        idle time is never overstated by a clock skew (guards.ClockCheck.offset)."""
-        check = self.client.clock_check
-        return moment + (check.offset if check is not None else timedelta(0))
+        """A moment of our clock on the platform's (writer.Clocks.on_platform)."""
+        return self.clocks.on_platform(moment)
 
     def platform_now(self) -> datetime:
         """Now on the platform's clock: what step timestamps are compared with."""
-        return self.on_platform(self.clock())
+        return self.clocks.platform_now()
 
     async def _nap(self, seconds: float, wake: asyncio.Event) -> None:
         """Sleep between timers; a stop or a re-armed timer ends it early."""
@@ -146,7 +136,8 @@ class Sweeper:
         then: its report counts everything done until the next listing.
         """
         report = report or self.new_report()
-        await _Run(self, report, interval).execute(_Run.sweep)
+        run = _Sweep(self, report, interval)
+        await run.execute(run.sweep)
         return report
 
     async def mark(
@@ -162,52 +153,77 @@ class Sweeper:
         report = report or self.new_report(manual=True)
         report.manual = True
 
-        async def mark_one(run: _Run) -> None:
-            await run.mark_one(step_id, organization_id, rule, force)
-
-        await _Run(self, report).execute(mark_one)
+        run = _Sweep(self, report)
+        await run.execute(lambda: run.mark_one(step_id, organization_id, rule, force))
         return report
 
 
-class _Run(Writes):
-    """The state of one sweep in progress."""
+class Unwatched:
+    """A sweep without precise marking: what `precise.Watch` does in that mode, with no
+    timers (the listing alone finds the zombies, the guard counts them)."""
+
+    precise = False
+
+    def __init__(self, rules: Rules, max_steps: int) -> None:
+        self.rules = rules
+        self.max_steps = max_steps
+
+    def horizon(self, now: datetime) -> datetime:
+        """The listing's startedBefore: no step younger is stale or a runaway."""
+        return now - self.rules.smallest_limit
+
+    def saw_alive(self, step: Step, now: datetime, outages: OutageWindows) -> None:
+        """A step not stale yet: nothing to arm."""
+
+    def begin(self, zombies: int) -> None:
+        check_blast_radius(zombies, self.max_steps)
+
+    async def run(self) -> None:
+        """No timers to fire: the sweep ends with its listing's writes."""
+
+
+class _Sweep:
+    """One sweep in progress: it lists and orchestrates; the ledger settles, the writer
+    writes, and in precise mode the watch arms and fires the timers."""
 
     def __init__(
         self, sweeper: Sweeper, report: SweepReport, interval: Interval | None = None
     ) -> None:
-        self.s = sweeper
-        self.interval = interval
-        self.soon: list[Timer] = []  # precise mode: steps due before the interval ends
-        self.confirmed = 0  # precise mode: zombies confirmed in this interval so far
-        self.silent = 0  # precise mode: listed steps silent past half their limit
+        self.stop = sweeper.stop
+        self.outages = sweeper.outages
         self.client = sweeper.client
         self.cfg = sweeper.config
+        self.clocks = sweeper.clocks
         self.report = report
         self.counts = report.counts
-        self.deadline_at = sweeper.monotonic() + self.cfg.deadline.total_seconds()
-        # Writes in flight at once, the listing's and precise-marking timers' together.
-        self.slots = asyncio.Semaphore(self.cfg.max_concurrency)
-        # Set once, by the first error that stops every write (its `halts`).
-        self.halted: SweeperError | None = None
-        # The error that ended the sweep, if one did.
-        self.ended_by: SweeperError | None = None
         self.log = log.bind(sweep_id=report.sweep_id)
+        self.ledger = Ledger(report, self.log, self.cfg.token_source)
+        self.writer = Writer(self.client, self.ledger, self.clocks, self.stop, self.cfg)
+        self.watch: Watch | Unwatched = (
+            Unwatched(self.cfg.rules, self.cfg.max_steps)
+            if interval is None
+            else Watch(interval, self.writer, self.cfg, self.outages, sweeper.nap)
+        )
 
-    async def execute(self, work: Callable[[_Run], Awaitable[None]]) -> None:
-        """Run the work; whatever ends it, end the sweep through `finish`."""
-        started = self.s.monotonic()
+    async def execute(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run the work; whatever ends it, end the sweep through `Ledger.finish`."""
+        started = self.clocks.monotonic()
         self.client.begin_sweep()
         self.log_started()
         try:
-            await work(self)
+            await work()
         except asyncio.CancelledError:
             # The stop grace ran out: writes still in flight have no known answer.
-            self.end(Interrupted("stopped before the writes in flight ended"))
+            self.ledger.end(Interrupted("stopped before the writes in flight ended"))
             raise
         except Exception as exc:  # fail closed: the unforeseen is a crash, never success
-            self.end(as_error(exc))
+            self.ledger.end(as_error(exc))
         finally:
-            self.finish(started)
+            self.ledger.finish(
+                stopped=self.stop.is_set(),
+                finished_at=self.clocks.wall(),
+                duration_ms=round((self.clocks.monotonic() - started) * 1000),
+            )
 
     def log_started(self) -> None:
         cfg, rules = self.cfg, self.cfg.rules
@@ -218,95 +234,36 @@ class _Run(Writes):
             rules={r.name: _threshold(r) for r in (*rules.overrides, rules.default)},
             max_steps=cfg.max_steps,
             deadline=format_duration(cfg.deadline),
-            precise=self.interval is not None,
+            precise=self.watch.precise,
             **_runtimes(rules),
-        )
-
-    def finish(self, started: float) -> None:
-        report = self.report
-        if self.s.stop.is_set() and report.result is Result.COMPLETED:
-            report.result = Result.INTERRUPTED
-        # What stopped every write says the fate of the zombies still pending; else
-        # they were not attempted because the sweep ended as it did.
-        stopper = self.halted or self.ended_by
-        if stopper is not None and stopper.halts:
-            leftover, reason = stopper.outcome, stopper.reason
-        else:
-            leftover, reason = Outcome.NOT_ATTEMPTED, report.result
-        for entry in report.entries:
-            if entry.outcome is Outcome.PENDING and entry.attempts:
-                # Sent before the sweep stopped: never "refused" or "not attempted".
-                self.fail_unknown(entry, reason, "the sweep stopped before an answer came")
-        report.settle_pending(leftover, reason)
-        report.tally()
-        report.finished_at = self.s.clock()
-        self.log.info(
-            "sweep.finished",
-            result=report.result.value,
-            exit_code=int(report.exit_code),
-            duration_ms=round((self.s.monotonic() - started) * 1000),
-            **self.counts,
         )
 
     async def sweep(self) -> None:
         zombies = await self.collect()
-        interval = self.interval
-        if interval is None:
-            check_blast_radius(len(zombies), self.cfg.max_steps)
-            await self.write_all(zombies)
-            return
-        # Precise: the guard counts the zombies due in this listing interval: those due
-        # now, and those due later that have already been silent past half their limit
-        # (operations.md, "Precise marking"). A healthy step (silent less than that) is
-        # not counted: with a limit shorter than the interval every healthy step has a
-        # due moment in it, and counting them would refuse every listing of a large
-        # fleet. The zombies the timers then confirm are counted as they come, and no
-        # interval marks more than max_steps (`precise.fire`).
-        interval.timers.clear()
-        check_blast_radius(len(zombies) + self.silent, self.cfg.max_steps)
-        self.confirmed = len(zombies)
-        for timer in sorted(self.soon, key=lambda t: t.due):
-            if not interval.timers.arm(timer.step, timer.due, self.report.sweep_id):
-                interval.waiting.append(timer)  # armed when a timer frees its place
-        if interval.waiting:
-            self.log.warning(
-                "timers.full",
-                armed=len(interval.timers),
-                waiting=len(interval.waiting),
-                max_steps=self.cfg.max_steps,
-                detail="steps due later wait for a timer's place (at most sweep.max_steps)",
-            )
-        self.counts["armed"] = len(self.soon)
-        interval.on_armed(len(interval.timers))
+        self.watch.begin(len(zombies))  # the blast-radius guard, and any timers
         # The zombies due now first (their writes hold the places in flight), then the
         # timers; one due meanwhile fires as soon as they are done.
         await self.write_all(zombies)
-        await run_timers(self, interval)
-
-    def new_entry(self, step_id: str, organization_id: str) -> StepEntry:
-        """A zombie of this sweep from now on: its one report entry."""
-        entry = StepEntry(stepId=step_id, organizationId=organization_id)
-        self.report.entries.append(entry)
-        return entry
+        await self.watch.run()
 
     async def mark_one(self, step_id: str, organization_id: str, rule: Rule, force: bool) -> None:
-        entry = self.new_entry(step_id, organization_id)
+        entry = self.ledger.new_entry(step_id, organization_id)
         self.counts["listed"] += 1
         limits = None if force else self.cfg.rules
 
         def judge(current: Step | None) -> Decision | SkipReason:
             # An operator decided: the idle time is only reported (within_limit, below,
             # judges on the platform's clock).
-            return decide_by_hand(current, self.s.clock(), rule, limits)
+            return decide_by_hand(current, self.clocks.wall(), rule, limits)
 
         current = await self.client.get_step(
             step_id, organization_id, then_write=not self.cfg.dry_run
         )
         if limits is not None and current is not None and current.status == StepStatus.RUNNING:
-            within = within_limit(current, self.s.platform_now(), limits)
+            within = within_limit(current, self.clocks.platform_now(), limits)
             if within is not None:
                 self.refuse_live(entry, within)
-        await self.handle(judge, entry, judge(current), reserved=True)
+        await self.writer.write(judge, entry, judge(current), reserved=True)
 
     def refuse_live(self, entry: StepEntry, within: NotStale) -> None:
         """Say why `mark` leaves a step alone: its idle time, its limit and the way out."""
@@ -325,32 +282,11 @@ class _Run(Writes):
             f"{within.rule}): not marked; --force marks it anyway",
         )
 
-    def end(self, error: SweeperError) -> None:
-        """The sweep ends with this error: its result, and the one event that says so."""
-        self.ended_by = error
-        self.report.end(error)
-        if isinstance(error, GuardRefused):
-            self.log.error("sweep.refused", **error.log_fields())
-            return
-        refused = error.result is Result.TOKEN_REFUSED
-        # Where the refused token came from (never the token).
-        detail = {"token_source": self.cfg.token_source} if refused else {}
-        self.log.error("sweep.aborted", **error.log_fields(), **detail)
-
-    def halt(self, error: SweeperError) -> None:
-        """Stop every write not yet sent; the first error wins."""
-        if self.halted is not None:
-            return
-        self.halted = error
-        if self.interval is not None:
-            self.interval.wake.set()  # the timer loop stops napping and ends
-        self.end(error)
-
     # -- listing -------------------------------------------------------------
 
     async def collect(self) -> dict[StepKey, Decision]:
         """Read every page, within the deadline; keep only the zombies."""
-        remaining = self.deadline_at - self.s.monotonic()
+        remaining = self.writer.deadline_at - self.clocks.monotonic()
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
                 return await self._collect()
@@ -362,27 +298,23 @@ class _Run(Writes):
         return ListingOverran(f"the listing did not end within sweep.deadline ({deadline})")
 
     async def _collect(self) -> dict[StepKey, Decision]:
-        cfg = self.cfg
+        cfg, deadline_at = self.cfg, self.writer.deadline_at
         zombies: dict[StepKey, Decision] = {}
         seen: set[StepKey] = set()  # spared steps, by identity: exact, no hash to collide
         # Step timestamps are the platform's: they are compared with its clock.
-        now = self.s.platform_now()
-        started_before = now - cfg.rules.smallest_limit  # stale and runaway candidates
-        if self.interval is not None:
-            # Young steps that will be due before the next listing are listed too.
-            until = self.s.on_platform(self.interval.until)
-            started_before = listing_horizon(now, until - now, cfg.rules)
-        pages = self.client.list_running(started_before, cfg.page_size, self.deadline_at)
+        now = self.clocks.platform_now()
+        started_before = self.watch.horizon(now)
+        pages = self.client.list_running(started_before, cfg.page_size, deadline_at)
         async for page in pages:
-            now = self.s.platform_now()
-            outages = self.s.outages()
+            now = self.clocks.platform_now()
+            outages = self.outages()
             for record in page.records:
                 self.counts["listed"] += 1
                 try:
                     self.sort(record, now, outages, zombies, seen)
                 except Exception as exc:  # one record never ends the sweep
                     self.invalid(record, f"record: {type(exc).__name__} while judging it")
-            if self.s.monotonic() >= self.deadline_at:
+            if self.clocks.monotonic() >= deadline_at:
                 raise self.overran()
         return zombies
 
@@ -409,14 +341,11 @@ class _Run(Writes):
         if isinstance(verdict, Spared):
             seen.add(key)
             self.counts[verdict.value] += 1
-            if verdict is Spared.NOT_STALE and self.interval is not None:
-                self.silent += half_silent(record, now, self.cfg.rules, outages)
-                due = due_at(record, self.cfg.rules, outages)
-                if due is not None and due < self.s.on_platform(self.interval.until):
-                    self.soon.append(Timer(record, due, self.report.sweep_id))
+            if verdict is Spared.NOT_STALE:
+                self.watch.saw_alive(record, now, outages)
             return
         zombies[key] = verdict
-        fill(self.new_entry(record.step_id, record.organization_id), verdict)
+        fill(self.ledger.new_entry(record.step_id, record.organization_id), verdict)
 
     def invalid(self, record: Step | InvalidRecord, problems: str) -> None:
         self.counts["invalid"] += 1
@@ -432,12 +361,13 @@ class _Run(Writes):
     async def write_all(self, zombies: dict[StepKey, Decision]) -> None:
         entries = {e.key: e for e in self.report.entries}
         queue = iter(zombies.items())
+        writer = self.writer
 
         async def worker() -> None:
             for key, decision in queue:
-                if self.halted is not None:
-                    return  # the rest stay pending; `finish` settles them
-                async with self.slots:
+                if writer.halted:
+                    return  # the rest stay pending; `Ledger.finish` settles them
+                async with writer.slots:
                     await self.write_one(decision, entries[key])
 
         workers = min(self.cfg.max_concurrency, len(zombies))
@@ -451,10 +381,11 @@ class _Run(Writes):
         listed = decision.step
 
         def judge(current: Step | None) -> Decision | SkipReason:
-            return recheck(listed, current, self.s.platform_now(), self.cfg.rules, self.s.outages())
+            now = self.clocks.platform_now()
+            return recheck(listed, current, now, self.cfg.rules, self.outages())
 
         verdict: Decision | SkipReason | None = None if self.cfg.recheck else decision
-        await self.handle(judge, entry, verdict)
+        await self.writer.write(judge, entry, verdict)
 
 
 def _threshold(rule: Rule) -> str:

@@ -32,7 +32,7 @@ def test_more_zombies_due_in_the_interval_than_max_steps_are_refused(
     """Three steps that beat 10 s ago die (limit 3 min) inside a 5 min interval; max_steps
     is 2. The contract: more zombies due in the interval than max_steps marks none of them
     (sweep.refused guard=max_steps). On main the third timer is silently never armed
-    (TimerHeap.arm's False is ignored in _Run.sweep), so two are marked, the third waits a
+    (TimerHeap.arm's False is ignored in Watch.begin), so two are marked, the third waits a
     whole interval, and the sweep reports COMPLETED with no refusal."""
     platform.add(*(record(f"w{n}", started=H, heartbeat=10 * S) for n in range(3)))
     rules = Rules((), Rule("default", 3 * M, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
@@ -246,7 +246,7 @@ def test_a_real_zombie_waits_for_a_timer_place_when_healthy_steps_fill_the_heap(
     """limit 3 min, interval 5 min, max_steps 3. Three healthy steps (beat 30 s ago, and
     still beating) and one step that beat 10 s ago and then died. One zombie in the
     interval, well within max_steps, yet it is not marked before the next listing: the
-    healthy steps are due first and take every heap slot; `_Run.sweep` ignores
+    healthy steps are due first and take every heap slot; `Watch.begin` ignores
     TimerHeap.arm's False, so the dead step's timer is silently never armed (no log, no
     guard) and it is marked one interval late."""
     from sweeper.model import format_timestamp

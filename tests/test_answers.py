@@ -12,7 +12,6 @@ import pytest
 from sweeper.answers import (
     DEEP,
     MESSAGE_LIMIT,
-    Transient,
     classify,
     decode_json,
     platform_message,
@@ -26,6 +25,7 @@ from sweeper.errors import (
     StepConflict,
     StepNotFound,
     TokenRefused,
+    Transient,
 )
 from tests.helpers import NOW
 

@@ -247,7 +247,7 @@ def test_an_unforeseen_error_exits_70_never_0_or_1(platform: Platform, tmp_path:
     zombie(platform)
     config = write_config(tmp_path, platform.base_url)
     program = (
-        "import sys, sweeper.writes as s\n"
+        "import sys, sweeper.writer as s\n"
         "def broken(*a, **k):\n"
         f"    secret = {TOKEN!r}\n"
         "    raise RuntimeError('bug near ' + secret)\n"
