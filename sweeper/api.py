@@ -717,12 +717,18 @@ def build_http_client(
     max_connections: int,
     verify: bool | ssl.SSLContext = True,
     transport: httpx.AsyncBaseTransport | None = None,
+    before_write: Callable[[str, str], None] | None = None,
 ) -> httpx.AsyncClient:
-    """The one place the bearer token is attached; redirects are never followed."""
+    """The one place the bearer token is attached; redirects are never followed.
+
+    `before_write(method, path)`: called just before each request's bytes are written
+    (see `sweeper.transport.BeforeWrite`)."""
     if transport is None:
         from sweeper.transport import AiohttpTransport
 
-        transport = AiohttpTransport(max_connections=max_connections, verify=verify)
+        transport = AiohttpTransport(
+            max_connections=max_connections, verify=verify, before_write=before_write
+        )
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers={"Authorization": f"Bearer {token}", "User-Agent": f"sweeper/{__version__}"},

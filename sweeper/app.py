@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 import httpx
@@ -48,7 +49,9 @@ def sweep_config(settings: Settings) -> SweepConfig:
 
 
 def http_client(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport | None = None,
+    gate: LeaseGate | None = None,
 ) -> httpx.AsyncClient:
     api = settings.api
     verify: bool | ssl.SSLContext = True
@@ -62,7 +65,29 @@ def http_client(
         max_connections=api.max_concurrency + 2,
         verify=verify,
         transport=transport,
+        before_write=before_write(gate, debug=settings.log.level == "debug"),
     )
+
+
+def before_write(gate: LeaseGate | None, *, debug: bool) -> Callable[[str, str], None] | None:
+    """What runs just before a request's bytes are written, if anything.
+
+    [leader]: the gate once more, at the last moment (the client checked it before
+    waiting for a connection; a pause in between must not send on a lease gone).
+    Debug: `request.sent`, stamped on this process's monotonic clock, the clock the
+    lease is timed on (the leader tests order it against leader.lost with it).
+    """
+    if gate is None and not debug:
+        return None
+
+    def hook(method: str, path: str) -> None:
+        if gate is not None:
+            gate.check(method)
+        if debug:
+            at = time.monotonic()
+            log.debug("request.sent", method=method, path=path, monotonic=round(at, 6))
+
+    return hook
 
 
 def build_sweeper(

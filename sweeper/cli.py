@@ -375,14 +375,15 @@ async def _one_shot(
         except EngineError as exc:  # e.g. no namespace to be found outside a pod
             return _misconfigured(str(exc))
         electing = asyncio.ensure_future(leadership.elector.run())
-    async with http_client(settings) as http:
+    gate = leadership.gate if leadership is not None else None
+    async with http_client(settings, gate=gate) as http:
         sweeper = build_sweeper(
             settings,
             http,
             stop=stop,
             observer=observer,
             on_retry=on_retry,
-            gate=leadership.gate if leadership is not None else None,
+            gate=gate,
         )
         report = sweeper.new_report()
         try:

@@ -36,7 +36,7 @@ from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
 from sweeper.outages import OutageLog, watch_gap
 from sweeper.precise import Interval
 from sweeper.report import ExitCode, SweepReport
-from sweeper.schedule import DaemonState, install_stop_handlers, run_daemon
+from sweeper.schedule import DaemonState, install_stop_handlers, list_now, run_daemon
 from sweeper.settings import Settings, config_path_of, load_settings
 from sweeper.sweep import Sweeper
 from sweeper.timers import TimerHeap
@@ -210,7 +210,8 @@ class Daemon:
         self.outages.observe(method, status)
 
     def _build(self, settings: Settings) -> _Generation:
-        http = http_client(settings)
+        gate = self.leadership.gate if self.leadership is not None else None
+        http = http_client(settings, gate=gate)
         sweeper = build_sweeper(
             settings,
             http,
@@ -218,7 +219,7 @@ class Daemon:
             observer=self._observe,
             on_retry=self.metrics.observe_retry,
             outages=self.outages.windows,
-            gate=self.leadership.gate if self.leadership is not None else None,
+            gate=gate,
         )
         return _Generation(settings, http, sweeper)
 
@@ -334,9 +335,9 @@ class Daemon:
         self.metrics.set_leading(True)
         if self.health is not None:
             self.health.started_at = datetime.now(UTC)  # readiness counts from now
-        scheduler = self.state.scheduler
-        if scheduler is not None and not self.stop.is_set():
-            scheduler.modify_job("sweep", next_run_time=datetime.now(UTC))  # list now
+        if not self.stop.is_set():
+            # At once, or when a sweep still finishing (from before a loss) has ended.
+            list_now(self.state)
 
     def _lost(self, reason: str) -> None:
         self.metrics.set_leading(False)

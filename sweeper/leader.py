@@ -196,7 +196,12 @@ class Elector:
                 continue
             self.holder_seen = self.identity
             self.leading.set()
-            log.info("leader.acquired", identity=self.identity, lease_seconds=self.lease_seconds)
+            log.info(
+                "leader.acquired",
+                identity=self.identity,
+                lease_seconds=self.lease_seconds,
+                monotonic=round(self.lease.monotonic(), 6),
+            )
             self.events.acquired()
             reason = await self._hold()
             if reason is None:
@@ -253,9 +258,13 @@ class Elector:
 
     def _lose(self, reason: str) -> None:
         self.lease.drop()
+        # The gate is shut from here on: `monotonic` says when, on the clock it uses.
+        dropped_at = self.lease.monotonic()
         self.leading.clear()
         self._last_error = None
-        log.warning("leader.lost", reason=reason, identity=self.identity)
+        log.warning(
+            "leader.lost", reason=reason, identity=self.identity, monotonic=round(dropped_at, 6)
+        )
         self.events.lost(reason)
 
     def stop(self) -> None:
@@ -273,8 +282,13 @@ class Elector:
                 async with asyncio.timeout(self.renew_every):
                     await self.engine.release()
             return
-        log.info("leader.lost", reason="shutdown", identity=self.identity)
         self.lease.drop()
+        log.info(
+            "leader.lost",
+            reason="shutdown",
+            identity=self.identity,
+            monotonic=round(self.lease.monotonic(), 6),
+        )
         self.leading.clear()
         self.events.lost("shutdown")
         try:

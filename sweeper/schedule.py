@@ -85,7 +85,22 @@ class DaemonState:
     scheduler: Any = None
     #: The job running the latest sweep (it counts the sweep when the sweep ends).
     job: asyncio.Task[Any] | None = None
+    #: A listing is wanted at once (`list_now`), and none has started since.
+    relist: bool = False
     listeners: list[Callable[[SweepReport], None]] = field(default_factory=list)
+
+
+def list_now(state: DaemonState) -> None:
+    """List at once: now when no job runs, else as soon as the running one has ended.
+
+    One listing at a time: the scheduler skips a run while the job still runs (a sweep
+    finishing its writes after the lease was lost, then taken back), and would list
+    only an interval later. So the wish is kept (`relist`) and each job's end, once the
+    scheduler has counted it ended, schedules the listing if no job has served it.
+    """
+    state.relist = True
+    if state.scheduler is not None and (state.job is None or state.job.done()):
+        state.scheduler.modify_job("sweep", next_run_time=datetime.now(UTC))
 
 
 async def run_daemon(
@@ -109,10 +124,20 @@ async def run_daemon(
     state = state or DaemonState()
     notifier = notifier or SystemdNotifier({})
 
+    def after_job(_: object) -> None:
+        # A done-callback of the job's task, added after the scheduler's own: the
+        # scheduler has counted the job ended, so a run now is not skipped.
+        if state.relist and not stop.is_set() and state.scheduler is not None:
+            state.scheduler.modify_job("sweep", next_run_time=clock())
+
     async def sweep_job() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state.job = task
+        task.add_done_callback(after_job)
         if stop.is_set() or not may_list():
             return
-        state.job = asyncio.current_task()
+        state.relist = False  # this listing is the one wished for
         report, work = new_sweep()
         # Read after new_sweep: a reload it applied may have rescheduled the job, and the
         # old next listing time would make a lengthened interval look overrun.
@@ -140,11 +165,10 @@ async def run_daemon(
                 listener(report)
             if next_listing is not None and not stop.is_set() and clock() >= next_listing:
                 # This sweep ran past the next listing's time, which the scheduler then
-                # skipped (one at a time): list now rather than an interval later.
+                # skipped (one at a time): list now rather than an interval later, once
+                # this job has ended (after_job).
                 log.info("sweep.overran", next_listing=next_listing.isoformat())
-                # A moment from now: this job must have ended, or that run is skipped too.
-                soon = clock() + timedelta(milliseconds=50)
-                state.scheduler.modify_job("sweep", next_run_time=soon)
+                state.relist = True
 
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(

@@ -16,7 +16,8 @@ from __future__ import annotations
 import ssl
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -88,11 +89,61 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 on an aiohttp ClientSession, created on first use inside the loop."""
+#: Called with (method, path) just before a request's bytes are written to the socket;
+#: what it raises stops the request unsent and leaves `handle_async_request` as is.
+BeforeWrite = Callable[[str, str], None]
 
-    def __init__(self, *, max_connections: int, verify: bool | ssl.SSLContext = True) -> None:
+
+def _write_tracer(before_write: BeforeWrite) -> aiohttp.TraceConfig:
+    """aiohttp's trace hooks, placed where the request is written.
+
+    A request without a body is written right after its headers are serialized
+    (`on_request_headers_sent`), one with a body with its first chunk
+    (`on_request_chunk_sent`, run just before that write, headers and body in one).
+    Neither hook is followed by a wait before the write: what runs in them runs when
+    the bytes leave, and nothing is written when they raise.
+    """
+    tracer = aiohttp.TraceConfig()
+
+    def call(context: SimpleNamespace, method: str, url: URL) -> None:
+        ctx = context.trace_request_ctx
+        try:
+            before_write(method, url.raw_path)
+        except BaseException as exc:
+            ctx["refused"] = exc  # aiohttp may wrap it on the way out: unwrapped there
+            raise
+
+    async def headers(_: Any, context: SimpleNamespace, params: Any) -> None:
+        if not context.trace_request_ctx["body"]:
+            call(context, params.method, params.url)
+
+    async def chunk(_: Any, context: SimpleNamespace, params: Any) -> None:
+        ctx = context.trace_request_ctx
+        if ctx["body"] and not ctx.get("written"):
+            ctx["written"] = True  # the first chunk only
+            call(context, params.method, params.url)
+
+    tracer.on_request_headers_sent.append(headers)
+    tracer.on_request_chunk_sent.append(chunk)
+    return tracer
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 on an aiohttp ClientSession, created on first use inside the loop.
+
+    `before_write` ([leader]'s last look at the lease, `request.sent` at debug level):
+    see `BeforeWrite`; without it no trace hook runs at all.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        verify: bool | ssl.SSLContext = True,
+        before_write: BeforeWrite | None = None,
+    ) -> None:
         self._max_connections = max_connections
+        self._before_write = before_write
         self._ssl: bool | ssl.SSLContext = (
             verify
             if isinstance(verify, ssl.SSLContext)
@@ -123,12 +174,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 trust_env=False,  # proxies from the environment: see _proxy_for
                 auto_decompress=False,  # httpx decodes Content-Encoding itself
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                trace_configs=(
+                    None if self._before_write is None else [_write_tracer(self._before_write)]
+                ),
             )
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout: dict[str, Any] = request.extensions.get("timeout", {})
         body = request.content or None
+        traced: dict[str, Any] | None = (
+            None if self._before_write is None else {"body": body is not None}
+        )
         try:
             response = await self._session_now().request(
                 request.method,
@@ -137,6 +194,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=body,
                 allow_redirects=False,
                 proxy=self._proxy_for(request.url),
+                trace_request_ctx=traced,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=timeout.get("pool"),
@@ -145,6 +203,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
+            refused: BaseException | None = (traced or {}).get("refused")
+            if refused is not None:
+                raise refused from None  # nothing written: as before_write raised it
             raise _map(exc) from exc
         return httpx.Response(
             status_code=response.status,

@@ -3,11 +3,23 @@
 Each copy has its own token on the stand-in, so every listing and every PATCH is
 attributed to the copy that sent it; the properties of the issue are checked on
 that record, and on each copy's own events (JSON on its stderr).
+
+Which clock decides "no request between a copy's leader.lost and its next
+leader.acquired": the COPY'S OWN monotonic clock. Each copy runs at debug level and
+logs `request.sent` just before a request's bytes are written to the socket, and
+`leader.acquired` / `leader.lost` with the moment its gate opened / shut, all with
+`monotonic`: one process, one clock, the clock the lease itself is timed on, and no
+observer in between. The stand-in's arrival time (`Seen.at`, `time.time()` when its
+handler runs on a thread of this loaded pytest process) is not an honest clock for
+an order that tight: it is a later observation by another process. It still
+attributes every request (who sent what, which step was written), and every request
+it saw must have a send stamp from that copy (else the stamps would not cover all).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +37,7 @@ from starlette.responses import Response
 from sweeper.api import STEPS_PATH
 from sweeper.devserver.server import RunningServer, serve_in_thread
 from sweeper.devserver.state import PlatformState
-from tests.e2e import Result, environment, wait_for
+from tests.e2e import environment, wait_for
 from tests.helpers import TOKEN, record
 
 #: The issue's test timing: lease 4 s, renew 1 s; api.timeout 1 s.
@@ -65,6 +77,25 @@ class Stand:
 
     def listings(self) -> list[Seen]:
         return [s for s in list(self.seen) if s.listing]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One request as its sender logged it (`request.sent`), just before the write."""
+
+    monotonic: float  # the sender's own monotonic clock
+    at: float  # wall clock, comparable across copies on this machine
+    copy: str
+    method: str
+    path: str
+
+    @property
+    def listing(self) -> bool:
+        return self.method == "GET" and self.path == STEPS_PATH
+
+
+def _wall(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 def start_stand(copies: int = 3) -> Stand:
@@ -114,6 +145,8 @@ class Copy:
         token.chmod(0o600)
         self.config = folder / "config.toml"
         self.config.write_text(
+            # debug: request.sent, the send stamps the properties are checked on.
+            '[log]\nlevel = "debug"\n'
             f'[api]\nbase_url = "{stand.server.base_url}"\ntoken_file = "{token}"\n'
             'timeout = "1s"\nmax_rate = 0\nmax_attempts = 2\n'
             '[schedule]\ninterval = "60s"\n'
@@ -125,6 +158,8 @@ class Copy:
         self.log = folder / "stderr.log"
         self.argv = argv or ("run",)
         self.proc: subprocess.Popen[str] | None = None
+        self._read = 0  # bytes of the log parsed so far (it only grows)
+        self._events: list[dict[str, Any]] = []
 
     def start(self) -> Copy:
         with self.log.open("a") as handle:  # the child keeps its own descriptor
@@ -147,15 +182,49 @@ class Copy:
         return self
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        found = Result(0, "", self.log.read_text()).events
-        return [e for e in found if name is None or e["event"] == name]
+        # Only what was appended since the last call, whole lines only: the tests poll
+        # this, and a debug log re-read whole each time would load this process.
+        with self.log.open("rb") as handle:
+            handle.seek(self._read)
+            chunk = handle.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._read += len(complete)
+        for line in complete.decode().splitlines():
+            if line.startswith("{"):
+                self._events.append(json.loads(line))
+        return [e for e in self._events if name is None or e["event"] == name]
 
     def times(self, name: str, **fields: Any) -> list[float]:
         return [
-            datetime.fromisoformat(str(e["timestamp"]).replace("Z", "+00:00")).timestamp()
-            for e in self.events(name)
-            if all(e.get(k) == v for k, v in fields.items())
+            _wall(e) for e in self.events(name) if all(e.get(k) == v for k, v in fields.items())
         ]
+
+    def sends(self) -> list[Sent]:
+        return [
+            Sent(float(e["monotonic"]), _wall(e), self.name, str(e["method"]), str(e["path"]))
+            for e in self.events("request.sent")
+        ]
+
+    def holding_periods(self) -> list[tuple[float, float]]:
+        """[acquired, lost) on this copy's monotonic clock; an open one ends at +inf."""
+        marks = sorted(
+            (float(e["monotonic"]), e["event"])
+            for e in self.events()
+            if e["event"] in ("leader.acquired", "leader.lost")
+        )
+        periods: list[tuple[float, float]] = []
+        start: float | None = None
+        for at, event in marks:
+            if event == "leader.acquired":
+                assert start is None, f"{self.name}: acquired twice without a loss between"
+                start = at
+            else:
+                assert start is not None, f"{self.name}: lost a lease it did not hold"
+                periods.append((start, at))
+                start = None
+        if start is not None:
+            periods.append((start, float("inf")))
+        return periods
 
     def signal(self, signum: int) -> float:
         assert self.proc is not None
@@ -195,11 +264,14 @@ def leader_of(copies: list[Copy], after: float = 0.0) -> Copy:
     return holder[0]
 
 
-def first_listing_after(stand: Stand, at: float, but_not: str) -> float:
+def first_listing_after(copies: list[Copy], at: float, but_not: str) -> float:
+    """Seconds from `at` (wall) to the first listing another copy SENT after it."""
     found: list[float] = []
 
     def listed() -> bool:
-        found[:] = [s.at for s in stand.listings() if s.at > at and s.copy != but_not]
+        found[:] = [
+            s.at for c in copies if c.name != but_not for s in c.sends() if s.listing and s.at > at
+        ]
         return bool(found)
 
     wait_for(listed, timeout=60)
@@ -214,11 +286,28 @@ def wait_all_marked(stand: Stand, ids: list[str], timeout: float = 90) -> None:
 
 
 def check_properties(stand: Stand, copies: list[Copy], ids: list[str]) -> None:
-    """The issue's properties, on what the stand-in saw and what each copy said."""
-    seen = stand.requests()
+    """The issue's properties, on what each copy sent (its own stamps) and what the
+    stand-in saw (who wrote what)."""
+    seen = stand.requests()  # first: every request in it was sent before the logs are read
     assert all(s.copy != "?" for s in seen), "a request no copy's token explains"
-    # No two copies list within the same second.
-    listings = sorted(stand.listings(), key=lambda s: s.at)
+    sends = {c.name: c.sends() for c in copies}
+    # The stamps cover every request the stand-in saw, copy by copy, kind by kind.
+    for copy in copies:
+        for kind in {(s.method, s.path) for s in seen if s.copy == copy.name}:
+            stamped = sum((s.method, s.path) == kind for s in sends[copy.name])
+            arrived = sum((s.method, s.path) == kind and s.copy == copy.name for s in seen)
+            assert stamped >= arrived, f"{copy.name}: {arrived} x {kind} seen, {stamped} stamped"
+    # No request from a copy that does not hold the lease: each one sent inside one of
+    # its holding periods, on its own monotonic clock (the first acquisition included).
+    for copy in copies:
+        periods = copy.holding_periods()
+        outside = [s for s in sends[copy.name] if not any(a < s.monotonic < b for a, b in periods)]
+        assert not outside, (
+            f"{copy.name} sent {outside[:3]} without the lease; held {periods};"
+            f" lag of the stand-in: {observer_lag(stand, copies)}"
+        )
+    # No two copies list within the same second (as sent, on the machine's wall clock).
+    listings = sorted((s for c in copies for s in sends[c.name] if s.listing), key=lambda s: s.at)
     for before, after in itertools.pairwise(listings):
         if before.copy != after.copy:
             gap = after.at - before.at
@@ -232,14 +321,21 @@ def check_properties(stand: Stand, copies: list[Copy], ids: list[str]) -> None:
     # Every dead step marked, once.
     assert all(stand.state.steps[i]["status"] == "FAILED" for i in ids)
     assert sorted(writers) == sorted(ids)
-    # No request from a copy between losing the lease and taking it again.
+
+
+def observer_lag(stand: Stand, copies: list[Copy]) -> dict[str, float]:
+    """How late the in-process stand-in recorded requests after they were sent: for each
+    copy, the largest (arrival - send) over requests matched in order by kind."""
+    lag: dict[str, float] = {}
     for copy in copies:
-        lost = copy.times("leader.lost")
-        acquired = copy.times("leader.acquired")
-        for at in lost:
-            again = min([t for t in acquired if t > at], default=float("inf"))
-            late = [s for s in stand.requests(copy.name) if at < s.at < again]
-            assert not late, f"{copy.name} sent {late[:3]} after it lost the lease"
+        by_kind: dict[tuple[str, str], list[float]] = {}
+        for sent in copy.sends():
+            by_kind.setdefault((sent.method, sent.path), []).append(sent.at)
+        for kind, stamps in by_kind.items():
+            arrivals = [s.at for s in stand.requests(copy.name) if (s.method, s.path) == kind]
+            for sent_at, arrived_at in zip(sorted(stamps), sorted(arrivals), strict=False):
+                lag[copy.name] = max(lag.get(copy.name, 0.0), arrived_at - sent_at)
+    return {name: round(value, 3) for name, value in lag.items()}
 
 
 def stop_all(copies: list[Copy]) -> None:

@@ -275,3 +275,75 @@ def test_a_reload_that_lengthens_the_interval_is_no_overrun() -> None:
         asyncio.run(main())
     assert state.sweeps == 1
     assert not [e for e in logs if e["event"] == "sweep.overran"]
+
+
+@pytest.mark.parametrize("previous_still_running", [True, False])
+def test_a_lease_taken_back_while_the_last_sweep_finishes_lists_when_it_ends(
+    previous_still_running: bool,
+) -> None:
+    """[leader]: a copy lost the lease while a sweep was finishing its writes, and takes it
+    back before that sweep ends (`list_now` then). With a 1-hour interval, a second
+    listing only comes promptly if it follows the end of the first, and never overlaps
+    it (one listing at a time). Without a sweep running, `list_now` lists at once."""
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from sweeper.schedule import list_now
+
+    order: list[str] = []
+    holding = [True]
+
+    async def main() -> DaemonState:
+        stop = asyncio.Event()
+        started, finish_first = asyncio.Event(), asyncio.Event()
+        state = DaemonState()
+
+        def new_sweep() -> tuple[SweepReport, Any]:
+            report = SweepReport("id", datetime.now(UTC), dry_run=False)
+            number = sum(1 for o in order if o.startswith("start")) + 1
+            order.append(f"start {number}")
+
+            async def work() -> SweepReport:
+                if number == 1:
+                    started.set()
+                    if previous_still_running:
+                        holding[0] = False  # lost: the sweep drains its writes
+                        await asyncio.sleep(0)
+                        holding[0] = True  # taken back before it has ended
+                        list_now(state)
+                    await finish_first.wait()
+                else:
+                    stop.set()
+                order.append(f"end {number}")
+                return report
+
+            return report, work()
+
+        async def driver() -> None:
+            # Waits for events, with a generous bound (the interval is an hour).
+            try:
+                async with asyncio.timeout(30):
+                    await started.wait()
+                    finish_first.set()
+                    if not previous_still_running:
+                        assert state.job is not None
+                        await asyncio.wait({state.job})
+                        list_now(state)  # nothing runs: at once
+                    await stop.wait()
+            finally:
+                stop.set()  # a second listing that never came: the daemon stops all the same
+
+        driving = asyncio.ensure_future(driver())
+        done = await run_daemon(
+            new_sweep,
+            stop=stop,
+            trigger=IntervalTrigger(hours=1, timezone="UTC"),
+            misfire_grace=timedelta(minutes=5),
+            state=state,
+            may_list=lambda: holding[0],
+        )
+        await driving
+        return done
+
+    state = asyncio.run(main())
+    assert order == ["start 1", "end 1", "start 2", "end 2"]
+    assert state.sweeps == 2 and state.relist is False
