@@ -289,6 +289,7 @@ def check_properties(stand: Stand, copies: list[Copy], ids: list[str]) -> None:
     """The issue's properties, on what each copy sent (its own stamps) and what the
     stand-in saw (who wrote what)."""
     seen = stand.requests()  # first: every request in it was sent before the logs are read
+    report_diagnostics(stand, copies)
     assert all(s.copy != "?" for s in seen), "a request no copy's token explains"
     sends = {c.name: c.sends() for c in copies}
     # The stamps cover every request the stand-in saw, copy by copy, kind by kind.
@@ -321,6 +322,35 @@ def check_properties(stand: Stand, copies: list[Copy], ids: list[str]) -> None:
     # Every dead step marked, once.
     assert all(stand.state.steps[i]["status"] == "FAILED" for i in ids)
     assert sorted(writers) == sorted(ids)
+
+
+def standin_after_lost(stand: Stand, copies: list[Copy]) -> list[Seen]:
+    """The old, dishonest check: requests the stand-in RECORDED between a copy's
+    leader.lost and its next leader.acquired (wall clock of two processes)."""
+    late = []
+    for copy in copies:
+        acquired = copy.times("leader.acquired")
+        for at in copy.times("leader.lost"):
+            again = min([t for t in acquired if t > at], default=float("inf"))
+            late += [s for s in stand.requests(copy.name) if at < s.at < again]
+    return late
+
+
+def report_diagnostics(stand: Stand, copies: list[Copy]) -> None:
+    """With LEADER_DIAGNOSTICS=<file>: one JSON line per check of how late the stand-in
+    recorded requests, and what the old stand-in-clock check would have said."""
+    target = os.environ.get("LEADER_DIAGNOSTICS")
+    if not target:
+        return
+    late = standin_after_lost(stand, copies)
+    line = {
+        "test": os.environ.get("PYTEST_CURRENT_TEST", "?"),
+        "load": os.getloadavg()[0],
+        "lag": observer_lag(stand, copies),
+        "standin_after_lost": [(s.copy, s.method, s.path, s.at) for s in late],
+    }
+    with open(target, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
 
 
 def observer_lag(stand: Stand, copies: list[Copy]) -> dict[str, float]:
