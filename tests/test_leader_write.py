@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -63,6 +64,18 @@ class StallsAfterCheck(Gate):
         self.checks += 1
         if self.checks == 1:
             self.now.value += self.stall  # after the first check, before the write
+
+
+@pytest.fixture(name="debug_logs")
+def _debug_logs() -> Iterator[list[dict[str, Any]]]:
+    """Captured logs at debug level, whatever an earlier test configured."""
+    config = structlog.get_config()
+    structlog.reset_defaults()
+    try:
+        with structlog.testing.capture_logs() as captured:
+            yield captured
+    finally:
+        structlog.configure(**config)
 
 
 @pytest.fixture(name="server")
@@ -146,7 +159,7 @@ def test_a_lease_that_runs_out_between_the_check_and_the_write_sends_nothing(
 def test_with_the_lease_held_at_the_write_the_request_goes_out_and_is_stamped(
     server: tuple[RunningServer, list[tuple[str, str]]],
     request_kind: Any,
-    logs: list[dict[str, Any]],
+    debug_logs: list[dict[str, Any]],
 ) -> None:
     """A short stall that leaves enough lease: sent; at debug level `request.sent` says
     when (monotonic), once per request, after the last look passed."""
@@ -161,7 +174,7 @@ def test_with_the_lease_held_at_the_write_the_request_goes_out_and_is_stamped(
 
     asyncio.run(scenario())
     assert len(seen) == 1 and gate.checks == 2
-    (stamp,) = [e for e in logs if e["event"] == "request.sent"]
+    (stamp,) = [e for e in debug_logs if e["event"] == "request.sent"]
     assert (stamp["method"], stamp["path"]) == seen[0]
     assert isinstance(stamp["monotonic"], float)
 
