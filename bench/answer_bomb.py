@@ -2,7 +2,7 @@
 
 A loopback server (its own process) answers the listing with a few KB that decode to
 `--inflated-mib` of zeros through stacked encodings (`--encoding "gzip, gzip"` by
-default), read over the real aiohttp transport and PlatformClient. Prints one JSON
+default), read over the real transport and PlatformClient. Prints one JSON
 line: the answer's size on the wire, what the client made of it, and the client
 process's peak RSS in MiB (VmHWM; ru_maxrss alongside).
 """

@@ -68,6 +68,8 @@ RetryObserver = Callable[[str, str], None]
 TOKEN_RETRY_SECONDS = 3600.0
 
 log = structlog.get_logger("sweeper.api")
+#: One encoder for every request body (json.dumps with separators builds one a call).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def utc_now() -> datetime:
@@ -256,17 +258,20 @@ class PlatformClient:
                     attempts=exc.attempts,
                 ) from None
             page = _parse_page(answer)
+            del answer  # one page in memory at a time, not two
             pages += 1
+            next_cursor = page.next_cursor
             yield page
-            if page.next_cursor is None:
+            del page
+            if next_cursor is None:
                 return
-            if page.next_cursor in seen:
+            if next_cursor in seen:
                 raise InvalidListing(
                     f"listing: page {pages} repeats a nextCursor already followed"
                     " (the listing would never end)"
                 )
-            seen.add(page.next_cursor)
-            cursor = page.next_cursor
+            seen.add(next_cursor)
+            cursor = next_cursor
 
     async def get_step(
         self,
@@ -482,7 +487,7 @@ class PlatformClient:
         headers = None
         payload = None
         if body is not None:
-            payload = json.dumps(body, separators=(",", ":")).encode()
+            payload = _COMPACT_JSON.encode(body).encode()
             headers = {"Content-Type": "application/json"}
         if self.gate is not None:
             # As late as possible: after every wait (rate limit, retry), with nothing
@@ -724,9 +729,9 @@ def build_http_client(
     `before_write(method, path)`: called just before each request's bytes are written
     (see `sweeper.transport.BeforeWrite`)."""
     if transport is None:
-        from sweeper.transport import AiohttpTransport
+        from sweeper.transport import Transport
 
-        transport = AiohttpTransport(
+        transport = Transport(
             max_connections=max_connections, verify=verify, before_write=before_write
         )
     return httpx.AsyncClient(

@@ -7,6 +7,7 @@ warn-once flag for a missing Date header.
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -52,6 +53,17 @@ def why_not_start(stopping: bool, now: float, deadline_at: float) -> SkipReason 
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def http_date(text: str) -> datetime | None:
+    """An HTTP Date header as an aware time; None when it is not one. Answers within
+    the same second carry the same text: each is parsed once (a hot path)."""
+    try:
+        theirs = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return theirs if theirs.tzinfo is not None else None
+
+
 class ClockCheck:
     """Compares every answer's Date header with our clock, ahead or behind."""
 
@@ -80,11 +92,8 @@ class ClockCheck:
                 self.warned_missing = True
                 log.warning("platform.date_missing", detail="clock skew cannot be checked")
             return None
-        try:
-            theirs = email.utils.parsedate_to_datetime(date_header)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            theirs = None
-        if theirs is None or theirs.tzinfo is None:
+        theirs = http_date(date_header)
+        if theirs is None:
             return InvalidAnswer("the platform's Date header is not an HTTP date")
         try:
             skew = theirs - self.clock()

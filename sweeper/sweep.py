@@ -41,6 +41,7 @@ from sweeper.policy import (
 )
 from sweeper.precise import Interval, Nap, Watch
 from sweeper.report import StepEntry, StepKey, SweepReport
+from sweeper.stepset import StepSet
 from sweeper.writer import Clocks, Writer
 
 log = structlog.get_logger("sweeper.sweep")
@@ -300,7 +301,7 @@ class _Sweep:
     async def _collect(self) -> dict[StepKey, Decision]:
         cfg, deadline_at = self.cfg, self.writer.deadline_at
         zombies: dict[StepKey, Decision] = {}
-        seen: set[StepKey] = set()  # spared steps, by identity: exact, no hash to collide
+        seen = StepSet()  # spared steps, by identity: exact, no hash to collide
         # Step timestamps are the platform's: they are compared with its clock.
         now = self.clocks.platform_now()
         started_before = self.watch.horizon(now)
@@ -314,6 +315,7 @@ class _Sweep:
                     self.sort(record, now, outages, zombies, seen)
                 except Exception as exc:  # one record never ends the sweep
                     self.invalid(record, f"record: {type(exc).__name__} while judging it")
+            del page  # not kept alive while the next page is read
             if self.clocks.monotonic() >= deadline_at:
                 raise self.overran()
         return zombies
@@ -324,7 +326,7 @@ class _Sweep:
         now: datetime,
         outages: OutageWindows,
         zombies: dict[StepKey, Decision],
-        seen: set[StepKey],
+        seen: StepSet,
     ) -> None:
         if isinstance(record, InvalidRecord):
             self.invalid(record, record.problems)

@@ -1,14 +1,12 @@
-"""An httpx transport on aiohttp's connection pool.
+"""The httpx transport under the platform client: our own HTTP/1.1 pool, proxies aside.
 
-The httpx API stays the project's client; underneath, httpcore's async pool
-spends most of a sweep's CPU on its own bookkeeping under concurrency (see the
-Performance section of the README), while aiohttp's pool is several times
-cheaper. `httpx-aiohttp` does the same job but hands aiohttp the URL as text to
-re-parse, and yarl then resolves an encoded step id of `%2E%2E` into a real `..`:
-here the URL goes over already encoded, exactly as httpx built it.
-
-Every aiohttp exception leaves as the httpx exception it means, so `api.py`
-still translates errors in one place.
+The httpx API stays the project's client. Underneath, httpcore's async pool spent
+most of a sweep's CPU on its own bookkeeping under concurrency, and aiohttp's
+request and response machinery (cookies, redirects, proxies, auto headers, URL
+objects) still cost more than the rest of a request (docs/performance.md). A
+direct request therefore goes out on `sweeper.http11`'s keep-alive pool, as the
+bytes httpx prepared; only a request that `proxy_for` routes through a proxy goes
+through aiohttp (`sweeper.proxied`), imported only then.
 """
 
 from __future__ import annotations
@@ -17,30 +15,34 @@ import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING
 
-import aiohttp
 import httpx
-from yarl import URL
 
+from sweeper.http11 import (
+    ClosedBeforeAnswer,
+    Connection,
+    Framing,
+    Origin,
+    Pool,
+    body_chunks,
+    read_answer,
+)
+from sweeper.http11 import request_head as _request_head
 from sweeper.settings import is_loopback
 
-_CHUNK = 64 * 1024
+if TYPE_CHECKING:
+    from sweeper.proxied import AiohttpTransport
 
+#: Called with (method, path) just before a request's bytes are written to the socket
+#: ([leader]'s last look at the lease, `request.sent` at debug level); what it raises
+#: stops the request unsent and leaves `handle_async_request` as it is.
+BeforeWrite = Callable[[str, str], None]
 
-def _map(exc: BaseException) -> httpx.TransportError:
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(str(exc))
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return httpx.ReadTimeout(str(exc) or "timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(str(exc))
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return httpx.RemoteProtocolError(str(exc))
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return httpx.RemoteProtocolError(f"malformed answer ({exc.status})")
-    return httpx.ReadError(str(exc) or type(exc).__name__)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Requests that may go out again when a kept-alive connection closed under them:
+#: never a PATCH (the sweep decides, after a re-read, whether to write again).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def proxy_for(scheme: str, host: str, port: int | None) -> str | httpx.ProxyError | None:
@@ -74,66 +76,36 @@ def proxy_for(scheme: str, host: str, port: int | None) -> str | httpx.ProxyErro
     return proxy
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+class _Answer(httpx.AsyncByteStream):
+    """The body of one answer; closing it gives the connection back (or closes it)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        origin: Origin,
+        connection: Connection,
+        framing: Framing,
+        read: float | None,
+    ) -> None:
+        self._pool = pool
+        self._origin = origin
+        self._connection: Connection | None = connection
+        self._framing = framing
+        self._read = read
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_chunked(_CHUNK):
-                yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _map(exc) from exc
+        assert self._connection is not None, "the answer was closed"
+        async for piece in body_chunks(self._connection, self._framing, self._read):
+            yield piece
 
     async def aclose(self) -> None:
-        self._response.release()
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            self._pool.release(self._origin, connection)
 
 
-#: Called with (method, path) just before a request's bytes are written to the socket;
-#: what it raises stops the request unsent and leaves `handle_async_request` as is.
-BeforeWrite = Callable[[str, str], None]
-
-
-def _write_tracer(before_write: BeforeWrite) -> aiohttp.TraceConfig:
-    """aiohttp's trace hooks, placed where the request is written.
-
-    A request without a body is written right after its headers are serialized
-    (`on_request_headers_sent`), one with a body with its first chunk
-    (`on_request_chunk_sent`, run just before that write, headers and body in one).
-    Neither hook is followed by a wait before the write: what runs in them runs when
-    the bytes leave, and nothing is written when they raise.
-    """
-    tracer = aiohttp.TraceConfig()
-
-    def call(context: SimpleNamespace, method: str, url: URL) -> None:
-        ctx = context.trace_request_ctx
-        try:
-            before_write(method, url.raw_path)
-        except BaseException as exc:
-            ctx["refused"] = exc  # aiohttp may wrap it on the way out: unwrapped there
-            raise
-
-    async def headers(_: Any, context: SimpleNamespace, params: Any) -> None:
-        if not context.trace_request_ctx["body"]:
-            call(context, params.method, params.url)
-
-    async def chunk(_: Any, context: SimpleNamespace, params: Any) -> None:
-        ctx = context.trace_request_ctx
-        if ctx["body"] and not ctx.get("written"):
-            ctx["written"] = True  # the first chunk only
-            call(context, params.method, params.url)
-
-    tracer.on_request_headers_sent.append(headers)
-    tracer.on_request_chunk_sent.append(chunk)
-    return tracer
-
-
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 on an aiohttp ClientSession, created on first use inside the loop.
-
-    `before_write` ([leader]'s last look at the lease, `request.sent` at debug level):
-    see `BeforeWrite`; without it no trace hook runs at all.
-    """
+class Transport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 on keep-alive connections, at most `max_connections` per origin."""
 
     def __init__(
         self,
@@ -143,21 +115,28 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         before_write: BeforeWrite | None = None,
     ) -> None:
         self._max_connections = max_connections
+        self._verify = verify
         self._before_write = before_write
-        self._ssl: bool | ssl.SSLContext = (
-            verify
-            if isinstance(verify, ssl.SSLContext)
-            else (ssl.create_default_context() if verify else False)
+        self._context: ssl.SSLContext | None = (
+            verify if isinstance(verify, ssl.SSLContext) else None
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = Pool(max_connections, self.tls_context)
+        self._proxied: AiohttpTransport | None = None
         self._proxies: dict[tuple[str, str, int | None], str | httpx.ProxyError | None] = {}
 
-    def _proxy_for(self, url: httpx.URL) -> str | None:
-        """The proxy for this URL (see `proxy_for`), looked up once per scheme and host.
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS settings of https requests, built on first use (a sweep of an http://
+        stand-in never pays for loading the system's certificates)."""
+        if self._context is None:
+            context = ssl.create_default_context()
+            if self._verify is False:  # only ever asked for by a test
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._context = context
+        return self._context
 
-        aiohttp's own trust_env does this (and a ~/.netrc look-up that could clash
-        with our Authorization header) on a worker thread for every request.
-        """
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        """The proxy for this URL (see `proxy_for`), looked up once per scheme and host."""
         key = (url.scheme, url.host, url.port)
         if key not in self._proxies:
             self._proxies[key] = proxy_for(url.scheme, url.host, url.port)
@@ -166,55 +145,67 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise proxy
         return proxy
 
-    def _session_now(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                trust_env=False,  # proxies from the environment: see _proxy_for
-                auto_decompress=False,  # httpx decodes Content-Encoding itself
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                trace_configs=(
-                    None if self._before_write is None else [_write_tracer(self._before_write)]
-                ),
-            )
-        return self._session
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeout: dict[str, Any] = request.extensions.get("timeout", {})
-        body = request.content or None
-        traced: dict[str, Any] | None = (
-            None if self._before_write is None else {"body": body is not None}
-        )
-        try:
-            response = await self._session_now().request(
-                request.method,
-                URL(str(request.url), encoded=True),
-                headers=list(request.headers.multi_items()),
-                data=body,
-                allow_redirects=False,
-                proxy=self._proxy_for(request.url),
-                trace_request_ctx=traced,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            refused: BaseException | None = (traced or {}).get("refused")
-            if refused is not None:
-                raise refused from None  # nothing written: as before_write raised it
-            raise _map(exc) from exc
+        url = request.url
+        proxy = self._proxy_for(url)
+        if proxy is not None:
+            return await self._through(proxy, request)
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        origin = (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 80))
+        if url.scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"no {url.scheme}:// transport")
+        message = _request_head(request) + await request.aread()
+        resend = request.method in _IDEMPOTENT
+        while True:
+            connection = await self._pool.acquire(origin, timeouts)
+            if self._before_write is not None:
+                path = url.raw_path.split(b"?", 1)[0].decode("ascii")
+                try:  # nothing waits between this and the write below
+                    self._before_write(request.method, path)
+                except BaseException:
+                    connection.reusable = True  # nothing was written on it
+                    self._pool.release(origin, connection)
+                    raise
+            try:
+                connection.writer.write(message)
+                answer = await read_answer(connection, request.method, timeouts.get("read"))
+                break
+            except ClosedBeforeAnswer:
+                connection.close()
+                self._pool.release(origin, connection)
+                if not resend:
+                    raise
+                resend = False  # once, on a new or another kept connection (as aiohttp did)
+            except BaseException:
+                connection.close()
+                self._pool.release(origin, connection)
+                raise
+        stream: httpx.AsyncByteStream
+        if answer.body is not None:
+            self._pool.release(origin, connection)
+            stream = httpx.ByteStream(answer.body)
+        else:
+            stream = _Answer(self._pool, origin, connection, answer.framing, timeouts.get("read"))
         return httpx.Response(
-            status_code=response.status,
-            headers=list(response.raw_headers),
-            stream=_Body(response),
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=stream,
             request=request,
-            extensions={"http_version": b"HTTP/1.1"},
+            extensions={"http_version": answer.version},
         )
+
+    async def _through(self, proxy: str, request: httpx.Request) -> httpx.Response:
+        if self._proxied is None:
+            from sweeper.proxied import AiohttpTransport
+
+            self._proxied = AiohttpTransport(
+                max_connections=self._max_connections,
+                tls=self.tls_context(),
+                before_write=self._before_write,
+            )
+        return await self._proxied.send(request, proxy)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._pool.aclose()
+        if self._proxied is not None:
+            await self._proxied.aclose()

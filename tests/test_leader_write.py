@@ -2,7 +2,7 @@
 
 The client checks the gate before it waits for a connection; the transport checks
 it once more just before the request's bytes are written (for a PATCH that is a
-loop turn later, in aiohttp's body-writing task). A process paused in between (a
+loop turn later, after any wait for a free connection). A process paused in between (a
 SIGSTOP, a VM pause) must not send on a lease that ran out meanwhile: after the
 pause the ready write would run before any timeout could cancel it.
 """
@@ -29,7 +29,7 @@ from sweeper.model import StepStatus
 from sweeper.policy import StepUpdate
 from sweeper.report import Outcome
 from sweeper.settings import load_settings
-from sweeper.transport import AiohttpTransport
+from sweeper.transport import Transport
 from tests.helpers import TOKEN, record
 
 UPDATE = StepUpdate(
@@ -228,14 +228,14 @@ def test_a_write_refused_at_the_last_look_is_not_attempted_in_a_sweep() -> None:
 def test_without_a_gate_or_debug_no_trace_hook_runs() -> None:
     """The hooks cost nothing where nothing asks for them."""
     assert before_write(None, debug=False) is None
-    transport = AiohttpTransport(max_connections=1)
+    transport = Transport(max_connections=1)
     assert transport._before_write is None
 
 
 def test_an_error_raised_before_a_body_is_written_leaves_as_raised(
     server: tuple[RunningServer, list[tuple[str, str]]],
 ) -> None:
-    """aiohttp wraps what its body-writing task raises; the transport unwraps it, and the
+    """What the hook raises leaves the transport as raised, nothing written, and the
     connection pool serves the next request."""
     running, seen = server
     refuse = [True]
@@ -248,7 +248,7 @@ def test_an_error_raised_before_a_body_is_written_leaves_as_raised(
             raise Refused(f"{method} {path}")
 
     async def scenario() -> None:
-        transport = AiohttpTransport(max_connections=1, before_write=hook)
+        transport = Transport(max_connections=1, before_write=hook)
         async with build_http_client(
             running.base_url, TOKEN, timeout=timedelta(seconds=5), max_connections=1,
             transport=transport,

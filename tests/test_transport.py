@@ -1,4 +1,4 @@
-"""The aiohttp-backed transport over real loopback sockets: paths, errors, no redirects."""
+"""The transport over real loopback sockets: paths, errors, no redirects, framing."""
 
 from __future__ import annotations
 
@@ -170,14 +170,14 @@ def test_tls_is_verified_by_default_and_a_ca_bundle_can_be_added(tmp_path: objec
     """Without a CA bundle the system store is used with verification on; none is ever off."""
     import ssl
 
-    from sweeper.transport import AiohttpTransport
+    from sweeper.transport import Transport
 
-    default = AiohttpTransport(max_connections=1)
-    assert isinstance(default._ssl, ssl.SSLContext)
-    assert default._ssl.verify_mode is ssl.CERT_REQUIRED
-    assert default._ssl.check_hostname is True
+    default = Transport(max_connections=1).tls_context()
+    assert isinstance(default, ssl.SSLContext)
+    assert default.verify_mode is ssl.CERT_REQUIRED
+    assert default.check_hostname is True
     custom = ssl.create_default_context()
-    assert AiohttpTransport(max_connections=1, verify=custom)._ssl is custom
+    assert Transport(max_connections=1, verify=custom).tls_context() is custom
 
 
 def test_the_sweeper_does_not_import_the_stand_in_server() -> None:
@@ -192,3 +192,24 @@ def test_the_sweeper_does_not_import_the_stand_in_server() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_aiohttp_failures_through_a_proxy_leave_as_httpx_errors() -> None:
+    """Through a proxy (aiohttp), each failure is the httpx exception it means."""
+    import aiohttp
+
+    from sweeper.proxied import map_error
+
+    key = aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None)
+    cases: list[tuple[BaseException, type[httpx.TransportError]]] = [
+        (aiohttp.ConnectionTimeoutError(), httpx.ConnectTimeout),
+        (TimeoutError(), httpx.ReadTimeout),
+        (aiohttp.ServerTimeoutError(), httpx.ReadTimeout),
+        (aiohttp.ClientConnectorError(key, OSError(111, "refused")), httpx.ConnectError),
+        (aiohttp.ServerDisconnectedError(), httpx.RemoteProtocolError),
+        (aiohttp.ClientPayloadError("cut"), httpx.RemoteProtocolError),
+        (aiohttp.ClientResponseError(None, (), status=400), httpx.RemoteProtocolError),  # type: ignore[arg-type]
+        (aiohttp.ClientOSError(), httpx.ReadError),
+    ]
+    for exc, expected in cases:
+        assert type(map_error(exc)) is expected, exc

@@ -1,0 +1,436 @@
+"""The HTTP/1.1 transport's framing and pool, against a loopback server scripted by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from sweeper.http11 import EAGER_BYTES, MAX_HEAD_BYTES, Framing, parse_head
+from sweeper.stepset import StepSet
+from sweeper.transport import Transport
+
+Answer = bytes | Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+
+class Scripted:
+    """A loopback server giving the scripted answers in order, one per request."""
+
+    def __init__(self, answers: list[Answer]) -> None:
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Scripted:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.requests.append(head + await reader.readexactly(length))
+                answer = self.answers.pop(0)
+                if isinstance(answer, bytes):
+                    writer.write(answer)
+                    await writer.drain()
+                else:
+                    await answer(writer)
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def ok(body: bytes, *extra: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\n"
+        + b"".join(extra)
+        + b"Content-Length: %d\r\n\r\n%s"
+        % (
+            len(body),
+            body,
+        )
+    )
+
+
+async def get(
+    http: httpx.AsyncClient, path: str = "/x", method: str = "GET", **kw: object
+) -> httpx.Response:
+    return await http.request(method, path, **kw)  # type: ignore[arg-type]
+
+
+def client(url: str, max_connections: int = 4, **timeouts: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=url,
+        transport=Transport(max_connections=max_connections),
+        timeout=httpx.Timeout(5.0, **timeouts),  # type: ignore[arg-type]
+    )
+
+
+def test_keep_alive_reuses_one_connection_for_successive_requests() -> None:
+    """Two answers read to their end: the second request goes on the same connection."""
+
+    async def go() -> None:
+        async with Scripted([ok(b"one"), ok(b"two")]) as server, client(server.url) as http:
+            assert (await get(http)).content == b"one"
+            assert (await get(http)).content == b"two"
+            assert server.connections == 1
+
+    asyncio.run(go())
+
+
+def test_the_request_goes_out_as_httpx_prepared_it() -> None:
+    """Request line, Host, the client's headers and the body, byte for byte."""
+
+    async def go() -> None:
+        async with Scripted([ok(b"")]) as server, client(server.url) as http:
+            await get(http, "/a%2Fb?x=1", method="PATCH", content=b'{"a":1}')
+            request = server.requests[0]
+            assert request.startswith(b"PATCH /a%2Fb?x=1 HTTP/1.1\r\n")
+            assert b"\r\nhost: 127.0.0.1:" in request.lower()
+            assert b"\r\ncontent-length: 7\r\n" in request.lower()
+            assert request.endswith(b'\r\n\r\n{"a":1}')
+
+    asyncio.run(go())
+
+
+def test_chunked_bodies_are_joined_and_the_connection_kept() -> None:
+    """Chunk sizes in hex, extensions and trailers ignored, then the next answer."""
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+
+    async def go() -> None:
+        async with Scripted([chunked, ok(b"next")]) as server, client(server.url) as http:
+            assert (await get(http)).content == b"hello world"
+            assert (await get(http)).content == b"next"
+            assert server.connections == 1
+
+    asyncio.run(go())
+
+
+def test_a_body_without_length_runs_to_the_close_and_the_connection_is_not_kept() -> None:
+    """No Content-Length, no chunked: the body is what comes until the peer closes."""
+
+    async def close_after(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+        await writer.drain()
+
+    async def go() -> None:
+        async with Scripted([close_after, ok(b"again")]) as server, client(server.url) as http:
+            assert (await get(http)).content == b"until the end"
+            assert (await get(http)).content == b"again"
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+def test_connection_close_is_honoured() -> None:
+    """An answer saying Connection: close: the next request opens a new connection."""
+
+    async def go() -> None:
+        answers: list[Answer] = [ok(b"a", b"Connection: close\r\n"), ok(b"b")]
+        async with Scripted(answers) as server, client(server.url) as http:
+            await get(http)
+            await get(http)
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+    """The peer closed the idle connection: a fresh one is opened, nothing fails."""
+
+    async def answer_then_close(writer: asyncio.StreamWriter) -> None:
+        writer.write(ok(b"first"))
+        await writer.drain()
+
+    async def go() -> None:
+        async with (
+            Scripted([answer_then_close, ok(b"second")]) as server,
+            client(server.url) as http,
+        ):
+            assert (await get(http)).content == b"first"
+            await asyncio.sleep(0.05)  # the close reaches this side (an event, not a measure)
+            assert (await get(http)).content == b"second"
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+async def hang_up(writer: asyncio.StreamWriter) -> None:
+    """Read the request, answer nothing, close: a keep-alive connection closed as used."""
+
+
+@pytest.mark.parametrize(("method", "resent"), [("GET", True), ("PATCH", False)])
+def test_a_kept_connection_closed_under_a_request(method: str, resent: bool) -> None:
+    """A reused connection closed before any answer: a GET goes once more on a new
+    connection; a PATCH is never resent by the transport (RemoteProtocolError)."""
+
+    async def go() -> None:
+        answers: list[Answer] = [ok(b"first"), hang_up, ok(b"again")]
+        async with Scripted(answers) as server, client(server.url) as http:
+            assert (await get(http)).content == b"first"
+            if resent:
+                assert (await get(http, method=method)).content == b"again"
+                assert [r.split(b" ", 1)[0] for r in server.requests] == [b"GET"] * 3
+            else:
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await get(http, method=method, content=b"{}")
+                assert len(server.requests) == 2
+
+    asyncio.run(go())
+
+
+def test_a_fresh_connection_closed_before_an_answer_is_not_resent() -> None:
+    """Only a kept-alive connection earns the one resend: a new one closing is an error."""
+
+    async def go() -> None:
+        async with Scripted([hang_up, ok(b"never")]) as server, client(server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await get(http)
+            assert len(server.requests) == 1
+
+    asyncio.run(go())
+
+
+def test_an_answer_closed_unread_does_not_leave_its_connection_in_the_pool() -> None:
+    """A body not read to its end: that connection is closed, the next request is fine."""
+
+    async def go() -> None:
+        big = ok(b"x" * 200_000)
+        async with Scripted([big, ok(b"small")]) as server, client(server.url) as http:
+            async with http.stream("GET", "/x") as response:
+                assert response.status_code == 200
+            assert (await get(http)).content == b"small"
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+def test_a_long_body_is_read_a_piece_at_a_time_and_the_connection_kept() -> None:
+    """A body longer than what is read with the head streams in pieces, then keep-alive."""
+
+    async def go() -> None:
+        long = b"y" * (EAGER_BYTES * 3 + 5)
+        async with Scripted([ok(long), ok(b"next")]) as server, client(server.url) as http:
+            async with http.stream("GET", "/x") as response:
+                pieces = [piece async for piece in response.aiter_raw()]
+            assert b"".join(pieces) == long
+            assert len(pieces) > 1
+            assert (await get(http)).content == b"next"
+            assert server.connections == 1
+
+    asyncio.run(go())
+
+
+def test_a_reset_connection_is_a_read_error() -> None:
+    """The peer resets the connection instead of answering: ReadError, a transport error."""
+
+    async def reset(writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def go() -> None:
+        async with Scripted([reset]) as server, client(server.url) as http:
+            with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+                await get(http)
+
+    asyncio.run(go())
+
+
+def test_a_connection_with_bytes_nobody_asked_for_is_not_reused() -> None:
+    """An answer followed by more bytes (a second answer sent ahead): that connection is
+    closed, and the next request gets its own answer on a new one."""
+
+    async def go() -> None:
+        answers: list[Answer] = [ok(b"one") + ok(b"sent ahead"), ok(b"two")]
+        async with Scripted(answers) as server, client(server.url) as http:
+            assert (await get(http)).content == b"one"
+            assert (await get(http)).content == b"two"
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+def test_interim_answers_are_passed_over() -> None:
+    """100 Continue before the real answer: the real one is returned."""
+
+    async def go() -> None:
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"real")
+        async with Scripted([interim]) as server, client(server.url) as http:
+            assert (await get(http)).content == b"real"
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(("status", "method"), [(204, "GET"), (304, "GET"), (200, "HEAD")], ids=str)
+def test_answers_without_a_body(status: int, method: str) -> None:
+    """204, 304 and HEAD answers end at their headers, whatever Content-Length says."""
+
+    async def go() -> None:
+        head = b"HTTP/1.1 %d X\r\nContent-Length: 10\r\n\r\n" % status
+        async with Scripted([head, ok(b"next")]) as server, client(server.url) as http:
+            assert (await get(http, method=method)).content == b""
+            assert (await get(http)).content == b"next"
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n folded: value\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+2\r\nab\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\ncut",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n",
+    ],
+    ids=[
+        "version",
+        "status",
+        "header",
+        "fold",
+        "two-lengths",
+        "negative-length",
+        "chunk-size",
+        "signed-chunk-size",
+        "chunk-end",
+        "cut",
+        "head-too-large",
+    ],
+)
+def test_broken_answers_are_protocol_errors(answer: bytes) -> None:
+    """Whatever does not frame as HTTP/1.1 is a RemoteProtocolError, never a success."""
+
+    async def cut(writer: asyncio.StreamWriter) -> None:
+        writer.write(answer)
+        await writer.drain()
+
+    async def go() -> None:
+        async with Scripted([cut]) as server, client(server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await get(http)
+
+    asyncio.run(go())
+
+
+def test_a_line_break_in_a_header_is_never_sent() -> None:
+    """A value with CR or LF would smuggle a header: refused before anything goes out."""
+
+    async def go() -> None:
+        async with Scripted([ok(b"")]) as server, client(server.url) as http:
+            request = http.build_request("GET", "/x", headers={"X-Evil": "a\r\nInjected: 1"})
+            with pytest.raises(httpx.LocalProtocolError):
+                await http.send(request)
+            assert server.requests == []
+
+    asyncio.run(go())
+
+
+def test_a_slow_answer_is_a_read_timeout() -> None:
+    """No answer within the read timeout: ReadTimeout."""
+
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async def go() -> None:
+        async with Scripted([silent]) as server, client(server.url, read=0.05) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await get(http)
+
+    asyncio.run(go())
+
+
+def test_a_full_pool_waits_then_times_out() -> None:
+    """max_connections in use: the next request waits for one, up to the pool timeout."""
+
+    async def go() -> None:
+        async with (
+            Scripted([ok(b"held" * 20_000)]) as server,
+            client(server.url, 1, pool=0.05) as http,
+            http.stream("GET", "/x"),
+        ):
+            with pytest.raises(httpx.PoolTimeout):
+                await get(http)
+
+    asyncio.run(go())
+
+
+def test_connection_refused_and_unsupported_schemes() -> None:
+    """Nothing listening: ConnectError; a scheme other than http(s): UnsupportedProtocol."""
+
+    async def go() -> None:
+        async with Scripted([]) as server:
+            url = server.url
+        async with client(url) as http:
+            with pytest.raises(httpx.ConnectError):
+                await get(http)
+        transport = Transport(max_connections=1)
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await transport.handle_async_request(httpx.Request("GET", "ftp://127.0.0.1/x"))
+
+    asyncio.run(go())
+
+
+def test_framing_rules() -> None:
+    """Transfer-Encoding wins over Content-Length and ends keep-alive; HTTP/1.0 closes."""
+    both = Framing(
+        200, b"HTTP/1.1", [(b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"5")], "GET"
+    )
+    assert both.chunked and not both.keep_alive
+    other = Framing(200, b"HTTP/1.1", [(b"Transfer-Encoding", b"gzip")], "GET")
+    assert not other.chunked and other.length is None and not other.keep_alive
+    old = Framing(200, b"HTTP/1.0", [(b"Content-Length", b"2")], "GET")
+    assert old.length == 2 and not old.keep_alive
+    kept = Framing(
+        200, b"HTTP/1.0", [(b"Connection", b"Keep-Alive"), (b"Content-Length", b"2")], "GET"
+    )
+    assert kept.keep_alive
+    assert parse_head(b"HTTP/1.1 404 Not Found\r\nA: b \r\n\r\n") == (
+        404,
+        b"HTTP/1.1",
+        [(b"A", b"b")],
+    )
+
+
+def test_step_set_is_exact_per_organization() -> None:
+    """The same step id in two organizations is two steps; nothing else is a member."""
+    seen = StepSet()
+    seen.add(("org-a", "s1"))
+    seen.add(("org-a", "s2"))
+    seen.add(("org-b", "s1"))
+    assert ("org-a", "s1") in seen
+    assert ("org-b", "s1") in seen
+    assert ("org-b", "s2") not in seen
+    assert ("org-c", "s1") not in seen
+    assert len(seen) == 3
