@@ -25,6 +25,9 @@ _CHUNK = 64 * 1024
 EAGER_BYTES = 64 * 1024
 
 T = TypeVar("T")
+#: The characters of a header name (RFC 9110 5.6.2 tchar) and of a chunk size.
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 Headers = list[tuple[bytes, bytes]]
 Origin = tuple[str, str, int]
 
@@ -119,13 +122,20 @@ def parse_head(head: bytes) -> tuple[int, bytes, Headers]:
     version, _, rest = lines[0].partition(b" ")
     code = rest[:3]
     well_formed = len(code) == 3 and code.isdigit() and rest[3:4] in (b"", b" ")
+    well_formed = well_formed and b"\n" not in rest and b"\r" not in rest and b"\x00" not in rest
+    # The answer's bytes are never echoed: a peer reflecting the request could put the
+    # token in them.
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or not well_formed:
-        raise _protocol_error(f"status line {lines[0][:40]!r}")
+        raise _protocol_error(f"the status line ({len(lines[0])} bytes)")
     headers: Headers = []
-    for line in lines[1:]:
+    for number, line in enumerate(lines[1:], 1):
         name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or name[:1] in b" \t":
-            raise _protocol_error(f"header line {line[:40]!r}")
+        # A name is a token; CR, LF or NUL in a value another parser could split on
+        # (RFC 9110 5.5: reject); a line starting with a space is obs-fold.
+        if not colon or not name or not _TCHAR.issuperset(name):
+            raise _protocol_error(f"header line {number}")
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            raise _protocol_error(f"header line {number}: CR, LF or NUL in its value")
         headers.append((name, value.strip(b" \t")))
     return int(code), version, headers
 
@@ -138,7 +148,7 @@ class Framing:
     def __init__(self, status: int, version: bytes, headers: Headers, method: str) -> None:
         lengths: set[bytes] = set()
         encodings: list[bytes] = []
-        connection = b""
+        connection: set[bytes] = set()
         for name, value in headers:
             key = name.lower()
             if key == b"content-length":
@@ -146,12 +156,14 @@ class Framing:
             elif key == b"transfer-encoding":
                 encodings += [v.strip().lower() for v in value.split(b",")]
             elif key == b"connection":
-                connection += b"," + value.lower()
+                connection.update(v.strip() for v in value.lower().split(b","))
         self.keep_alive = (b"close" not in connection) and (
             version == b"HTTP/1.1" or b"keep-alive" in connection
         )
         self.chunked = False
         self.length: int | None = None  # None: up to the close
+        if status == 101:  # nobody asked for an upgrade: what follows is not HTTP/1.1
+            raise _protocol_error("101 Switching Protocols, not asked for")
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             self.length = 0
         elif encodings:
@@ -224,13 +236,11 @@ async def body_chunks(
     if framing.chunked:
         while True:
             line = await _read(reader.take_until(b"\r\n"), read_seconds)
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _protocol_error(f"chunk size {size_text[:20]!r}") from None
-            if size < 0 or not size_text.isalnum():
-                raise _protocol_error(f"chunk size {size_text[:20]!r}")
+            size_text = line.split(b";", 1)[0].strip(b" \t\r\n")
+            # Hex digits only: int() would also take a 0x prefix, a sign or underscores.
+            if not size_text or not _HEX.issuperset(size_text):
+                raise _protocol_error("a chunk size that is not hex digits")
+            size = int(size_text, 16)
             if size == 0:
                 while await _read(reader.take_until(b"\r\n"), read_seconds) != b"\r\n":
                     pass  # trailers, ignored

@@ -1,0 +1,280 @@
+"""Hostile answers against the HTTP/1.1 transport, over a real loopback socket.
+
+Each answer may come split at any byte; a broken or ambiguous one is a
+RemoteProtocolError that echoes none of the answer's bytes (a reflecting peer could
+put the token there), and a connection is reused only when its framing is beyond doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sweeper.transport import Transport
+
+TOKEN = "s3cret-token-abcdef"
+
+
+class Split:
+    """A loopback server answering request i with answers[i], written in the given
+    pieces (drained one by one), all on whatever connection the request came on."""
+
+    def __init__(self, answers: Sequence[bytes], cuts: Sequence[int] = ()) -> None:
+        self.answers = list(answers)
+        self.cuts = sorted(set(cuts))
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Split:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.requests.append(head + await reader.readexactly(length))
+                answer = self.answers.pop(0)
+                if not answer:  # hang up: the kept-alive connection closed under a request
+                    return
+                start = 0
+                for cut in [c for c in self.cuts if 0 < c < len(answer)] + [len(answer)]:
+                    writer.write(answer[start:cut])
+                    await writer.drain()
+                    start = cut
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def client(url: str, **timeouts: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=url,
+        transport=Transport(max_connections=2),
+        timeout=httpx.Timeout(5.0, **timeouts),  # type: ignore[arg-type]
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+
+
+def cl(body: bytes, *extra: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\n" + b"".join(extra) + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+
+
+CHUNKED_BODIES = {
+    # wire form -> body
+    b"5\r\nhello\r\n0\r\n\r\n": b"hello",
+    b'5;ext=1;q="a"\r\nhello\r\n0;last\r\nTrailer-A: x\r\nTrailer-B: y\r\n\r\n': b"hello",
+    b"A\r\n0123456789\r\n00000\r\n\r\n": b"0123456789",
+    b"000a\r\n0123456789\r\n1\r\n!\r\n0\r\n\r\n": b"0123456789!",
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    chunked=st.sampled_from(sorted(CHUNKED_BODIES)),
+    cuts=st.lists(st.integers(min_value=1, max_value=120), max_size=12),
+)
+def test_answers_split_anywhere_read_the_same(chunked: bytes, cuts: list[int]) -> None:
+    """A Content-Length answer then a chunked one (extensions, trailers, upper-case hex,
+    leading zeros), each written in arbitrary pieces: same bodies, one connection."""
+    first = cl(b'{"success": true}')
+    second = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+    third = cl(b"third")
+
+    async def go() -> None:
+        async with Split([first, second, third], cuts) as server, client(server.url) as http:
+            assert (await http.get("/a")).content == b'{"success": true}'
+            assert (await http.get("/b")).content == CHUNKED_BODIES[chunked]
+            assert (await http.get("/c")).content == b"third"
+            assert server.connections == 1
+
+    asyncio.run(go())
+
+
+def test_a_trickled_answer_one_byte_at_a_time() -> None:
+    """Every byte its own write: the answer reads as if it came whole."""
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+
+    async def go() -> None:
+        async with Split([answer], range(1, len(answer))) as server, client(server.url) as http:
+            assert (await http.get("/a")).content == b"abc"
+
+    asyncio.run(go())
+
+
+def test_an_unrequested_101_is_refused_and_the_connection_never_reused() -> None:
+    """A 101 switches the connection to another protocol nobody asked for: what follows
+    is not HTTP/1.1 answers, so the 101 is a broken answer and the connection closed."""
+
+    async def go() -> None:
+        switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\nConnection: upgrade\r\n\r\n"
+        async with Split([switch, cl(b"next")]) as server, client(server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get("/a")
+            assert (await http.get("/b")).content == b"next"
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0X5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: a\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["0x-chunk", "0X-chunk", "nul", "bare-cr", "bare-lf", "space-in-name", "lf-in-status"],
+)
+def test_ambiguous_answers_are_protocol_errors(answer: bytes) -> None:
+    """What another parser could read differently (a hex prefix Python's int() takes, NUL,
+    a bare CR or LF inside a header, a name with a space) is refused, not guessed at."""
+
+    async def go() -> None:
+        async with Split([answer]) as server, client(server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get("/a")
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 Bearer %s\r\n\r\n",
+        b"HTTP/1.1 2xx Bearer %s\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBearer %s\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: %s\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%s\r\n",
+    ],
+    ids=["status-ok", "status-line", "header-line", "length", "chunk-size"],
+)
+def test_a_reflected_token_never_reaches_an_error_message(answer: bytes) -> None:
+    """A peer echoing the Authorization header into a broken answer: the error names
+    what was wrong, never the bytes (the token could be among them)."""
+
+    async def go() -> None:
+        async with Split([answer % TOKEN.encode()]) as server, client(server.url) as http:
+            try:
+                response = await http.get("/a")
+            except httpx.HTTPError as exc:
+                texts = [str(exc), repr(exc)]
+                cause = exc.__cause__ or exc.__context__
+                texts += [str(cause)] if cause else []
+                assert all(TOKEN not in text for text in texts), texts
+            else:  # a well-formed answer: the reason phrase is not an error message
+                assert response.status_code == 200
+
+    asyncio.run(go())
+
+
+def test_http10_keep_alive_is_a_token_not_a_substring() -> None:
+    """HTTP/1.0 keeps the connection only for a `keep-alive` token: a longer token that
+    contains the word is not one, and the next request goes on a new connection."""
+    old = b"HTTP/1.0 200 OK\r\nConnection: no-keep-alive\r\nContent-Length: 2\r\n\r\nok"
+
+    async def go() -> None:
+        async with Split([old, cl(b"next")]) as server, client(server.url) as http:
+            assert (await http.get("/a")).content == b"ok"
+            assert (await http.get("/b")).content == b"next"
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+def test_cancelled_mid_body_the_connection_is_not_pooled() -> None:
+    """asyncio.timeout fires while a long body trickles: the half-read connection is
+    closed, and the next request gets its own answer on a new connection."""
+    long = cl(b"z" * 200_000)
+
+    async def go() -> None:
+        async with Split([long, cl(b"next")], cuts=[70_000]) as server, client(server.url) as http:
+
+            async def stall() -> None:
+                async with asyncio.timeout(0.2), http.stream("GET", "/a") as response:
+                    async for _ in response.aiter_raw():
+                        await asyncio.sleep(10)  # stalls until the timeout fires
+
+            with pytest.raises(TimeoutError):
+                await stall()
+            assert (await http.get("/b")).content == b"next"
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH"])
+def test_the_last_look_runs_at_every_write_the_resend_included(method: str) -> None:
+    """The hook runs before each write: once per request and again before a GET's resend
+    on a new connection; a PATCH whose kept-alive connection closed under it is never
+    written twice (the server sees it once)."""
+    looks: list[tuple[str, str]] = []
+
+    async def go() -> None:
+        async with Split([cl(b"first"), b"", cl(b"again")]) as server:
+            transport = Transport(max_connections=2, before_write=lambda m, p: looks.append((m, p)))
+            async with httpx.AsyncClient(base_url=server.url, transport=transport) as http:
+                assert (await http.get("/a")).content == b"first"
+                if method == "GET":
+                    assert (await http.get("/b?q=1")).content == b"again"
+                    assert looks == [("GET", "/a"), ("GET", "/b"), ("GET", "/b")]
+                    assert len(server.requests) == 3
+                else:
+                    with pytest.raises(httpx.RemoteProtocolError):
+                        await http.patch("/b", content=b"{}")
+                    assert looks == [("GET", "/a"), ("PATCH", "/b")]
+                    assert [r.split(b" ")[0] for r in server.requests] == [b"GET", b"PATCH"]
+
+    asyncio.run(go())
+
+
+def test_a_last_look_refusing_the_resend_sends_nothing_more() -> None:
+    """The lease lost between the first try and the resend: the resend is not written."""
+
+    class Refused(Exception):
+        pass
+
+    looks: list[str] = []
+
+    def hook(method: str, path: str) -> None:
+        looks.append(path)
+        if len(looks) == 3:
+            raise Refused(path)
+
+    async def go() -> None:
+        async with Split([cl(b"first"), b"", cl(b"never")]) as server:
+            transport = Transport(max_connections=2, before_write=hook)
+            async with httpx.AsyncClient(base_url=server.url, transport=transport) as http:
+                assert (await http.get("/a")).content == b"first"
+                with pytest.raises(Refused):
+                    await http.get("/b")
+                assert len(server.requests) == 2
+
+    asyncio.run(go())
