@@ -8,13 +8,19 @@ put the token there), and a connection is reused only when its framing is beyond
 from __future__ import annotations
 
 import asyncio
+import gzip
+import zlib
 from collections.abc import Sequence
+from datetime import timedelta
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sweeper import api
+from sweeper.api import PlatformClient, build_http_client
+from sweeper.errors import InvalidAnswer, PlatformUnavailable
 from sweeper.transport import Transport
 
 TOKEN = "s3cret-token-abcdef"
@@ -24,8 +30,11 @@ class Split:
     """A loopback server answering request i with answers[i], written in the given
     pieces (drained one by one), all on whatever connection the request came on."""
 
-    def __init__(self, answers: Sequence[bytes], cuts: Sequence[int] = ()) -> None:
+    def __init__(
+        self, answers: Sequence[bytes], cuts: Sequence[int] = (), pause: float = 0
+    ) -> None:
         self.answers = list(answers)
+        self.pause = pause
         self.cuts = sorted(set(cuts))
         self.requests: list[bytes] = []
         self.connections = 0
@@ -61,9 +70,13 @@ class Split:
                 for cut in [c for c in self.cuts if 0 < c < len(answer)] + [len(answer)]:
                     writer.write(answer[start:cut])
                     await writer.drain()
+                    if self.pause:
+                        await asyncio.sleep(self.pause)
                     start = cut
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:  # the test's loop ends while this one trickles
+            return
         finally:
             writer.close()
 
@@ -278,3 +291,74 @@ def test_a_last_look_refusing_the_resend_sends_nothing_more() -> None:
                 assert len(server.requests) == 2
 
     asyncio.run(go())
+
+
+def list_once(url: str, request_timeout: float = 5.0) -> object:
+    """One listing through PlatformClient over the real transport: a page or the error."""
+
+    async def go() -> object:
+        async with build_http_client(
+            url, TOKEN, timeout=timedelta(seconds=5), max_connections=1
+        ) as http:
+            client = PlatformClient(
+                http, max_attempts=1, request_timeout=timedelta(seconds=request_timeout)
+            )
+            try:
+                async for page in client.list_running(api.utc_now(), 10):
+                    return page
+            except (InvalidAnswer, PlatformUnavailable) as exc:
+                return exc
+        return None
+
+    return asyncio.run(go())
+
+
+def chunked(body: bytes, piece: int, *extra: bytes) -> bytes:
+    parts = [b"%x\r\n%s\r\n" % (len(body[i : i + piece]), body[i : i + piece])
+             for i in range(0, len(body), piece)]  # fmt: skip
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + b"".join(extra) + b"\r\n"
+    return head + b"".join(parts) + b"0\r\n\r\n"
+
+
+def test_a_chunked_bomb_over_the_socket_stops_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gzip, gzip of 8 MiB of zeros, chunked without a length: refused past the cap."""
+    monkeypatch.setattr(api, "MAX_ANSWER_BYTES", 1 << 20)
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    inner = b"".join(packer.compress(bytes(1 << 20)) for _ in range(8)) + packer.flush()
+    bomb = chunked(gzip.compress(inner), 1000, b"Content-Encoding: gzip, gzip\r\n")
+
+    async def serve() -> object:
+        async with Split([bomb]) as server:
+            return await asyncio.to_thread(list_once, server.url)
+
+    refused = asyncio.run(serve())
+    assert isinstance(refused, InvalidAnswer), refused
+    assert "decodes to more than" in str(refused)
+
+
+def test_a_chunked_answer_over_the_cap_on_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Content-Length, chunk after chunk past the cap: refused as the bytes come."""
+    monkeypatch.setattr(api, "MAX_ANSWER_BYTES", 1 << 16)
+    endless = chunked(b"x" * (1 << 18), 4096)
+
+    async def serve() -> object:
+        async with Split([endless]) as server:
+            return await asyncio.to_thread(list_once, server.url)
+
+    refused = asyncio.run(serve())
+    assert isinstance(refused, InvalidAnswer), refused
+    assert f"answer over {1 << 16} bytes" in str(refused)
+
+
+def test_a_trickle_under_the_read_timeout_ends_at_api_timeout() -> None:
+    """One byte at a time, each well within the read timeout, the whole past api.timeout:
+    a transient failure naming api.timeout, not an answer read for ever."""
+    trickle = cl(b'{"success": true, "data": [], "nextCursor": null}' + b" " * 400)
+
+    async def serve() -> object:
+        async with Split([trickle], range(1, len(trickle)), pause=0.01) as server:
+            return await asyncio.to_thread(list_once, server.url, 0.3)
+
+    failed = asyncio.run(serve())
+    assert isinstance(failed, PlatformUnavailable), failed
+    assert "api.timeout" in str(failed)
