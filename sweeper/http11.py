@@ -234,16 +234,26 @@ async def body_chunks(
     once it was read to its end and the answer allows keep-alive."""
     reader = connection.reader
     if framing.chunked:
+        # Chunk extensions and trailers are dropped, so the caller's caps never count
+        # them: they get a budget of their own, or a peer could stream them for ever.
+        spare = MAX_HEAD_BYTES
         while True:
             line = await _read(reader.take_until(b"\r\n"), read_seconds)
-            size_text = line.split(b";", 1)[0].strip(b" \t\r\n")
+            size_text, _, extension = line.partition(b";")
+            size_text = size_text.strip(b" \t\r\n")
+            spare -= len(extension)
             # Hex digits only: int() would also take a 0x prefix, a sign or underscores.
             if not size_text or not _HEX.issuperset(size_text):
                 raise _protocol_error("a chunk size that is not hex digits")
             size = int(size_text, 16)
             if size == 0:
-                while await _read(reader.take_until(b"\r\n"), read_seconds) != b"\r\n":
-                    pass  # trailers, ignored
+                while (trailer := await _read(reader.take_until(b"\r\n"), read_seconds)) != b"\r\n":
+                    spare -= len(trailer)  # ignored
+                    if spare < 0:
+                        break
+            if spare < 0:
+                raise _protocol_error(f"chunk extensions and trailers over {MAX_HEAD_BYTES} bytes")
+            if size == 0:
                 break
             while size:
                 piece = await _read(reader.take_exactly(min(size, _CHUNK)), read_seconds)

@@ -362,3 +362,24 @@ def test_a_trickle_under_the_read_timeout_ends_at_api_timeout() -> None:
     failed = asyncio.run(serve())
     assert isinstance(failed, PlatformUnavailable), failed
     assert "api.timeout" in str(failed)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"".join(b"1;" + b"e" * 1000 + b"\r\nx\r\n" for _ in range(70)) + b"0\r\n\r\n",
+        b"1\r\nx\r\n0\r\n" + b"".join(b"T: " + b"t" * 1000 + b"\r\n" for _ in range(70)) + b"\r\n",
+    ],
+    ids=["extensions", "trailers"],
+)
+def test_chunk_extensions_and_trailers_have_a_budget(tail: bytes) -> None:
+    """What the body caps never see (extensions, trailers) is bounded on its own: past
+    MAX_HEAD_BYTES of them the answer is broken, not read for as long as it trickles."""
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + tail
+
+    async def go() -> None:
+        async with Split([answer]) as server, client(server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError, match="extensions and trailers"):
+                await http.get("/a")
+
+    asyncio.run(go())
