@@ -622,7 +622,8 @@ def describe_transport_error(exc: httpx.HTTPError) -> str:
         text = str(cause)
         if text and text not in texts:
             texts.append(text)
-        cause = cause.__cause__ or cause.__context__
+        # `raise ... from None` hides the context on purpose (it may quote the answer).
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
     detail = "; ".join(texts)
     lowered = detail.lower()
     if "refused" in lowered or "connect call failed" in lowered:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import httpx
@@ -33,11 +33,22 @@ def map_error(exc: BaseException) -> httpx.TransportError:
         return httpx.ReadTimeout(str(exc) or "timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return httpx.ConnectError(str(exc))
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return httpx.RemoteProtocolError(str(exc))
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return httpx.RemoteProtocolError("the answer's body was cut off or malformed")
     if isinstance(exc, aiohttp.ClientResponseError):
         return httpx.RemoteProtocolError(f"malformed answer ({exc.status})")
     return httpx.ReadError(str(exc) or type(exc).__name__)
+
+
+def reraise(exc: BaseException) -> NoReturn:
+    """`exc` as the httpx error it means. aiohttp's parser errors quote the answer's
+    bytes, where a peer reflecting the request could put the token: not chained."""
+    error = map_error(exc)
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        raise error from None
+    raise error from exc
 
 
 class _Body(httpx.AsyncByteStream):
@@ -49,7 +60,7 @@ class _Body(httpx.AsyncByteStream):
             async for chunk in self._response.content.iter_chunked(_CHUNK):
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise map_error(exc) from exc
+            reraise(exc)
 
     async def aclose(self) -> None:
         self._response.release()
@@ -147,7 +158,7 @@ class AiohttpTransport:
             refused: BaseException | None = (traced or {}).get("refused")
             if refused is not None:
                 raise refused from None  # nothing written: as before_write raised it
-            raise map_error(exc) from exc
+            reraise(exc)
         return httpx.Response(
             status_code=response.status,
             headers=list(response.raw_headers),

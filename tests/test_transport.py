@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
+import aiohttp
 import httpx
 import pytest
 from starlette.requests import Request
@@ -213,3 +214,51 @@ def test_aiohttp_failures_through_a_proxy_leave_as_httpx_errors() -> None:
     ]
     for exc, expected in cases:
         assert type(map_error(exc)) is expected, exc
+
+
+def reraised(exc: BaseException) -> httpx.TransportError:
+    """What the proxied transport raises for `exc`, raised as it is there (in an except)."""
+    from sweeper.proxied import reraise
+
+    try:
+        try:
+            raise exc
+        except aiohttp.ClientError as caught:
+            reraise(caught)
+    except httpx.TransportError as error:
+        return error
+    raise AssertionError("reraise returned")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        aiohttp.ClientResponseError(
+            None,  # type: ignore[arg-type]
+            (),
+            status=400,
+            message=f"Invalid HTTP header: b'Bearer {TOKEN}'",
+        ),
+        aiohttp.ClientPayloadError(f"Response payload is not completed: b'Bearer {TOKEN}'"),
+    ],
+    ids=["parser", "payload"],
+)
+def test_aiohttp_errors_quoting_the_answer_never_carry_the_token(exc: BaseException) -> None:
+    """aiohttp's parser quotes the answer's bytes; a peer reflecting the Authorization
+    header would put the token there: the error, its chain and its description omit it."""
+    from sweeper.api import describe_transport_error
+
+    error = reraised(exc)
+    assert TOKEN not in describe_transport_error(error)
+    assert TOKEN not in str(error)
+    assert error.__cause__ is None
+
+
+def test_the_cause_of_a_connect_error_is_still_described() -> None:
+    """A refused connection keeps its cause: the operator sees why."""
+    from sweeper.api import describe_transport_error
+
+    key = aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None)
+    error = reraised(aiohttp.ClientConnectorError(key, OSError(111, "Connection refused")))
+    assert isinstance(error, httpx.ConnectError)
+    assert describe_transport_error(error).startswith("connection refused")
