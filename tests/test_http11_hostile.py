@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
+import struct
 import zlib
 from collections.abc import Sequence
 from datetime import timedelta
@@ -65,6 +67,11 @@ class Split:
                 self.requests.append(head + await reader.readexactly(length))
                 answer = self.answers.pop(0)
                 if not answer:  # hang up: the kept-alive connection closed under a request
+                    return
+                if answer == b"RST":  # reset after the request arrived, before any answer
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
                     return
                 start = 0
                 for cut in [c for c in self.cuts if 0 < c < len(answer)] + [len(answer)]:
@@ -381,5 +388,59 @@ def test_chunk_extensions_and_trailers_have_a_budget(tail: bytes) -> None:
         async with Split([answer]) as server, client(server.url) as http:
             with pytest.raises(httpx.RemoteProtocolError, match="extensions and trailers"):
                 await http.get("/a")
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("method", ["PATCH", "GET"])
+def test_a_reset_after_the_request_never_writes_a_patch_twice(method: str) -> None:
+    """The kept-alive connection is reset once the request arrived, before any answer:
+    the platform may have applied it. A PATCH is not sent again by the transport (the
+    sweep decides after a re-read); a GET goes once more."""
+
+    async def go() -> None:
+        async with Split([cl(b"first"), b"RST", cl(b"again")]) as server:
+            async with client(server.url) as http:
+                assert (await http.get("/a")).content == b"first"
+                if method == "GET":
+                    assert (await http.get("/b")).content == b"again"
+                else:
+                    with pytest.raises(httpx.TransportError):
+                        await http.patch("/b", content=b"{}")
+            sent = [r.split(b" ", 1)[0] for r in server.requests]
+            assert sent.count(b"PATCH") == (method == "PATCH")
+
+    asyncio.run(go())
+
+
+def test_content_length_with_transfer_encoding_closes_the_connection() -> None:
+    """Both framings (RFC 9112 6.3): chunked wins, the bytes past it are never read as
+    the next answer, and the connection is not reused."""
+    both = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"
+    )
+
+    async def go() -> None:
+        async with Split([both, cl(b"next")]) as server, client(server.url) as http:
+            assert (await http.get("/a")).content == b"ok"
+            assert (await http.get("/b")).content == b"next"
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+def test_cancelled_while_reading_the_head_the_connection_is_not_pooled() -> None:
+    """asyncio.timeout fires while the head trickles in: that connection is closed."""
+    slow = cl(b"slow")
+
+    async def go() -> None:
+        server = Split([slow, cl(b"next")], range(1, len(slow)), pause=0.05)
+        async with server, client(server.url) as http:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(http.get("/a"), 0.2)
+            server.pause = 0
+            assert (await http.get("/b")).content == b"next"
+            assert server.connections == 2
 
     asyncio.run(go())
