@@ -8,6 +8,7 @@ put the token there), and a connection is reused only when its framing is beyond
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import socket
 import struct
@@ -442,5 +443,62 @@ def test_cancelled_while_reading_the_head_the_connection_is_not_pooled() -> None
             server.pause = 0
             assert (await http.get("/b")).content == b"next"
             assert server.connections == 2
+
+    asyncio.run(go())
+
+
+HEADS = [
+    b"HTTP/1.1 200 OK",
+    b"HTTP/1.0 200 OK",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK",
+    b"HTTP/1.1 204 No Content",
+    b"HTTP/1.1 101 Switching",
+    b"HTTP/1.1 99 X",
+    b"HTTP/1.1 200",
+]
+FIELDS = [
+    b"Content-Length: 2",
+    b"Content-Length: 0",
+    b"Content-Length: 99999999999999999999999",
+    b"Content-Length: -1",
+    b"Content-Length: 2, 2",
+    b"Content-Length: 2, 3",
+    b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: gzip, chunked",
+    b"Transfer-Encoding: chunked, identity",
+    b"Connection: close",
+    b"Connection: keep-alive",
+    b"X: \x00",
+    b" folded",
+    b"X:\xff\xfe",
+    b"Content-Encoding: gzip",
+]
+BODIES = [b"", b"ok", b"2\r\nok\r\n0\r\n\r\n", b"fffffffffffffffff\r\n", b"0\r\n", b"\x00" * 3]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    head=st.sampled_from(HEADS),
+    fields=st.lists(st.sampled_from(FIELDS), max_size=4),
+    body=st.sampled_from(BODIES) | st.binary(max_size=40),
+    cuts=st.lists(st.integers(min_value=1, max_value=200), max_size=6),
+)
+def test_any_answer_is_a_response_or_an_httpx_error(
+    head: bytes, fields: list[bytes], body: bytes, cuts: list[int]
+) -> None:
+    """Whatever the peer sends, split wherever: an httpx Response or an httpx error,
+    never another exception (that would crash a sweep on the platform's say-so), and
+    the next request on the same client still gets its own answer."""
+    answer = head + b"".join(b"\r\n" + f for f in fields) + b"\r\n\r\n" + body
+
+    async def go() -> None:
+        server = Split([answer, cl(b"next")], cuts)
+        async with server, client(server.url, read=0.3) as http:
+            with contextlib.suppress(httpx.HTTPError):
+                await http.get("/a")
+            # The first connection is either reused (its answer framed to the end)
+            # or closed; the next request still gets its own answer.
+            server.answers = [cl(b"next")]
+            assert (await http.get("/b")).content == b"next"
 
     asyncio.run(go())
