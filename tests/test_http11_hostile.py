@@ -502,3 +502,24 @@ def test_any_answer_is_a_response_or_an_httpx_error(
             assert (await http.get("/b")).content == b"next"
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nBearer %s\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%s\r\n",
+        b"HTTP/1.1 2%s\r\n\r\n",
+    ],
+    ids=["header", "chunk", "status"],
+)
+def test_a_reflected_token_never_reaches_the_sweep_error(answer: bytes) -> None:
+    """Through PlatformClient: the error a sweep logs and reports never holds the token."""
+
+    async def serve() -> object:
+        async with Split([answer % TOKEN.encode()]) as server:
+            return await asyncio.to_thread(list_once, server.url)
+
+    failed = asyncio.run(serve())
+    assert isinstance(failed, PlatformUnavailable), failed
+    assert TOKEN not in str(failed)
