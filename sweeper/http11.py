@@ -170,7 +170,11 @@ class Framing:
             # Transfer-Encoding wins over Content-Length; anything but chunked last
             # runs up to the close (RFC 9112 6.3).
             self.chunked = encodings[-1] == b"chunked"
-            self.keep_alive = self.keep_alive and self.chunked and not lengths
+            # With a Content-Length, or in an HTTP/1.0 answer (6.1), the framing is
+            # faulty: read as said, then the connection closed.
+            self.keep_alive = (
+                self.keep_alive and self.chunked and not lengths and version == b"HTTP/1.1"
+            )
         elif lengths:
             value = lengths.pop()
             if lengths or not (value.isdigit() and value.isascii()):

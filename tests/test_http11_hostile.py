@@ -523,3 +523,20 @@ def test_a_reflected_token_never_reaches_the_sweep_error(answer: bytes) -> None:
     failed = asyncio.run(serve())
     assert isinstance(failed, PlatformUnavailable), failed
     assert TOKEN not in str(failed)
+
+
+def test_transfer_encoding_in_an_http10_answer_closes_the_connection() -> None:
+    """RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing: read
+    as chunked, then the connection is closed, keep-alive or not."""
+    old = (
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"
+    )
+
+    async def go() -> None:
+        async with Split([old, cl(b"next")]) as server, client(server.url) as http:
+            assert (await http.get("/a")).content == b"ok"
+            assert (await http.get("/b")).content == b"next"
+            assert server.connections == 2
+
+    asyncio.run(go())
