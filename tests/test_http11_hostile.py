@@ -540,3 +540,16 @@ def test_transfer_encoding_in_an_http10_answer_closes_the_connection() -> None:
             assert server.connections == 2
 
     asyncio.run(go())
+
+
+def test_a_flood_of_interim_answers_ends_at_the_read_timeout() -> None:
+    """Thousands of 100 Continue and never a final answer: a ReadTimeout (the head and
+    every interim answer share one read timeout), not a wait as long as the flood."""
+    flood = b"HTTP/1.1 100 Continue\r\nX: y\r\n\r\n" * 5000
+
+    async def go() -> None:
+        async with Split([flood, cl(b"never")]) as server, client(server.url, read=0.3) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get("/a")
+
+    asyncio.run(go())
