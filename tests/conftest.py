@@ -7,7 +7,7 @@ import structlog
 
 from tests.e2e import Platform, start_platform
 from tests.etcd import Etcd
-from tests.helpers import FakeClock, FakePlatform
+from tests.fakes import FakeClock, FakePlatform
 from tests.leader_harness import Stand, start_stand
 
 
@@ -27,6 +27,13 @@ def _shared_platform() -> Iterator[Platform]:
     platform = start_platform()
     yield platform
     platform.server.stop()
+
+
+@pytest.fixture(name="stand_in")
+def _stand_in(shared_platform: Platform) -> Platform:
+    """The shared stand-in on loopback, reset: the end-to-end tests' platform."""
+    shared_platform.reset()
+    return shared_platform
 
 
 @pytest.fixture(name="etcd", scope="module")

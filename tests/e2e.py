@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from sweeper.devserver.server import RunningServer, serve_in_thread
 from sweeper.devserver.state import PlatformState
-from tests.helpers import TOKEN
+from tests.fakes import TOKEN
 
 Hook = Callable[[Request], Awaitable[Response | None]]
 
@@ -143,6 +143,49 @@ def start_sweeper(*args: str) -> subprocess.Popen[str]:
         text=True,
         env=environment(),
     )
+
+
+class Lines:
+    """A daemon's JSON events as they arrive (read on demand from its log file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read_text(self) -> str:
+        return self.path.read_text()
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return Result(0, "", self.read_text()).named(event)
+
+
+def start_daemon(config: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], Lines]:
+    """`sweeper run` in the background, its JSON logs in a file of tmp_path (a pipe
+    nobody reads would fill and stall it)."""
+    err = tmp_path / "daemon.log"
+    with err.open("w") as handle:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sweeper",
+                "--log-format",
+                "json",
+                "--config",
+                str(config),
+                "run",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            text=True,
+            env=environment(),
+        )
+    return proc, Lines(err)
+
+
+def stop_daemon(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:

@@ -24,14 +24,21 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.api import STEPS_PATH, PlatformClient, RateLimiter, build_http_client
-from sweeper.guards import ClockCheck
+from sweeper.api import STEPS_PATH, RateLimiter
 from sweeper.model import StepStatus, format_timestamp
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
 from sweeper.report import ExitCode, Outcome, Result, SweepReport
-from sweeper.sweep import SweepConfig, Sweeper
-from tests.e2e import Platform, environment, start_sweeper, wait_for, write_config
-from tests.helpers import TOKEN, FakeClock, FakePlatform, record
+from tests.builders import build_sweeper, precise, run
+from tests.e2e import (
+    Platform,
+    environment,
+    start_daemon,
+    start_sweeper,
+    stop_daemon,
+    wait_for,
+    write_config,
+)
+from tests.fakes import TOKEN, FakeClock, FakePlatform, record
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)
@@ -40,58 +47,6 @@ RULES = Rules((), Rule("default", 2 * H, StepStatus.FAILED, "Z", DEFAULT_ERROR_M
 
 def date_header(clock: FakeClock, skew: timedelta = timedelta(0)) -> str:
     return email.utils.format_datetime(clock() + skew, usegmt=True)
-
-
-def build(
-    platform: FakePlatform,
-    clock: FakeClock,
-    *,
-    stop: asyncio.Event | None = None,
-    sleep: Callable[[float], Any] | None = None,
-    max_attempts: int = 5,
-    max_retry_after: timedelta = timedelta(seconds=60),
-    limiter: RateLimiter | None = None,
-    **config: Any,
-) -> Sweeper:
-    """A sweeper on the real PlatformClient; sleeping moves the fake clock."""
-
-    async def advancing_sleep(seconds: float) -> None:
-        clock.advance(timedelta(seconds=seconds))
-
-    http = build_http_client(
-        "https://platform.test",
-        TOKEN,
-        timeout=timedelta(seconds=5),
-        max_connections=8,
-        transport=platform.transport(),
-    )
-    client = PlatformClient(
-        http,
-        max_attempts=max_attempts,
-        max_retry_after=max_retry_after,
-        clock=clock,
-        monotonic=clock.monotonic,
-        sleep=sleep or advancing_sleep,
-        clock_check=ClockCheck(timedelta(minutes=2), clock),
-        stop=stop,
-        limiter=limiter,
-    )
-    config.setdefault("rules", RULES)
-    return Sweeper(
-        client,
-        SweepConfig(host="adv", version="0", **config),
-        clock=clock,
-        stop=stop,
-        monotonic=clock.monotonic,
-    )
-
-
-def run(sweeper: Sweeper) -> SweepReport:
-    async def go() -> SweepReport:
-        async with sweeper.client._http:
-            return await asyncio.wait_for(sweeper.run(), timeout=30)
-
-    return asyncio.run(go())
 
 
 def apply_then_lose(platform: FakePlatform, step_id: str) -> Callable[[httpx.Request], Any]:
@@ -143,7 +98,16 @@ def test_lost_write_then_deadline_is_failed_not_skipped(
         return answer
 
     platform.before.append(slow_lost_write)
-    report = run(build(platform, clock, deadline=timedelta(seconds=60)))
+    report = run(
+        build_sweeper(
+            platform,
+            clock,
+            max_attempts=5,
+            sleep=clock.sleep,
+            rules=RULES,
+            deadline=timedelta(seconds=60),
+        )
+    )
     assert applied_by_us(platform, "z1", report)  # the platform applied our write
     entry = entry_of(report, "z1")
     assert entry.attempts == 1
@@ -180,7 +144,9 @@ def test_lost_write_then_sigterm_during_reread_is_failed_not_skipped(
         if sleeps["n"] == 2:  # the backoff of the re-read: SIGTERM arrives
             stop.set()
 
-    report = run(build(platform, clock, stop=stop, sleep=sleep))
+    report = run(
+        build_sweeper(platform, clock, max_attempts=5, rules=RULES, stop=stop, sleep=sleep)
+    )
     assert applied_by_us(platform, "z1", report)
     entry = entry_of(report, "z1")
     assert entry.attempts == 1
@@ -228,7 +194,11 @@ def test_clock_skew_on_a_2xx_write_answer_that_is_not_a_success_still_refuses(
     """
     platform.add(record("z1"), record("z2"))
     platform.before.append(skewed_patch_answer(platform, clock, "z1", body))
-    report = run(build(platform, clock, max_concurrency=1))
+    report = run(
+        build_sweeper(
+            platform, clock, max_attempts=5, sleep=clock.sleep, rules=RULES, max_concurrency=1
+        )
+    )
     written = [r.url.path.rsplit("/", 1)[1] for r in platform.patches]
     assert written == ["z1"], written
     assert report.result is Result.REFUSED and report.exit_code is ExitCode.GUARD_REFUSED
@@ -262,7 +232,11 @@ def test_a_401_with_an_unreadable_date_stops_the_token(
         return response
 
     platform.handle = handle  # type: ignore[method-assign]
-    report = run(build(platform, clock, max_concurrency=1))
+    report = run(
+        build_sweeper(
+            platform, clock, max_attempts=5, sleep=clock.sleep, rules=RULES, max_concurrency=1
+        )
+    )
     sent_after_401 = platform.requests[platform.requests.index(platform.patches[0]) + 1 :]
     assert sent_after_401 == [], [f"{r.method} {r.url.path}" for r in sent_after_401]
     assert report.result is Result.TOKEN_REFUSED
@@ -290,7 +264,11 @@ def test_reread_retries_end_by_the_deadline(platform: FakePlatform, clock: FakeC
     platform.before.append(busy)
     deadline = timedelta(seconds=30)
     started = clock.monotonic()
-    report = run(build(platform, clock, deadline=deadline))
+    report = run(
+        build_sweeper(
+            platform, clock, max_attempts=5, sleep=clock.sleep, rules=RULES, deadline=deadline
+        )
+    )
     elapsed = clock.monotonic() - started
     assert elapsed <= deadline.total_seconds() + 10, (elapsed, report.counts)
 
@@ -312,7 +290,18 @@ def test_a_low_max_rate_ends_the_sweep_by_the_deadline(
     limiter = RateLimiter(0.01, monotonic=clock.monotonic, sleep=advancing_sleep)
     deadline = timedelta(seconds=60)
     started = clock.monotonic()
-    run(build(platform, clock, deadline=deadline, limiter=limiter, max_concurrency=1))
+    run(
+        build_sweeper(
+            platform,
+            clock,
+            max_attempts=5,
+            sleep=clock.sleep,
+            rules=RULES,
+            deadline=deadline,
+            limiter=limiter,
+            max_concurrency=1,
+        )
+    )
     elapsed = clock.monotonic() - started
     assert elapsed <= deadline.total_seconds() + 10, elapsed
 
@@ -340,7 +329,7 @@ def test_a_503_with_a_superscript_retry_after_is_retried(
         return None
 
     platform.before.append(flaky_listing)
-    report = run(build(platform, clock))
+    report = run(build_sweeper(platform, clock, max_attempts=5, sleep=clock.sleep, rules=RULES))
     assert report.result is Result.COMPLETED, report.error
     assert report.counts["marked"] == 1
 
@@ -436,33 +425,8 @@ def test_an_unwritable_log_stream_exits_70(tmp_path: Path) -> None:
 # -- (h) reload ------------------------------------------------------------------------------
 
 
-@pytest.fixture(name="live")
-def _live(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
-
-
-def start_daemon(config: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
-    err = tmp_path / "daemon.log"
-    with err.open("w") as handle:
-        proc = subprocess.Popen(
-            [*SWEEPER, "--config", str(config), "run"],
-            stdout=subprocess.DEVNULL,
-            stderr=handle,
-            text=True,
-            env=environment(),
-        )
-    return proc, err
-
-
-def stop_daemon(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
 def test_reload_to_an_unusable_token_is_refused_and_the_old_one_kept(
-    live: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """The token file is rewritten with a token that validation accepts but httpx cannot
     send (`tokén`). The daemon logs `config.reloaded changed=["api.token"]` (and
@@ -476,7 +440,7 @@ def test_reload_to_an_unusable_token_is_refused_and_the_old_one_kept(
     wrong one is logged as config.reload_failed naming every wrong key, the one in force
     stays". Expected: config.reload_failed, no sweep lost.
     """
-    config = write_config(tmp_path, live.base_url, '[schedule]\ninterval = "1s"\n')
+    config = write_config(tmp_path, stand_in.base_url, '[schedule]\ninterval = "1s"\n')
     proc, err = start_daemon(config, tmp_path)
     try:
         wait_for(lambda: '"sweep.finished"' in err.read_text())
@@ -497,7 +461,7 @@ def test_reload_to_an_unusable_token_is_refused_and_the_old_one_kept(
 
 
 def test_sighup_with_a_deeply_nested_config_is_reported_failed(
-    live: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """SIGHUP after the file was replaced by deeply nested TOML: RecursionError escapes
     `Daemon._reload` inside the signal callback; asyncio logs "Exception in callback
@@ -507,7 +471,7 @@ def test_sighup_with_a_deeply_nested_config_is_reported_failed(
 
     Expected (operations.md "Reload"): `config.reload_failed` naming the problem.
     """
-    config = write_config(tmp_path, live.base_url, '[schedule]\ninterval = "1s"\n')
+    config = write_config(tmp_path, stand_in.base_url, '[schedule]\ninterval = "1s"\n')
     proc, err = start_daemon(config, tmp_path)
     try:
         wait_for(lambda: '"sweep.finished"' in err.read_text())
@@ -565,7 +529,7 @@ def test_a_token_with_a_quote_or_backslash_is_redacted_json_escaped(tmp_path: Pa
     assert leaks == {"stderr": False, "report": False}, done.stderr[-400:]
 
 
-def test_a_tiny_max_rate_is_a_configuration_error(live: Platform, tmp_path: Path) -> None:
+def test_a_tiny_max_rate_is_a_configuration_error(stand_in: Platform, tmp_path: Path) -> None:
     """Through the real CLI: `api.max_rate = 1e-300` is accepted (ge=0, finite), and the
     first re-read waits 1e300 s in the rate limiter - an asyncio.sleep that neither
     sweep.deadline nor anything else bounds. With `sweep.deadline = "2s"` the run never
@@ -575,8 +539,10 @@ def test_a_tiny_max_rate_is_a_configuration_error(live: Platform, tmp_path: Path
     """
     now = datetime.now(UTC)
     for i in range(3):
-        live.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
-    config = write_config(tmp_path, live.base_url, 'max_rate = 1e-300\n[sweep]\ndeadline = "2s"\n')
+        stand_in.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
+    config = write_config(
+        tmp_path, stand_in.base_url, 'max_rate = 1e-300\n[sweep]\ndeadline = "2s"\n'
+    )
     proc = start_sweeper("--config", str(config), "run", "--once")
     try:
         code = proc.wait(timeout=20)
@@ -603,7 +569,9 @@ def test_a_base_url_with_an_impossible_port_is_a_configuration_error(
     assert (checked.returncode, ran.returncode) == (78, 78), (checked.returncode, ran.stderr[-300:])
 
 
-def test_an_unrelated_reload_keeps_a_refused_token_unsent(live: Platform, tmp_path: Path) -> None:
+def test_an_unrelated_reload_keeps_a_refused_token_unsent(
+    stand_in: Platform, tmp_path: Path
+) -> None:
     """The platform refuses the daemon's token (401): the next listings correctly send
     nothing. Then an unrelated key changes (sweep.page_size): the reload builds a new
     PlatformClient, which has forgotten the refusal, and the very next listing sends the
@@ -615,12 +583,12 @@ def test_an_unrelated_reload_keeps_a_refused_token_unsent(live: Platform, tmp_pa
     same.
     """
     config = write_config(
-        tmp_path, live.base_url, '[schedule]\ninterval = "1s"\n', token="revoked-token"
+        tmp_path, stand_in.base_url, '[schedule]\ninterval = "1s"\n', token="revoked-token"
     )
     proc, err = start_daemon(config, tmp_path)
     try:
         wait_for(lambda: err.read_text().count('"sweep.finished"') >= 2)
-        refused = live.counters.requests
+        refused = stand_in.counters.requests
         assert refused == 1  # one 401, then nothing: as it should be
         config.write_text(config.read_text() + "[sweep]\npage_size = 100\n")
         wait_for(lambda: "config.reload" in err.read_text())
@@ -629,7 +597,7 @@ def test_an_unrelated_reload_keeps_a_refused_token_unsent(live: Platform, tmp_pa
         wait_for(lambda: err.read_text().count('"sweep.finished"') >= listed + 2, timeout=60)
     finally:
         stop_daemon(proc)
-    assert live.counters.requests == refused, "the refused token was sent again"
+    assert stand_in.counters.requests == refused, "the refused token was sent again"
 
 
 # -- (a) marked on an answer about another step (contract silent: low) ----------------------
@@ -656,7 +624,7 @@ def test_a_write_answered_with_another_steps_data_is_invalid(
         return None
 
     platform.before.append(misrouted)
-    report = run(build(platform, clock))
+    report = run(build_sweeper(platform, clock, max_attempts=5, sleep=clock.sleep, rules=RULES))
     assert platform.state.steps["z1"]["status"] == "RUNNING"  # nothing applied to z1
     assert entry_of(report, "z1").outcome is not Outcome.MARKED
 
@@ -684,7 +652,7 @@ def test_lost_write_unconfirmed_when_the_read_side_omits_error_details(
         return None
 
     platform.before.append(read_side_per_contract)
-    report = run(build(platform, clock))
+    report = run(build_sweeper(platform, clock, max_attempts=5, sleep=clock.sleep, rules=RULES))
     assert applied_by_us(platform, "z1", report)
     entry = entry_of(report, "z1")
     assert entry.outcome in (Outcome.FAILED, Outcome.MARKED), (entry.outcome, entry.reason)
@@ -708,9 +676,6 @@ def test_precise_guard_does_not_count_healthy_heartbeating_steps(
     sweep.max_steps marks none of them". Expected: the zombie is marked; steps that keep
     beating are not zombies and do not trip the guard.
     """
-    from sweeper.precise import Interval
-    from sweeper.timers import TimerHeap
-
     live = [f"live{n}" for n in range(4)]
     platform.add(record("dead", started=5 * H))
     platform.add(*(record(s, started=H, heartbeat=timedelta(seconds=10)) for s in live))
@@ -721,18 +686,9 @@ def test_precise_guard_does_not_count_healthy_heartbeating_steps(
 
     platform.before.append(keep_beating)
     rules = Rules((), Rule("default", 3 * M, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
-    sweeper = build(platform, clock, rules=rules, max_steps=3)
-
-    async def nap(seconds: float, wake: asyncio.Event) -> None:
-        clock.advance(timedelta(seconds=seconds))
-
-    sweeper.nap = nap
-    interval = Interval(until=clock() + 5 * M, timers=TimerHeap(3))
-
-    async def go() -> SweepReport:
-        async with sweeper.client._http:
-            return await asyncio.wait_for(sweeper.run(interval=interval), timeout=30)
-
-    report = asyncio.run(go())
+    sweeper = build_sweeper(
+        platform, clock, max_attempts=5, sleep=clock.sleep, rules=rules, max_steps=3
+    )
+    report = run(sweeper, precise(sweeper, clock))
     assert report.result is not Result.REFUSED, report.error
     assert platform.state.steps["dead"]["status"] == "FAILED"

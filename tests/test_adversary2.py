@@ -11,16 +11,14 @@ from typing import Any
 
 import httpx
 
-from sweeper.api import STEPS_PATH, PlatformClient, RateLimiter, build_http_client
+from sweeper.api import STEPS_PATH, RateLimiter
 from sweeper.daemon import LISTING_MARGIN
-from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
 from sweeper.report import ExitCode, Result
-from sweeper.sweep import SweepConfig, Sweeper
-from tests.helpers import NOW, TOKEN, FakeClock, FakePlatform, record
-from tests.test_precise import precise
-from tests.test_sweep import H, make_sweeper
+from sweeper.sweep import Sweeper
+from tests.builders import H, build_sweeper, precise, rules_with
+from tests.fakes import NOW, FakeClock, FakePlatform, record
 
 M = timedelta(minutes=1)
 S = timedelta(seconds=1)
@@ -36,7 +34,7 @@ def test_more_zombies_due_in_the_interval_than_max_steps_are_refused(
     whole interval, and the sweep reports COMPLETED with no refusal."""
     platform.add(*(record(f"w{n}", started=H, heartbeat=10 * S) for n in range(3)))
     rules = Rules((), Rule("default", 3 * M, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
-    sweeper = make_sweeper(platform, clock, rules=rules, max_steps=2, max_concurrency=1)
+    sweeper = build_sweeper(platform, clock, rules=rules, max_steps=2, max_concurrency=1)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     # All three were dead (never beat again) and crossed their limit inside the interval.
     assert report.counts["armed"] == 3, report.counts
@@ -45,31 +43,15 @@ def test_more_zombies_due_in_the_interval_than_max_steps_are_refused(
 
 
 def _rate_limited_sweeper(platform: FakePlatform, clock: FakeClock, **config: Any) -> Sweeper:
-    http = build_http_client(
-        "https://platform.test",
-        TOKEN,
-        timeout=timedelta(seconds=5),
-        max_connections=8,
-        transport=platform.transport(),
-    )
-
-    async def sleep(seconds: float) -> None:
-        clock.advance(timedelta(seconds=seconds))
-
-    client = PlatformClient(
-        http,
-        max_attempts=2,
-        clock=clock,
-        sleep=sleep,
-        clock_check=ClockCheck(timedelta(minutes=2), clock),
-        limiter=RateLimiter(1.0, monotonic=clock.monotonic, sleep=sleep),
-    )
-    config.setdefault("rules", Rules((), Rule("default", 2 * H, StepStatus.FAILED, "Z", "m")))
-    return Sweeper(
-        client,
-        SweepConfig(host="h", version="1", **config),
-        clock=clock,
-        monotonic=clock.monotonic,
+    return build_sweeper(
+        platform,
+        clock,
+        sleep=clock.sleep,
+        limiter=RateLimiter(1.0, monotonic=clock.monotonic, sleep=clock.sleep),
+        rules=rules_with(2 * H, message="m"),
+        host="h",
+        version="1",
+        **config,
     )
 
 
@@ -109,7 +91,7 @@ def test_a_timer_firing_at_the_end_of_the_interval_starts_no_write_after_it(
             clock.advance(S)
 
     platform.before.append(slow)
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock, until=interval_length)
     patches_at: list[object] = []
     platform.before.append(lambda r: patches_at.append(clock()) if r.method == "PATCH" else None)
@@ -129,15 +111,7 @@ from collections.abc import Callable  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402
-
 from tests.e2e import Platform, environment, wait_for, write_config  # noqa: E402
-
-
-@pytest.fixture(name="real")
-def _real(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
 
 
 def run_daemon_until(config: Path, tmp_path: Path, done: Callable[[str], bool]) -> str:
@@ -168,7 +142,7 @@ def run_daemon_until(config: Path, tmp_path: Path, done: Callable[[str], bool]) 
 
 
 def test_daemon_precise_timers_on_a_slow_platform_lose_no_listing(
-    real: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """interval 2s, platform latency 0.4s (api.timeout 5s), steps due every 100 ms from
     about 2 s after the start. A timer firing near an interval's end is read (0.4 s) and
@@ -177,13 +151,13 @@ def test_daemon_precise_timers_on_a_slow_platform_lose_no_listing(
     Observed until the fourth listing and the last step marked (events, not a clock)."""
     now = datetime.now(UTC)
     for i in range(20):
-        real.state.add(record(f"d{i}", now=now, started=timedelta(seconds=2 - i * 0.1)))
-    real.faults.latency = timedelta(milliseconds=400)
+        stand_in.state.add(record(f"d{i}", now=now, started=timedelta(seconds=2 - i * 0.1)))
+    stand_in.faults.latency = timedelta(milliseconds=400)
     extra = '[schedule]\ninterval = "2s"\nprecise = true\n[sweep]\nstale_after = "4s"\n'
-    config = write_config(tmp_path, real.base_url, extra)
+    config = write_config(tmp_path, stand_in.base_url, extra)
 
     def done(log: str) -> bool:
-        return log.count('"sweep.started"') >= 4 and len(real.state.patches) == 20
+        return log.count('"sweep.started"') >= 4 and len(stand_in.state.patches) == 20
 
     lines = run_daemon_until(config, tmp_path, done).splitlines()
     skipped = [line for line in lines if "maximum number of running instances" in line]
@@ -264,7 +238,7 @@ def test_a_real_zombie_waits_for_a_timer_place_when_healthy_steps_fill_the_heap(
 
     platform.before.append(beating)
     rules = Rules((), Rule("default", 3 * M, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
-    sweeper = make_sweeper(platform, clock, rules=rules, max_steps=3)
+    sweeper = build_sweeper(platform, clock, rules=rules, max_steps=3)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     marked = [e.stepId for e in report.entries if e.outcome.value == "marked"]
     assert marked == ["dead"], (marked, report.counts)
@@ -286,11 +260,11 @@ def test_a_listing_longer_than_the_interval_still_marks_in_precise_mode(
             clock.advance(20 * S)
 
     platform.before.append(slow_listing)
-    plain = asyncio.run(make_sweeper(platform, clock, page_size=1).run())
+    plain = asyncio.run(build_sweeper(platform, clock, page_size=1).run())
     assert plain.counts["marked"] == 3 and plain.result is Result.COMPLETED
 
     platform.add(*(record(f"y{n}", started=5 * H) for n in range(3)))
-    sweeper = make_sweeper(platform, clock, page_size=1)
+    sweeper = build_sweeper(platform, clock, page_size=1)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=30 * S)))
     aborted = [e for e in logs if e["event"] == "sweep.aborted"]
     assert report.result is Result.COMPLETED, (report.result, [e["error"] for e in aborted])
@@ -313,7 +287,7 @@ def test_timers_armed_gauge_drops_when_the_run_ends(
         return None
 
     platform.before.append(refuse)
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
 
     async def nap(seconds: float, wake: asyncio.Event) -> None:
@@ -344,7 +318,7 @@ def test_a_halt_ends_the_nap(platform: FakePlatform, clock: FakeClock) -> None:
         return None
 
     platform.before.append(refuse)
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
 
     async def nap(seconds: float, wake: asyncio.Event) -> None:
@@ -386,7 +360,7 @@ def test_healthy_steps_are_not_counted_as_zombies(
 
     platform.before.append(beating)
     rules = Rules((), Rule("default", 3 * M, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
-    sweeper = make_sweeper(platform, clock, rules=rules)
+    sweeper = build_sweeper(platform, clock, rules=rules)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     skipped = [e for e in logs if e["event"] == "step.skipped"]
     assert (report.counts["zombies"], len(skipped)) == (0, 0), report.counts
@@ -431,7 +405,7 @@ def test_a_sign_of_life_that_creeps_but_stays_stale_is_not_re_read_in_a_loop(
     creeping; ~2,400 in the 4 min left; with a fast platform, a CPU spin hammering
     it), where a sweep reads it once and skips it."""
     gets = _creeping(platform, clock, timedelta(milliseconds=100), limit=300)
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
     asyncio.run(sweeper.run(interval=interval))
     assert len(gets) <= 3, len(gets)
@@ -447,7 +421,7 @@ def test_a_timer_re_armed_in_the_past_ends_with_its_interval(
     (here 2,000 re-reads, ~33 min for a 5 min interval); in the daemon every listing
     meanwhile is skipped ("maximum number of running instances reached")."""
     gets = _creeping(platform, clock, S, limit=2000)
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
     report = asyncio.run(sweeper.run(interval=interval))
     assert report.finished_at is not None
@@ -481,7 +455,7 @@ def test_precise_mode_keeps_max_concurrency_writes_in_flight(
             in_flight[0] -= 1
 
     platform.transport = lambda: httpx.MockTransport(handler)  # type: ignore[method-assign]
-    sweeper = make_sweeper(platform, clock, max_concurrency=1)
+    sweeper = build_sweeper(platform, clock, max_concurrency=1)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     assert report.counts["marked"] == 4, report.counts
     assert peak[0] <= 1, peak[0]

@@ -60,12 +60,6 @@ def daemon_rules() -> str:
     return "\n".join(line[2:] for line in body.splitlines()) + "\n"
 
 
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
-
-
 class Prometheus:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -92,7 +86,7 @@ class Prometheus:
 
 @pytest.fixture(name="watched")
 def _watched(
-    platform: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> Iterator[tuple[Prometheus, subprocess.Popen[str]]]:
     """The real daemon (interval 3 s) and a real Prometheus scraping it every second."""
     daemon_port, web_port = free_port(), free_port()
@@ -100,7 +94,7 @@ def _watched(
         'timeout = "1s"\n[schedule]\ninterval = "3s"\n[sweep]\ndeadline = "2s"\n'
         f'[server]\nlisten = "127.0.0.1:{daemon_port}"\n'
     )
-    daemon = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    daemon = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     rules = tmp_path / "sweeper.rules.yaml"
     rules.write_text(daemon_rules())
     config = tmp_path / "prometheus.yml"
@@ -143,7 +137,7 @@ def _watched(
 
 
 def test_the_daemons_alerts_in_a_real_prometheus(
-    watched: tuple[Prometheus, subprocess.Popen[str]], platform: Platform
+    watched: tuple[Prometheus, subprocess.Popen[str]], stand_in: Platform
 ) -> None:
     """Healthy: nothing pending. Platform unreachable: pending within a minute. Daemon
     down: SweeperDown pending within a minute."""
@@ -155,14 +149,14 @@ def test_the_daemons_alerts_in_a_real_prometheus(
     assert prometheus.alerts() == []
 
     # The platform stops answering: every request fails.
-    platform.faults.error_rate = 1.0
+    stand_in.faults.error_rate = 1.0
     failed_at = time.monotonic()
     wait_for(lambda: prometheus.states().get("SweeperNoSuccessfulSweep") == "pending", 60)
     assert time.monotonic() - failed_at < 60
     assert prometheus.states()["SweeperNoSuccessfulSweep"] == "pending"  # not firing: for:
 
     # The daemon goes away.
-    platform.faults.error_rate = 0.0
+    stand_in.faults.error_rate = 0.0
     daemon.send_signal(signal.SIGTERM)
     daemon.communicate(timeout=30)
     down_at = time.monotonic()

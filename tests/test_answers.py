@@ -27,7 +27,7 @@ from sweeper.errors import (
     TokenRefused,
     Transient,
 )
-from tests.helpers import NOW
+from tests.fakes import NOW
 
 OK = json.dumps({"success": True, "data": {"stepId": "s"}}).encode()
 REFUSAL = json.dumps({"success": False, "error": {"message": "errorCode too long"}}).encode()

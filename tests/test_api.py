@@ -34,7 +34,7 @@ from sweeper.errors import (
 from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
 from sweeper.policy import StepUpdate
-from tests.helpers import NOW, TOKEN, FakeClock, FakePlatform, record
+from tests.fakes import NOW, TOKEN, FakeClock, FakePlatform, record
 
 T = TypeVar("T")
 UPDATE = StepUpdate(

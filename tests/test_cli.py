@@ -19,31 +19,25 @@ from tests.e2e import (
     wait_for,
     write_config,
 )
-from tests.helpers import TOKEN, record
+from tests.fakes import TOKEN, record
 
 
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
-
-
-def seed_zombies(platform: Platform, n: int, prefix: str = "z") -> None:
+def seed_zombies(stand_in: Platform, n: int, prefix: str = "z") -> None:
     now = datetime.now(UTC)
     for i in range(n):
-        platform.state.add(record(f"{prefix}{i:03d}", now=now, started=timedelta(hours=5)))
+        stand_in.state.add(record(f"{prefix}{i:03d}", now=now, started=timedelta(hours=5)))
 
 
-def test_exit_0_marks_zombies_and_logs_json(platform: Platform, tmp_path: Path) -> None:
+def test_exit_0_marks_zombies_and_logs_json(stand_in: Platform, tmp_path: Path) -> None:
     """A clean sweep: zombies FAILED, live steps untouched, JSON events, report, exit 0."""
-    platform.state.seed(zombies=6, live=3, seed=1)
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.state.seed(zombies=6, live=3, seed=1)
+    config = write_config(tmp_path, stand_in.base_url)
     report = tmp_path / "report.json"
     result = sweeper("--config", str(config), "run", "--once", "--report", str(report))
     assert result.code == 0, result.stderr
-    statuses = [s["status"] for s in platform.state.steps.values()]
+    statuses = [s["status"] for s in stand_in.state.steps.values()]
     assert statuses.count("RUNNING") == 3
-    assert len(platform.state.patches) == 6
+    assert len(stand_in.state.patches) == 6
     for event in result.events:
         assert {"timestamp", "level", "event"} <= event.keys()
         assert event["timestamp"].endswith("Z")
@@ -69,17 +63,17 @@ def test_python_dash_m_and_console_script_are_the_same_program() -> None:
     assert out2.stdout == out.stdout
 
 
-def test_exit_1_when_a_step_is_refused(platform: Platform, tmp_path: Path) -> None:
+def test_exit_1_when_a_step_is_refused(stand_in: Platform, tmp_path: Path) -> None:
     """One write refused with 400: the others are marked, exit 1, step.failed logged."""
-    seed_zombies(platform, 3)
+    seed_zombies(stand_in, 3)
 
     async def refuse_one(request: Request) -> Response | None:
         if request.method == "PATCH" and request.url.path.endswith("/z001"):
             return JSONResponse({"success": False, "error": {"message": "bad"}}, status_code=400)
         return None
 
-    platform.hooks.append(refuse_one)
-    result = sweeper("--config", str(write_config(tmp_path, platform.base_url)), "run", "--once")
+    stand_in.hooks.append(refuse_one)
+    result = sweeper("--config", str(write_config(tmp_path, stand_in.base_url)), "run", "--once")
     assert result.code == 1
     (failed,) = result.named("step.failed")
     assert (failed["step_id"], failed["reason"], failed["http_status"]) == ("z001", "rejected", 400)
@@ -142,24 +136,24 @@ def test_daemon_refuses_a_one_sweep_output_file(flag: str, tmp_path: Path) -> No
     assert not target.exists()
 
 
-def test_exit_3_when_too_many_zombies(platform: Platform, tmp_path: Path) -> None:
+def test_exit_3_when_too_many_zombies(stand_in: Platform, tmp_path: Path) -> None:
     """--max-steps lower than the zombies found: nothing written, exit 3."""
-    seed_zombies(platform, 5)
-    config = write_config(tmp_path, platform.base_url)
+    seed_zombies(stand_in, 5)
+    config = write_config(tmp_path, stand_in.base_url)
     result = sweeper("--config", str(config), "run", "--once", "--max-steps", "4")
     assert result.code == 3
-    assert platform.state.patches == []
+    assert stand_in.state.patches == []
     (refused,) = result.named("sweep.refused")
     assert refused["guard"] == "max_steps"
 
 
-def test_exit_3_on_clock_skew(platform: Platform, tmp_path: Path) -> None:
+def test_exit_3_on_clock_skew(stand_in: Platform, tmp_path: Path) -> None:
     """The platform's clock 10 minutes behind: nothing written, exit 3."""
-    seed_zombies(platform, 2)
-    platform.faults.clock_skew = timedelta(minutes=-10)
-    result = sweeper("--config", str(write_config(tmp_path, platform.base_url)), "run", "--once")
+    seed_zombies(stand_in, 2)
+    stand_in.faults.clock_skew = timedelta(minutes=-10)
+    result = sweeper("--config", str(write_config(tmp_path, stand_in.base_url)), "run", "--once")
     assert result.code == 3
-    assert platform.state.patches == []
+    assert stand_in.state.patches == []
     assert result.named("sweep.refused")[0]["guard"] == "clock_skew"
 
 
@@ -176,35 +170,35 @@ def test_exit_75_when_the_platform_is_unreachable(tmp_path: Path) -> None:
     assert result.named("sweep.aborted")[0]["result"] == "unavailable"
 
 
-def test_exit_75_when_sigterm_stops_a_once_run(platform: Platform, tmp_path: Path) -> None:
+def test_exit_75_when_sigterm_stops_a_once_run(stand_in: Platform, tmp_path: Path) -> None:
     """SIGTERM mid-writes: the writes in flight complete, none starts after, exit 75."""
-    seed_zombies(platform, 30)
-    platform.faults.latency = timedelta(milliseconds=150)
-    config = write_config(tmp_path, platform.base_url, "max_concurrency = 3\n")
+    seed_zombies(stand_in, 30)
+    stand_in.faults.latency = timedelta(milliseconds=150)
+    config = write_config(tmp_path, stand_in.base_url, "max_concurrency = 3\n")
     proc = start_sweeper("--config", str(config), "run", "--once")
-    wait_for(lambda: len(platform.state.patches) >= 2)
-    arrived_before = len(platform.arrivals("PATCH"))
+    wait_for(lambda: len(stand_in.state.patches) >= 2)
+    arrived_before = len(stand_in.arrivals("PATCH"))
     result = signal_and_collect(proc)
     assert result.code == 75
-    sent = platform.arrivals("PATCH")
+    sent = stand_in.arrivals("PATCH")
     # At most the 3 writes in flight when the signal came can arrive after it.
     assert len(sent) <= arrived_before + 3
-    assert len(platform.state.patches) == len(sent) < 30  # every write sent was completed
+    assert len(stand_in.state.patches) == len(sent) < 30  # every write sent was completed
     finished = result.named("sweep.finished")[0]
     assert finished["result"] == "interrupted"
     assert finished["marked"] == len(sent)
     assert finished["skipped_shutdown"] == 30 - len(sent)
 
 
-def test_daemon_stops_cleanly_on_sigterm(platform: Platform, tmp_path: Path) -> None:
+def test_daemon_stops_cleanly_on_sigterm(stand_in: Platform, tmp_path: Path) -> None:
     """The daemon marks from its start; SIGINT mid-writes finishes in-flight writes, exits 0.
 
     (Outage grace forgives the time before the daemon's first answer but half a limit:
     with a limit of 2 s, the timers mark the zombies a second after the first listing.)"""
-    seed_zombies(platform, 30)
-    platform.faults.latency = timedelta(milliseconds=150)
+    seed_zombies(stand_in, 30)
+    stand_in.faults.latency = timedelta(milliseconds=150)
     extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "2s"\n'
-    config = write_config(tmp_path, platform.base_url, extra).read_text()
+    config = write_config(tmp_path, stand_in.base_url, extra).read_text()
     config = config.replace("[api]", "[api]").replace(
         'timeout = "5s"', 'timeout = "5s"\nmax_concurrency = 2'
     )
@@ -212,20 +206,20 @@ def test_daemon_stops_cleanly_on_sigterm(platform: Platform, tmp_path: Path) -> 
     path.write_text(config)
     path.chmod(0o600)
     proc = start_sweeper("--config", str(path), "run")
-    wait_for(lambda: len(platform.state.patches) >= 2)
-    arrived_before = len(platform.arrivals("PATCH"))
+    wait_for(lambda: len(stand_in.state.patches) >= 2)
+    arrived_before = len(stand_in.arrivals("PATCH"))
     result = signal_and_collect(proc, signal.SIGINT)
     assert result.code == 0
-    assert len(platform.arrivals("PATCH")) <= arrived_before + 2  # max_concurrency = 2
-    assert len(platform.state.patches) == len(platform.arrivals("PATCH"))
+    assert len(stand_in.arrivals("PATCH")) <= arrived_before + 2  # max_concurrency = 2
+    assert len(stand_in.state.patches) == len(stand_in.arrivals("PATCH"))
     assert result.named("sweep.finished")[0]["result"] == "interrupted"
     assert result.named("daemon.stopped")[0]["sweeps"] == 1
 
 
-def test_daemon_survives_a_failed_sweep(platform: Platform, tmp_path: Path) -> None:
+def test_daemon_survives_a_failed_sweep(stand_in: Platform, tmp_path: Path) -> None:
     """A sweep that cannot reach the platform is logged; the daemon keeps running."""
-    platform.faults.error_rate = 1.0
-    config = write_config(tmp_path, platform.base_url, '[schedule]\ninterval = "1h"\n')
+    stand_in.faults.error_rate = 1.0
+    config = write_config(tmp_path, stand_in.base_url, '[schedule]\ninterval = "1h"\n')
     proc = start_sweeper("--config", str(config), "run")
     assert proc.stderr is not None
     seen = []
@@ -240,13 +234,13 @@ def test_daemon_survives_a_failed_sweep(platform: Platform, tmp_path: Path) -> N
     assert result.named("daemon.stopped")[0]["sweeps"] == 1
 
 
-def test_exit_77_when_the_token_is_refused(platform: Platform, tmp_path: Path) -> None:
+def test_exit_77_when_the_token_is_refused(stand_in: Platform, tmp_path: Path) -> None:
     """A wrong token: one request, exit 77."""
-    seed_zombies(platform, 3)
-    config = write_config(tmp_path, platform.base_url, token="not-the-token")
+    seed_zombies(stand_in, 3)
+    config = write_config(tmp_path, stand_in.base_url, token="not-the-token")
     result = sweeper("--config", str(config), "run", "--once")
     assert result.code == 77
-    assert platform.counters.requests == 1
+    assert stand_in.counters.requests == 1
 
 
 @pytest.mark.parametrize(
@@ -259,16 +253,16 @@ def test_exit_77_when_the_token_is_refused(platform: Platform, tmp_path: Path) -
     ],
 )
 def test_exit_78_on_bad_configuration(
-    platform: Platform, tmp_path: Path, extra: str, key: str
+    stand_in: Platform, tmp_path: Path, extra: str, key: str
 ) -> None:
     """An invalid configuration exits 78, names the key, and calls no platform."""
-    config = write_config(tmp_path, platform.base_url, extra)
+    config = write_config(tmp_path, stand_in.base_url, extra)
     for command in (["run", "--once"], ["run"], ["check-config"], ["mark", "s", "--org", "o"]):
         result = sweeper("--config", str(config), *command)
         assert result.code == 78, command
         (invalid,) = result.named("config.invalid")
         assert key in invalid["error"]
-    assert platform.counters.requests == 0
+    assert stand_in.counters.requests == 0
 
 
 def test_exit_78_when_the_config_file_is_missing(tmp_path: Path) -> None:
@@ -294,11 +288,11 @@ def test_check_config_prints_settings_without_the_token(tmp_path: Path) -> None:
     assert TOKEN not in result.stdout + result.stderr
 
 
-def test_mark_by_hand(platform: Platform, tmp_path: Path) -> None:
+def test_mark_by_hand(stand_in: Platform, tmp_path: Path) -> None:
     """`mark` writes one RUNNING step with the given status, code and message."""
     now = datetime.now(UTC)
-    platform.state.add(record("one/two", org="org-x", now=now, started=timedelta(minutes=3)))
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.state.add(record("one/two", org="org-x", now=now, started=timedelta(minutes=3)))
+    config = write_config(tmp_path, stand_in.base_url)
     result = sweeper(
         "--config",
         str(config),
@@ -315,7 +309,7 @@ def test_mark_by_hand(platform: Platform, tmp_path: Path) -> None:
         "--force",  # 3 minutes idle is within the default 2h
     )
     assert result.code == 0, result.stderr
-    step = platform.state.steps["one/two"]
+    step = stand_in.state.steps["one/two"]
     assert (step["status"], step["errorCode"]) == ("CANCELLED", "OPS_CANCELLED")
     assert step["errorMessage"].startswith("stuck since 3m")
     again = sweeper("--config", str(config), "mark", "one/two", "--org", "org-x")
@@ -326,29 +320,29 @@ def test_mark_by_hand(platform: Platform, tmp_path: Path) -> None:
     assert wrong_org.named("step.skipped")[0]["reason"] == "gone"
 
 
-def test_mark_writes_a_step_that_still_heartbeats(platform: Platform, tmp_path: Path) -> None:
+def test_mark_writes_a_step_that_still_heartbeats(stand_in: Platform, tmp_path: Path) -> None:
     """With --force, a mark is intent: a step heartbeating ahead of our clock is marked."""
     now = datetime.now(UTC)
-    platform.state.add(record("wedged", now=now, heartbeat=-timedelta(minutes=2)))
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.state.add(record("wedged", now=now, heartbeat=-timedelta(minutes=2)))
+    config = write_config(tmp_path, stand_in.base_url)
     result = sweeper("--config", str(config), "mark", "wedged", "--org", "org-a", "--force")
     assert result.code == 0, result.stderr
-    assert platform.state.steps["wedged"]["status"] == "FAILED"
+    assert stand_in.state.steps["wedged"]["status"] == "FAILED"
 
 
-def test_dry_run_flag(platform: Platform, tmp_path: Path) -> None:
+def test_dry_run_flag(stand_in: Platform, tmp_path: Path) -> None:
     """--dry-run: would_mark events, no PATCH, exit 0."""
-    seed_zombies(platform, 2)
-    config = write_config(tmp_path, platform.base_url)
+    seed_zombies(stand_in, 2)
+    config = write_config(tmp_path, stand_in.base_url)
     result = sweeper("--config", str(config), "run", "--once", "--dry-run")
     assert result.code == 0
-    assert platform.counters.by_method.get("PATCH", 0) == 0
+    assert stand_in.counters.by_method.get("PATCH", 0) == 0
     assert len(result.named("step.would_mark")) == 2
 
 
-def test_token_never_leaks_from_failing_runs(platform: Platform, tmp_path: Path) -> None:
+def test_token_never_leaks_from_failing_runs(stand_in: Platform, tmp_path: Path) -> None:
     """Refused token, 500s, bad config, crashes: the token is in no output or report."""
-    seed_zombies(platform, 3)
+    seed_zombies(stand_in, 3)
     outputs: list[str] = []
 
     async def explode(request: Request) -> Response | None:
@@ -359,29 +353,29 @@ def test_token_never_leaks_from_failing_runs(platform: Platform, tmp_path: Path)
         ("--log-level", "debug", "run", "--once", "--report", str(tmp_path / "r2.json")),
         ("mark", "z000", "--org", "org-a"),
     ]
-    platform.hooks.append(explode)
+    stand_in.hooks.append(explode)
     for args in runs:
-        result = sweeper("--config", str(write_config(tmp_path, platform.base_url)), *args)
+        result = sweeper("--config", str(write_config(tmp_path, stand_in.base_url)), *args)
         assert result.code in (1, 75)
         outputs += [result.stdout, result.stderr]
-    platform.hooks.clear()
+    stand_in.hooks.clear()
 
     async def echo_token(request: Request) -> Response | None:
         message = f"token Bearer {TOKEN} is not allowed"
         return JSONResponse({"success": False, "error": {"message": message}}, status_code=403)
 
-    platform.hooks.append(echo_token)
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.hooks.append(echo_token)
+    config = write_config(tmp_path, stand_in.base_url)
     echoed = sweeper(
         "--config", str(config), "run", "--once", "--report", str(tmp_path / "r3.json")
     )
     assert echoed.code == 77
     assert "is not allowed" in (tmp_path / "r3.json").read_text()  # the message is kept...
     outputs += [echoed.stdout, echoed.stderr]
-    platform.hooks.clear()
-    bad_token = write_config(tmp_path, platform.base_url, token=TOKEN + "-old")
+    stand_in.hooks.clear()
+    bad_token = write_config(tmp_path, stand_in.base_url, token=TOKEN + "-old")
     outputs += [sweeper("--config", str(bad_token), "--log-level", "debug", "run", "--once").stderr]
-    broken = write_config(tmp_path, platform.base_url, 'timeout = "x"\n')
+    broken = write_config(tmp_path, stand_in.base_url, 'timeout = "x"\n')
     broken.write_text(broken.read_text().replace("token_file", f'token = "{TOKEN}"\n# '))
     outputs += [sweeper("--config", str(broken), "run", "--once").stderr]
     outputs += [p.read_text() for p in tmp_path.glob("r*.json")]
@@ -390,11 +384,11 @@ def test_token_never_leaks_from_failing_runs(platform: Platform, tmp_path: Path)
     assert TOKEN not in everything
 
 
-def test_metrics_file_after_a_once_run(platform: Platform, tmp_path: Path) -> None:
+def test_metrics_file_after_a_once_run(stand_in: Platform, tmp_path: Path) -> None:
     """--metrics-file writes the sweep's metrics in Prometheus text format."""
-    seed_zombies(platform, 2)
+    seed_zombies(stand_in, 2)
     target = tmp_path / "sweeper.prom"
-    config = write_config(tmp_path, platform.base_url)
+    config = write_config(tmp_path, stand_in.base_url)
     result = sweeper("--config", str(config), "run", "--once", "--metrics-file", str(target))
     assert result.code == 0
     text = target.read_text()
@@ -403,13 +397,13 @@ def test_metrics_file_after_a_once_run(platform: Platform, tmp_path: Path) -> No
     assert 'sweeper_sweeps_total{result="completed"} 1.0' in text
 
 
-def test_daemon_serves_metrics_health_and_readiness(platform: Platform, tmp_path: Path) -> None:
+def test_daemon_serves_metrics_health_and_readiness(stand_in: Platform, tmp_path: Path) -> None:
     """With server.listen the daemon answers /metrics, /healthz and /readyz."""
     import socket
 
     import httpx
 
-    seed_zombies(platform, 2)
+    seed_zombies(stand_in, 2)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -417,7 +411,7 @@ def test_daemon_serves_metrics_health_and_readiness(platform: Platform, tmp_path
         '[schedule]\ninterval = "1s"\nprecise = false\n[sweep]\nstale_after = "2s"\n'
         f'[server]\nlisten = "127.0.0.1:{port}"\n'
     )
-    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    proc = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     try:
         base = f"http://127.0.0.1:{port}"
         marked = 'sweeper_steps_total{outcome="marked",status="FAILED"} 2.0'
@@ -437,7 +431,7 @@ def test_daemon_serves_metrics_health_and_readiness(platform: Platform, tmp_path
 
 
 @pytest.mark.parametrize("host", ["[::1]", "localhost"])
-def test_daemon_serves_on_ipv6_and_on_a_name(platform: Platform, tmp_path: Path, host: str) -> None:
+def test_daemon_serves_on_ipv6_and_on_a_name(stand_in: Platform, tmp_path: Path, host: str) -> None:
     """server.listen "[::1]:PORT" (and a name) passes check-config and is served, no exit 75."""
     import socket
 
@@ -448,7 +442,7 @@ def test_daemon_serves_on_ipv6_and_on_a_name(platform: Platform, tmp_path: Path,
         sock.bind((bind_host, 0))
         port = sock.getsockname()[1]
     extra = f'[schedule]\ninterval = "1h"\n[server]\nlisten = "{host}:{port}"\n'
-    config = str(write_config(tmp_path, platform.base_url, extra))
+    config = str(write_config(tmp_path, stand_in.base_url, extra))
     assert sweeper("--config", config, "check-config").code == 0
     proc = start_sweeper("--config", config, "run")
     try:
@@ -468,7 +462,7 @@ def test_daemon_serves_on_ipv6_and_on_a_name(platform: Platform, tmp_path: Path,
     assert listening["listen"] == f"{host}:{port}"
 
 
-def test_daemon_speaks_the_systemd_notify_protocol(platform: Platform, tmp_path: Path) -> None:
+def test_daemon_speaks_the_systemd_notify_protocol(stand_in: Platform, tmp_path: Path) -> None:
     """READY=1 once running, WATCHDOG=1 from the scheduler loop, STATUS= after each sweep,
     STOPPING=1 on SIGTERM."""
     import socket
@@ -481,7 +475,7 @@ def test_daemon_speaks_the_systemd_notify_protocol(platform: Platform, tmp_path:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(path)
         listener.settimeout(20)
-        config = write_config(tmp_path, platform.base_url, '[schedule]\ninterval = "1h"\n')
+        config = write_config(tmp_path, stand_in.base_url, '[schedule]\ninterval = "1h"\n')
         proc = subprocess.Popen(
             [sys.executable, "-m", "sweeper", "--config", str(config), "run"],
             stdout=subprocess.PIPE,

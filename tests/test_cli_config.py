@@ -8,14 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import Platform, environment, sweeper, write_config
-from tests.helpers import TOKEN
-
-
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
-
+from tests.fakes import TOKEN
 
 COMMANDS = (["run", "--once"], ["run"], ["check-config"], ["mark", "s", "--org", "o"])
 
@@ -28,7 +21,7 @@ def assert_refused(result_code: int, stderr: str, events: list[dict[str, object]
     return str(invalid["error"])
 
 
-def test_every_wrong_key_and_variable_in_one_event(platform: Platform, tmp_path: Path) -> None:
+def test_every_wrong_key_and_variable_in_one_event(stand_in: Platform, tmp_path: Path) -> None:
     """Bad durations, a never-firing cron, a wrong enum and misspelled variables: one event."""
     extra = (
         'timeout = "0s"\n'
@@ -36,7 +29,7 @@ def test_every_wrong_key_and_variable_in_one_event(platform: Platform, tmp_path:
         '[sweep]\nstale_after = "3000000000d"\ndeadline = "1000000d"\nstatus = "failed"\n'
         '[[sweep.rules]]\nname = "r"\nstale_after = "0s"\n'
     )
-    config = write_config(tmp_path, platform.base_url, extra)
+    config = write_config(tmp_path, stand_in.base_url, extra)
     env = environment(
         SWEEPER_SWEEP_STALE_AFTER="1m",
         SWEEPER_SWEEPER__X="1",
@@ -59,7 +52,7 @@ def test_every_wrong_key_and_variable_in_one_event(platform: Platform, tmp_path:
         ):
             assert part in error, (command, part)
         assert "organizations" not in error
-    assert platform.counters.requests == 0
+    assert stand_in.counters.requests == 0
 
 
 @pytest.mark.parametrize(
@@ -73,18 +66,18 @@ def test_every_wrong_key_and_variable_in_one_event(platform: Platform, tmp_path:
     ],
 )
 def test_a_wrong_variable_alone_exits_78(
-    platform: Platform, tmp_path: Path, variable: str, value: str
+    stand_in: Platform, tmp_path: Path, variable: str, value: str
 ) -> None:
     """Each wrong environment variable alone is enough to refuse, naming the variable."""
-    config = write_config(tmp_path, platform.base_url)
+    config = write_config(tmp_path, stand_in.base_url)
     result = sweeper("--config", str(config), "run", "--once", env=environment(**{variable: value}))
     assert variable in assert_refused(result.code, result.stderr, result.events)
-    assert platform.counters.requests == 0
+    assert stand_in.counters.requests == 0
 
 
-def test_comma_separated_organizations_reach_the_sweep(platform: Platform, tmp_path: Path) -> None:
+def test_comma_separated_organizations_reach_the_sweep(stand_in: Platform, tmp_path: Path) -> None:
     """SWEEPER_SWEEP__ORGANIZATIONS=org-a,org-b is the list, as check-config shows."""
-    config = write_config(tmp_path, platform.base_url)
+    config = write_config(tmp_path, stand_in.base_url)
     result = sweeper(
         "--config",
         str(config),
@@ -95,7 +88,7 @@ def test_comma_separated_organizations_reach_the_sweep(platform: Platform, tmp_p
     assert '"organizations": [\n      "org-a",\n      "org-b"\n    ]' in result.stdout
 
 
-def test_sweep_started_logs_the_thresholds_in_force(platform: Platform, tmp_path: Path) -> None:
+def test_sweep_started_logs_the_thresholds_in_force(stand_in: Platform, tmp_path: Path) -> None:
     """A rule's threshold shows as configured; none reads as `never` unless it is."""
     extra = (
         '[sweep]\nstale_after = "90m"\n'
@@ -103,7 +96,7 @@ def test_sweep_started_logs_the_thresholds_in_force(platform: Platform, tmp_path
         '[[sweep.rules]]\nname = "frozen"\nmatch = { stepType = ["f"] }\nstale_after = "never"\n'
     )
     result = sweeper(
-        "--config", str(write_config(tmp_path, platform.base_url, extra)), "run", "--once"
+        "--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run", "--once"
     )
     assert result.code == 0, result.stderr
     (started,) = result.named("sweep.started")
@@ -152,14 +145,14 @@ PASSWORD = "pw-Zq81-never-shown"
     ],
 )
 def test_user_info_in_base_url_is_refused_and_never_echoed(
-    platform: Platform, tmp_path: Path, base_url: str
+    stand_in: Platform, tmp_path: Path, base_url: str
 ) -> None:
     """api.base_url with user info: exit 78 from every command and from the variable, the
     password nowhere in the output, no request sent."""
     (tmp_path / "file").mkdir()
     (tmp_path / "env").mkdir()
     from_file = write_config(tmp_path / "file", base_url)
-    plain = write_config(tmp_path / "env", platform.base_url)
+    plain = write_config(tmp_path / "env", stand_in.base_url)
     from_env = environment(SWEEPER_API__BASE_URL=base_url)
     for config, env in ((from_file, None), (plain, from_env)):
         for command in (["check-config"], ["run", "--once"]):
@@ -168,7 +161,7 @@ def test_user_info_in_base_url_is_refused_and_never_echoed(
             assert "api.base_url" in error
             assert "must not hold user info" in error
             assert PASSWORD not in result.stdout + result.stderr
-    assert platform.counters.requests == 0
+    assert stand_in.counters.requests == 0
 
 
 def test_a_reload_to_user_info_keeps_the_password_out_of_its_error(tmp_path: Path) -> None:

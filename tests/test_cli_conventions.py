@@ -21,13 +21,7 @@ from sweeper.cli import build_parser
 from sweeper.devserver.server import announcement
 from sweeper.logs import configure_logging
 from tests.e2e import Platform, environment, sweeper, write_config
-from tests.helpers import TOKEN, record
-
-
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
+from tests.fakes import TOKEN, record
 
 
 @dataclass
@@ -186,11 +180,11 @@ def test_check_config_on_a_terminal_is_a_table(tmp_path: Path) -> None:
     assert TOKEN not in seen.screen
 
 
-def test_run_once_on_a_terminal_ends_with_a_table(platform: Platform, tmp_path: Path) -> None:
+def test_run_once_on_a_terminal_ends_with_a_table(stand_in: Platform, tmp_path: Path) -> None:
     """`run --once` on a terminal: counts and one row per zombie, idle times as `1d 3h`."""
     now = datetime.now(UTC)
-    platform.state.add(record("old", now=now, started=timedelta(days=1, hours=3, minutes=4)))
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.state.add(record("old", now=now, started=timedelta(days=1, hours=3, minutes=4)))
+    config = write_config(tmp_path, stand_in.base_url)
     seen = on_a_terminal("--config", str(config), "run", "--once", tmp_path=tmp_path)
     assert seen.code == 0, seen.stderr
     assert "completed" in seen.screen
@@ -202,52 +196,52 @@ def test_run_once_on_a_terminal_ends_with_a_table(platform: Platform, tmp_path: 
 
 
 def test_a_dry_run_on_a_terminal_says_nothing_was_written(
-    platform: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """--dry-run: the table says so, with `would mark` rows."""
-    platform.state.add(record("old", now=datetime.now(UTC), started=timedelta(hours=5)))
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.state.add(record("old", now=datetime.now(UTC), started=timedelta(hours=5)))
+    config = write_config(tmp_path, stand_in.base_url)
     seen = on_a_terminal("--config", str(config), "run", "--once", "--dry-run", tmp_path=tmp_path)
     assert seen.code == 0, seen.stderr
     assert "dry run: nothing written" in seen.screen
     assert "would mark FAILED" in seen.screen
-    assert platform.state.patches == []
+    assert stand_in.state.patches == []
 
 
-def test_mark_refuses_a_live_step_and_says_why(platform: Platform, tmp_path: Path) -> None:
+def test_mark_refuses_a_live_step_and_says_why(stand_in: Platform, tmp_path: Path) -> None:
     """A step that beat 55 s ago: not marked, exit 1, its idle time and limit named."""
     now = datetime.now(UTC)
-    platform.state.add(record("live", now=now, heartbeat=timedelta(seconds=55)))
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.state.add(record("live", now=now, heartbeat=timedelta(seconds=55)))
+    config = write_config(tmp_path, stand_in.base_url)
     seen = on_a_terminal(
         "--config", str(config), "mark", "live", "--org", "org-a", tmp_path=tmp_path
     )
     assert seen.code == 1
-    assert platform.state.patches == []
+    assert stand_in.state.patches == []
     assert "not marked" in seen.screen
     assert "within its limit (2h, rule default)" in seen.screen
     assert "--force" in seen.screen
     assert "zombies" not in seen.screen  # a sentence, not a sweep's counts
 
 
-def test_mark_force_uses_the_by_hand_error_code(platform: Platform, tmp_path: Path) -> None:
+def test_mark_force_uses_the_by_hand_error_code(stand_in: Platform, tmp_path: Path) -> None:
     """--force marks a live step; the default error code says a person marked it."""
     now = datetime.now(UTC)
-    platform.state.add(record("live", now=now, heartbeat=timedelta(seconds=55)))
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.state.add(record("live", now=now, heartbeat=timedelta(seconds=55)))
+    config = write_config(tmp_path, stand_in.base_url)
     seen = on_a_terminal(
         "--config", str(config), "mark", "live", "--org", "org-a", "--force", tmp_path=tmp_path
     )
     assert seen.code == 0, seen.stderr
-    assert platform.state.steps["live"]["errorCode"] == "MARKED_BY_HAND"
+    assert stand_in.state.steps["live"]["errorCode"] == "MARKED_BY_HAND"
     assert "marked FAILED with error code MARKED_BY_HAND" in seen.screen
 
 
-def test_mark_a_missing_step_or_wrong_org_says_so(platform: Platform, tmp_path: Path) -> None:
+def test_mark_a_missing_step_or_wrong_org_says_so(stand_in: Platform, tmp_path: Path) -> None:
     """A wrong --org (or id): `not found`, exit 1."""
-    platform.state.add(record("s1", org="org-a", now=datetime.now(UTC), started=timedelta(hours=5)))
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.state.add(record("s1", org="org-a", now=datetime.now(UTC), started=timedelta(hours=5)))
+    config = write_config(tmp_path, stand_in.base_url)
     seen = on_a_terminal("--config", str(config), "mark", "s1", "--org", "org-b", tmp_path=tmp_path)
     assert seen.code == 1
     assert "not found: no such step in this organization" in seen.screen
-    assert platform.state.patches == []
+    assert stand_in.state.patches == []

@@ -12,19 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.e2e import Platform, signal_and_collect, start_sweeper, wait_for, write_config
-from tests.helpers import record
+from tests.fakes import record
 
 MARKED = 'sweeper_steps_total{outcome="marked",status="FAILED"}'
 LAG_COUNT = "sweeper_detection_lag_seconds_count"
-
-
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
 
 
 def free_port() -> int:
@@ -40,10 +33,10 @@ def sample(text: str, name: str) -> float:
     return 0.0
 
 
-def scrape_until_marked(platform: Platform, tmp_path: Path, schedule: str, n: int) -> str:
+def scrape_until_marked(stand_in: Platform, tmp_path: Path, schedule: str, n: int) -> str:
     port = free_port()
     extra = f'{schedule}[sweep]\nstale_after = "2s"\n[server]\nlisten = "127.0.0.1:{port}"\n'
-    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    proc = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     text = [""]
 
     def marked() -> bool:
@@ -62,20 +55,20 @@ def scrape_until_marked(platform: Platform, tmp_path: Path, schedule: str, n: in
 
 
 def test_precise_marking_observes_the_steps_its_timers_watched(
-    platform: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """Precise mode, interval 4 s, limit 2 s: a step that started at the daemon's start
     and never beats is due within the first interval, marked by its timer, observed."""
-    platform.state.add(record("dies", now=datetime.now(UTC), started=timedelta(0)))
-    metrics = scrape_until_marked(platform, tmp_path, '[schedule]\ninterval = "4s"\n', 1)
+    stand_in.state.add(record("dies", now=datetime.now(UTC), started=timedelta(0)))
+    metrics = scrape_until_marked(stand_in, tmp_path, '[schedule]\ninterval = "4s"\n', 1)
     assert sample(metrics, LAG_COUNT) == 1
 
 
-def test_periodic_sweeps_observe_no_detection_lag(platform: Platform, tmp_path: Path) -> None:
+def test_periodic_sweeps_observe_no_detection_lag(stand_in: Platform, tmp_path: Path) -> None:
     """Periodic mode: two zombies marked by a listing, the histogram stays empty."""
     now = datetime.now(UTC)
     for i in range(2):
-        platform.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
+        stand_in.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
     schedule = '[schedule]\ninterval = "1s"\nprecise = false\n'
-    metrics = scrape_until_marked(platform, tmp_path, schedule, 2)
+    metrics = scrape_until_marked(stand_in, tmp_path, schedule, 2)
     assert sample(metrics, LAG_COUNT) == 0

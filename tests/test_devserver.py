@@ -13,7 +13,7 @@ import pytest
 from sweeper.devserver.app import Faults
 from sweeper.devserver.server import RunningServer, serve_in_thread
 from sweeper.devserver.state import MAX_RETRY_COUNT, PlatformState
-from tests.helpers import TOKEN, record
+from tests.fakes import TOKEN, record
 
 STEPS = "/api/data-platform/workflow-run-steps"
 

@@ -11,7 +11,7 @@ import pytest
 from sweeper.errors import ConfigError, os_reason
 from sweeper.settings import DEFAULT_CONFIG_PATH, load_settings
 from tests.e2e import environment, sweeper
-from tests.helpers import TOKEN
+from tests.fakes import TOKEN
 
 ENV_ONLY = {"SWEEPER_API__BASE_URL": "https://env.example.test", "SWEEPER_API__TOKEN": TOKEN}
 

@@ -20,7 +20,7 @@ from sweeper import api
 from sweeper.api import PlatformClient, build_http_client
 from sweeper.encodings import MAX_LAYERS, PIECE, Decoded, EncodingError
 from sweeper.errors import InvalidAnswer
-from tests.helpers import TOKEN
+from tests.fakes import TOKEN
 
 BENCH = Path(__file__).parent.parent / "bench" / "answer_bomb.py"
 PAGE = json.dumps({"success": True, "data": [], "nextCursor": None}).encode()

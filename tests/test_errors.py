@@ -40,7 +40,7 @@ from sweeper.errors import (
 )
 from sweeper.ledger import Ledger
 from sweeper.report import OUTCOME_COUNTS, StepEntry, SweepReport
-from tests.helpers import NOW
+from tests.fakes import NOW
 
 SKEW = ClockSkewRefused(90.0, 30.0)
 ROWS: list[tuple[SweeperError, Result, Outcome, object, bool]] = [

@@ -11,7 +11,7 @@ import pytest
 from sweeper.errors import ClockSkewRefused, GuardRefused, InvalidAnswer
 from sweeper.guards import ClockCheck, check_blast_radius, why_not_start
 from sweeper.policy import SkipReason
-from tests.helpers import NOW, FakeClock
+from tests.fakes import NOW, FakeClock
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ from sweeper.precise import Interval
 from sweeper.report import OUTCOME_COUNTS, ExitCode, Outcome, Result, SweepReport
 from sweeper.sweep import SweepConfig, Sweeper
 from sweeper.timers import TimerHeap
-from tests.helpers import NOW, TOKEN, FakeClock
+from tests.fakes import NOW, TOKEN, FakeClock
 
 LIMIT = timedelta(hours=1)
 DEADLINE = timedelta(minutes=10)

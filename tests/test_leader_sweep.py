@@ -13,14 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.api import STEPS_PATH, PlatformClient, RateLimiter, build_http_client
+from sweeper.api import STEPS_PATH, RateLimiter, sleep_until_stopped
 from sweeper.errors import LeaseLost
 from sweeper.leader import Gate, LeaseClock
 from sweeper.precise import Interval
 from sweeper.report import ExitCode, Outcome, Result
 from sweeper.timers import TimerHeap
-from tests.helpers import TOKEN, FakeClock, FakePlatform, record
-from tests.test_sweep import H, make_sweeper
+from tests.builders import H, build_client, build_sweeper
+from tests.fakes import FakeClock, FakePlatform, record
 
 M = timedelta(minutes=1)
 
@@ -44,16 +44,19 @@ def test_a_request_whose_wait_stalls_past_the_margin_is_not_sent(
     async def stalling_sleep(seconds: float) -> None:
         clock.advance(timedelta(seconds=5))  # the process stalled inside the wait
 
-    http = build_http_client(
-        "https://platform.test",
-        TOKEN,
-        timeout=timedelta(seconds=10),
-        max_connections=2,
-        transport=platform.transport(),
-    )
     limiter = RateLimiter(1, monotonic=clock.monotonic, sleep=stalling_sleep)
     gate = leased(clock)  # 15 s left, 11 s needed
-    client = PlatformClient(http, limiter=limiter, clock=clock, gate=gate)
+    client = build_client(
+        platform,
+        clock,
+        timeout=timedelta(seconds=10),
+        max_connections=2,
+        limiter=limiter,
+        gate=gate,
+        max_attempts=5,
+        clock_check=None,
+        sleep=sleep_until_stopped(None),
+    )
 
     async def scenario() -> None:
         assert await client.get_step("z1", "org-a") is not None  # 15 s left: sent
@@ -76,7 +79,7 @@ def test_losing_the_lease_before_the_writes_leaves_them_not_attempted(
             clock.advance(timedelta(seconds=5))  # 10 s left when the listing answers
 
     platform.before.append(lose_after_listing)
-    sweeper = make_sweeper(platform, clock, max_concurrency=1)
+    sweeper = build_sweeper(platform, clock, max_concurrency=1)
     sweeper.client.gate = gate
     report = asyncio.run(sweeper.run())
     assert [r.url.path for r in platform.requests] == [STEPS_PATH]
@@ -102,7 +105,7 @@ def test_a_write_refused_between_its_reread_and_its_send_is_not_attempted(
             clock.advance(timedelta(seconds=5))
 
     platform.before.append(stall_on_reread)
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     sweeper.client.gate = gate
     report = asyncio.run(sweeper.run())
     assert sent(platform, "PATCH") == []
@@ -132,7 +135,7 @@ def test_a_write_after_an_unanswered_one_is_failed_not_unattempted(
         return None
 
     platform.before.append(first_patch_unanswered)
-    sweeper = make_sweeper(platform, clock, max_attempts=3)
+    sweeper = build_sweeper(platform, clock, max_attempts=3)
     sweeper.client.gate = gate
     report = asyncio.run(sweeper.run())
     assert patches == 1
@@ -146,7 +149,7 @@ def test_precise_timers_are_dropped_when_the_lease_is_lost(
 ) -> None:
     """An interval whose copy no longer holds the lease fires no timer and reads nothing."""
     platform.add(record("soon", started=2 * H - 90 * timedelta(seconds=1)))
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     holding = [True]
 
     async def nap(seconds: float, wake: asyncio.Event) -> None:

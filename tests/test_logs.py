@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from sweeper.logs import REDACTED, Redactor, configure_logging
-from tests.helpers import TOKEN
+from tests.fakes import TOKEN
 
 
 @pytest.fixture(autouse=True)

@@ -9,15 +9,9 @@ import pytest
 
 from sweeper.ops import previous_last_success
 from tests.e2e import Platform, sweeper, write_config
-from tests.helpers import record
+from tests.fakes import record
 
 METRIC = "sweeper_last_success_timestamp_seconds"
-
-
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
 
 
 def last_success_lines(path: Path) -> list[str]:
@@ -54,27 +48,27 @@ def test_previous_last_success_without_a_file(tmp_path: Path) -> None:
     assert previous_last_success(tmp_path) is None
 
 
-def test_failed_run_keeps_the_last_success_time(platform: Platform, tmp_path: Path) -> None:
+def test_failed_run_keeps_the_last_success_time(stand_in: Platform, tmp_path: Path) -> None:
     """A success writes its time; a failed run after it keeps that time, never 0."""
-    platform.state.add(record("z0", now=datetime.now(UTC), started=timedelta(hours=5)))
-    config = str(write_config(tmp_path, platform.base_url))
+    stand_in.state.add(record("z0", now=datetime.now(UTC), started=timedelta(hours=5)))
+    config = str(write_config(tmp_path, stand_in.base_url))
     metrics = tmp_path / "sweeper.prom"
     ok = sweeper("--config", config, "run", "--once", "--metrics-file", str(metrics))
     assert ok.code == 0, ok.stderr
     (good,) = last_success_lines(metrics)
     assert float(good.split()[1]) > 0
 
-    platform.faults.error_rate = 1.0
+    stand_in.faults.error_rate = 1.0
     failed = sweeper("--config", config, "run", "--once", "--metrics-file", str(metrics))
     assert failed.code == 75
     assert last_success_lines(metrics) == [good]
     assert 'sweeper_sweeps_total{result="unavailable"} 1.0' in metrics.read_text()
 
 
-def test_failed_first_run_writes_never(platform: Platform, tmp_path: Path) -> None:
+def test_failed_first_run_writes_never(stand_in: Platform, tmp_path: Path) -> None:
     """With no success known the gauge is 0, "never", which SweeperOneShotNeverSucceeded watches."""
-    platform.faults.error_rate = 1.0
-    config = str(write_config(tmp_path, platform.base_url))
+    stand_in.faults.error_rate = 1.0
+    config = str(write_config(tmp_path, stand_in.base_url))
     metrics = tmp_path / "sweeper.prom"
     failed = sweeper("--config", config, "run", "--once", "--metrics-file", str(metrics))
     assert failed.code == 75

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e import Platform, signal_and_collect, start_sweeper, sweeper, wait_for, write_config
-from tests.helpers import record
+from tests.fakes import record
 from tests.markdown import anchors_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,22 +222,16 @@ def test_dashboard_has_a_datasource_variable_used_by_every_panel() -> None:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
 
 
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
-
-
 @pytest.fixture(name="daemon_scrape")
-def _daemon_scrape(platform: Platform, tmp_path: Path) -> Iterator[str]:
+def _daemon_scrape(stand_in: Platform, tmp_path: Path) -> Iterator[str]:
     """/metrics of a real `sweeper run` after its first sweep, on a free loopback port."""
     for i in range(3):
-        platform.state.add(record(f"z{i}", started=timedelta(hours=5), now=datetime.now(UTC)))
+        stand_in.state.add(record(f"z{i}", started=timedelta(hours=5), now=datetime.now(UTC)))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     extra = f'[schedule]\ninterval = "1h"\n[server]\nlisten = "127.0.0.1:{port}"\n'
-    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    proc = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     url = f"http://127.0.0.1:{port}/metrics"
     scraped: list[str] = []
 
@@ -315,12 +309,12 @@ def test_promtool_check_metrics_passes_on_the_daemon_scrape(daemon_scrape: str) 
 
 @pytest.mark.tools
 def test_promtool_check_metrics_passes_on_a_metrics_file(
-    platform: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """promtool's linter accepts `run --once --metrics-file` output, as node_exporter reads it."""
-    platform.state.add(record("z0", started=timedelta(hours=5), now=datetime.now(UTC)))
+    stand_in.state.add(record("z0", started=timedelta(hours=5), now=datetime.now(UTC)))
     target = tmp_path / "sweeper.prom"
-    config = write_config(tmp_path, platform.base_url)
+    config = write_config(tmp_path, stand_in.base_url)
     result = sweeper("--config", str(config), "run", "--once", "--metrics-file", str(target))
     assert result.code == 0, result.stderr
     text = target.read_text()

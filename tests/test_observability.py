@@ -5,28 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from sweeper import __version__
 from sweeper.daemon import status_line
 from sweeper.report import Result, SweepReport
 from tests.e2e import Platform, signal_and_collect, start_sweeper, sweeper, wait_for, write_config
-from tests.helpers import TOKEN, record
-
-
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
+from tests.fakes import TOKEN, record
 
 
 def test_the_daemon_logs_its_version_and_a_routine_stop_at_info(
-    platform: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """daemon.started carries the version; SIGTERM is shutdown.requested at info, not warning."""
-    config = write_config(tmp_path, platform.base_url, '[schedule]\ninterval = "1h"\n')
+    config = write_config(tmp_path, stand_in.base_url, '[schedule]\ninterval = "1h"\n')
     proc = start_sweeper("--config", str(config), "run")
-    wait_for(lambda: platform.counters.requests >= 1)
+    wait_for(lambda: stand_in.counters.requests >= 1)
     result = signal_and_collect(proc)
     assert result.code == 0, result.stderr
     (started,) = result.named("daemon.started")
@@ -35,9 +27,9 @@ def test_the_daemon_logs_its_version_and_a_routine_stop_at_info(
     assert (stop["level"], stop["signal"]) == ("info", "SIGTERM")
 
 
-def test_a_refused_token_names_where_it_came_from(platform: Platform, tmp_path: Path) -> None:
+def test_a_refused_token_names_where_it_came_from(stand_in: Platform, tmp_path: Path) -> None:
     """sweep.aborted result=token_refused says which file held the token (never the token)."""
-    config = write_config(tmp_path, platform.base_url, token="not-the-token")
+    config = write_config(tmp_path, stand_in.base_url, token="not-the-token")
     result = sweeper("--config", str(config), "run", "--once")
     assert result.code == 77
     (aborted,) = result.named("sweep.aborted")
@@ -45,18 +37,18 @@ def test_a_refused_token_names_where_it_came_from(platform: Platform, tmp_path: 
     assert "not-the-token" not in result.stderr
 
 
-def test_a_replaced_token_sweeps_at_once(platform: Platform, tmp_path: Path) -> None:
+def test_a_replaced_token_sweeps_at_once(stand_in: Platform, tmp_path: Path) -> None:
     """After a refusal, a new token in the file is noticed and swept with at once, not an
     interval (here an hour) later. (A limit of 2 s: outage grace forgives the time before
     the daemon's first answer but half a limit.)"""
-    platform.state.add(record("z0", now=datetime.now(UTC), started=timedelta(hours=5)))
+    stand_in.state.add(record("z0", now=datetime.now(UTC), started=timedelta(hours=5)))
     extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "2s"\n'
-    config = write_config(tmp_path, platform.base_url, extra, token="not-the-token")
+    config = write_config(tmp_path, stand_in.base_url, extra, token="not-the-token")
     proc = start_sweeper("--config", str(config), "run")
     try:
-        wait_for(lambda: platform.counters.requests >= 1)  # the refused listing
+        wait_for(lambda: stand_in.counters.requests >= 1)  # the refused listing
         (tmp_path / "api-token").write_text(TOKEN + "\n")
-        wait_for(lambda: len(platform.state.patches) == 1, timeout=60)
+        wait_for(lambda: len(stand_in.state.patches) == 1, timeout=60)
     finally:
         result = signal_and_collect(proc)
     assert result.code == 0, result.stderr

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
 from sweeper.report import Outcome, Result, StepEntry, SweepReport
-from tests.helpers import NOW, FakeClock
+from tests.fakes import NOW, FakeClock
 
 
 def report(clock: FakeClock, result: Result = Result.COMPLETED) -> SweepReport:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import Platform, Result, environment, wait_for, write_config
-from tests.helpers import record
+from tests.fakes import record
 
 ROOT = Path(__file__).parent.parent
 SERVER_STACK = ("starlette", "uvicorn")
@@ -37,12 +37,6 @@ for name in list(sys.modules):
 sys.argv = ["sweeper", *sys.argv[1:]]
 runpy.run_module("sweeper", run_name="__main__", alter_sys=True)
 """.format(blocked=set(SERVER_STACK))
-
-
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
 
 
 def command(*args: str) -> list[str]:
@@ -84,12 +78,12 @@ def test_runtime_lock_and_image_hold_the_daemon_only() -> None:
     assert "devserver" not in dockerfile
 
 
-def test_run_once_works_without_the_server_stack(platform: Platform, tmp_path: Path) -> None:
+def test_run_once_works_without_the_server_stack(stand_in: Platform, tmp_path: Path) -> None:
     """A sweep, check-config and a dry run never import starlette or uvicorn."""
     now = datetime.now(UTC)
     for i in range(3):
-        platform.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
-    config = str(write_config(tmp_path, platform.base_url))
+        stand_in.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
+    config = str(write_config(tmp_path, stand_in.base_url))
     assert run("--config", config, "check-config").code == 0
     dry = run("--config", config, "run", "--once", "--dry-run")
     assert dry.code == 0, dry.stderr
@@ -100,10 +94,10 @@ def test_run_once_works_without_the_server_stack(platform: Platform, tmp_path: P
     assert "sweeper_last_success_timestamp_seconds" in metrics.read_text()
 
 
-def test_daemon_works_without_the_server_stack(platform: Platform, tmp_path: Path) -> None:
+def test_daemon_works_without_the_server_stack(stand_in: Platform, tmp_path: Path) -> None:
     """The daemon, /metrics server included, runs and stops cleanly without the extra."""
     now = datetime.now(UTC)
-    platform.state.add(record("z0", now=now, started=timedelta(hours=5)))
+    stand_in.state.add(record("z0", now=now, started=timedelta(hours=5)))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -111,7 +105,7 @@ def test_daemon_works_without_the_server_stack(platform: Platform, tmp_path: Pat
         '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "2s"\n'  # marks a second in
         f'[server]\nlisten = "127.0.0.1:{port}"\n'
     )
-    config = write_config(tmp_path, platform.base_url, extra)
+    config = write_config(tmp_path, stand_in.base_url, extra)
     proc = subprocess.Popen(
         command("--config", str(config), "run"),
         stdout=subprocess.PIPE,
@@ -120,7 +114,7 @@ def test_daemon_works_without_the_server_stack(platform: Platform, tmp_path: Pat
         env=environment(),
     )
     try:
-        wait_for(lambda: len(platform.state.patches) == 1)
+        wait_for(lambda: len(stand_in.state.patches) == 1)
     finally:
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)

@@ -24,7 +24,7 @@ from sweeper.policy import (
     recheck,
     within_limit,
 )
-from tests.helpers import NOW, step
+from tests.fakes import NOW, step
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)

@@ -10,28 +10,10 @@ import httpx
 
 from sweeper.api import STEPS_PATH
 from sweeper.model import format_timestamp
-from sweeper.precise import Interval
 from sweeper.report import Outcome, Result
-from sweeper.sweep import Sweeper
-from sweeper.timers import TimerHeap
-from tests.helpers import NOW, FakeClock, FakePlatform, record
-from tests.test_sweep import H, make_sweeper
-
-M = timedelta(minutes=1)
-S = timedelta(seconds=1)
-
-
-def precise(sweeper: Sweeper, clock: FakeClock, until: timedelta = 5 * M) -> Interval:
-    naps: list[float] = []
-
-    async def nap(seconds: float, wake: asyncio.Event) -> None:
-        naps.append(seconds)
-        clock.advance(timedelta(seconds=seconds))
-
-    sweeper.nap = nap
-    interval = Interval(until=clock() + until, timers=TimerHeap(sweeper.config.max_steps))
-    interval.naps = naps  # type: ignore[attr-defined]
-    return interval
+from tests.builders import H, M, S, build_sweeper, precise
+from tests.e2e import Platform
+from tests.fakes import NOW, FakeClock, FakePlatform, record
 
 
 def writes(platform: FakePlatform) -> list[tuple[str, Any]]:
@@ -51,7 +33,7 @@ def test_a_step_due_before_the_next_listing_is_marked_at_its_moment(
     """Due at +90 s: listed now (the horizon reaches it), armed, written at +90 s, not before."""
     platform.add(record("soon", started=2 * H - 90 * S), record("later", started=2 * H - 10 * M))
     timestamped(platform, clock)
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
     report = asyncio.run(sweeper.run(interval=interval))
     assert report.counts["armed"] == 1
@@ -73,7 +55,7 @@ def test_a_heartbeat_just_before_the_due_moment_leaves_the_step_alone(
 ) -> None:
     """The worker beats 1 s before the timer: re-armed at its new moment, past the interval."""
     platform.add(record("beating", started=2 * H - 60 * S))
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock, until=2 * M)
 
     def heartbeat(request: httpx.Request) -> None:
@@ -95,7 +77,7 @@ def test_a_heartbeat_moves_the_timer_within_the_interval(
     """A beat at +30 s: re-armed at its new moment (+30 s + 2 h), then written there."""
     platform.add(record("s", org="org-a", started=2 * H - 60 * S))
     timestamped(platform, clock)
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock, until=3 * H)
     beats = {"n": 0}
 
@@ -117,7 +99,7 @@ def test_a_step_that_finished_before_its_moment_is_no_zombie(
 ) -> None:
     """Its timer fires, the re-read shows SUCCEEDED: never written, and never a zombie."""
     platform.add(record("done", started=2 * H - 30 * S))
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
 
     def finish(request: httpx.Request) -> None:
@@ -139,7 +121,7 @@ def test_the_blast_radius_counts_every_step_due_in_the_interval(
         *(record(f"now{n}", started=5 * H) for n in range(2)),
         *(record(f"soon{n}", started=2 * H - 30 * S) for n in range(2)),
     )
-    sweeper = make_sweeper(platform, clock, max_steps=3)
+    sweeper = build_sweeper(platform, clock, max_steps=3)
     interval = precise(sweeper, clock)
     report = asyncio.run(sweeper.run(interval=interval))
     assert report.result is Result.REFUSED
@@ -151,7 +133,7 @@ def test_no_timer_write_after_a_stop(platform: FakePlatform, clock: FakeClock) -
     """A stop while waiting for the next timer: the loop ends, nothing more is written."""
     platform.add(record("a", started=2 * H - 30 * S), record("b", started=2 * H - 60 * S))
     stop = asyncio.Event()
-    sweeper = make_sweeper(platform, clock, stop=stop)
+    sweeper = build_sweeper(platform, clock, stop=stop)
     interval = precise(sweeper, clock)
 
     def stop_after_first(request: httpx.Request) -> None:
@@ -171,7 +153,7 @@ def test_an_outage_since_arming_moves_the_timer(platform: FakePlatform, clock: F
 
     platform.add(record("s", started=2 * H - 60 * S))
     timestamped(platform, clock)
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
     windows = {"now": OutageWindows()}
     sweeper.outages = lambda: windows["now"]
@@ -195,7 +177,7 @@ def test_timer_writes_keep_the_listings_sweep_id_and_the_counts_add_up(
         record("now", started=5 * H),
         *(record(f"soon{n}", started=2 * H - (20 + n) * S) for n in range(3)),
     )
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     marked = [e for e in logs if e["event"] == "step.marked"]
     assert len(marked) == 4
@@ -208,7 +190,7 @@ def test_timer_writes_keep_the_listings_sweep_id_and_the_counts_add_up(
 
 
 def test_the_daemon_marks_each_zombie_by_its_timer_never_before_its_moment(
-    shared_platform: Any, tmp_path: Any
+    stand_in: Platform, tmp_path: Any
 ) -> None:
     """A worker that dies is marked by its timer, never before its limit; one that beats is
     left alone until it stops. (How soon after the limit is a figure of the benchmark and
@@ -220,8 +202,7 @@ def test_the_daemon_marks_each_zombie_by_its_timer_never_before_its_moment(
     from sweeper.devserver.state import _parse_time
     from tests.e2e import signal_and_collect, start_sweeper, wait_for, write_config
 
-    platform = shared_platform
-    platform.reset()
+    platform = stand_in
     limit = timedelta(seconds=5)
     started = datetime.now(UTC)
     platform.state.add(record("dies", now=started, started=timedelta(0)))
@@ -265,7 +246,7 @@ def test_no_timer_write_starts_after_the_interval(platform: FakePlatform, clock:
             httpx.Response(503, headers={"Retry-After": "50"}) if r.method == "PATCH" else None
         )
     )
-    sweeper = make_sweeper(platform, clock, max_attempts=5)
+    sweeper = build_sweeper(platform, clock, max_attempts=5)
     interval = precise(sweeper, clock, until=M)
     report = asyncio.run(sweeper.run(interval=interval))
     assert len(platform.patches) == 1  # +30 s; a retry at +80 s would cross the interval
@@ -284,7 +265,7 @@ def test_zombies_confirmed_by_timers_are_capped_by_max_steps(
     platform.add(record("dead", started=H))
     platform.add(*(record(f"w{n}", started=H, heartbeat=10 * S) for n in range(5)))
     rules = Rules((), Rule("default", 3 * M, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
-    sweeper = make_sweeper(platform, clock, rules=rules, max_steps=2, max_concurrency=1)
+    sweeper = build_sweeper(platform, clock, rules=rules, max_steps=2, max_concurrency=1)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     # Not counted at the listing (they had just beaten); the heap holds max_steps at a
     # time, the others wait for a place.
@@ -301,7 +282,7 @@ def test_a_backdated_sign_of_life_is_judged_at_once_not_read_again_and_again(
 ) -> None:
     """Every re-read shows a new but old updatedAt: judged on that read, written, one read."""
     platform.add(record("s", started=2 * H - 30 * S))
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
     reads = {"n": 0}
 

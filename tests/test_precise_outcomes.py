@@ -13,9 +13,8 @@ from structlog.testing import capture_logs
 from sweeper.api import STEPS_PATH
 from sweeper.model import format_timestamp
 from sweeper.report import Result
-from tests.helpers import FakeClock, FakePlatform, record
-from tests.test_precise import precise
-from tests.test_sweep import H, make_sweeper
+from tests.builders import H, build_sweeper, precise
+from tests.fakes import FakeClock, FakePlatform, record
 
 M = timedelta(minutes=1)
 S = timedelta(seconds=1)
@@ -39,7 +38,7 @@ def test_a_timer_whose_reread_fails_is_unchecked_not_a_zombie(
     No zombie, no step.failed, no entry; counted `unchecked`; the next listing takes it."""
     platform.add(record("soon", started=2 * H - 90 * S))
     reread_answer(platform, httpx.Response(503))
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     with capture_logs() as logs:
         report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     assert report.result is Result.COMPLETED
@@ -58,7 +57,7 @@ def test_a_timer_that_runs_out_of_interval_is_unchecked(
     `skipped_deadline` (a zombie nobody saw), but unchecked."""
     platform.add(record("soon", started=2 * H - 90 * S))
     reread_answer(platform, httpx.Response(503, headers={"Retry-After": "50"}))
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=2 * M)))
     assert report.entries == []
     assert report.counts["unchecked"] == 1
@@ -71,7 +70,7 @@ def test_a_timer_refused_its_token_halts_the_interval_without_a_zombie(
     """401 on a timer's re-read: the run ends token_refused; the step is no zombie."""
     platform.add(record("soon", started=2 * H - 90 * S))
     reread_answer(platform, httpx.Response(401))
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     assert report.result is Result.TOKEN_REFUSED
     assert report.entries == []
@@ -91,7 +90,7 @@ def test_a_healthy_fleet_beyond_max_steps_is_not_refused(
             platform.state.steps[step_id]["lastHeartbeatAt"] = format_timestamp(clock() - M)
 
     platform.before.append(beat)
-    sweeper = make_sweeper(platform, clock, max_steps=3)
+    sweeper = build_sweeper(platform, clock, max_steps=3)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=5 * H)))
     assert report.result is Result.COMPLETED
     assert report.counts["zombies"] == 0
@@ -106,7 +105,7 @@ def test_steps_silent_past_half_their_limit_count_at_the_listing(
     though not a whole interval from due) with max_steps 3 are refused at the listing;
     silent 59 min they are not counted."""
     platform.add(*(record(f"s{i}", started=5 * H, heartbeat=silent) for i in range(4)))
-    sweeper = make_sweeper(platform, clock, max_steps=3)
+    sweeper = build_sweeper(platform, clock, max_steps=3)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=5 * M)))
     assert (report.result is Result.REFUSED) is refused
     if refused:
@@ -118,7 +117,7 @@ def test_no_interval_marks_more_than_max_steps(platform: FakePlatform, clock: Fa
     """Limit 2 h, an interval of 90 min: six steps silent 50 min at the listing (not
     counted there) all die; max_steps 3: three are written, then the interval is refused."""
     platform.add(*(record(f"d{i}", started=5 * H, heartbeat=50 * M + i * S) for i in range(6)))
-    sweeper = make_sweeper(platform, clock, max_steps=3)
+    sweeper = build_sweeper(platform, clock, max_steps=3)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=90 * M)))
     assert len(platform.patches) == 3
     assert report.result is Result.REFUSED

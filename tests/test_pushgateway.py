@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sweeper.ops import PUSH_JOB, Metrics
 from sweeper.report import Result, SweepReport
 from tests.e2e import Platform, sweeper, write_config
-from tests.helpers import TOKEN, record
+from tests.fakes import TOKEN, record
 
 NOW = datetime(2026, 12, 1, 21, 0, tzinfo=UTC)
 
@@ -59,12 +59,6 @@ def _gateway() -> Iterator[Gateway]:
     gateway.close()
 
 
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
-
-
 def report(result: Result = Result.COMPLETED) -> SweepReport:
     return SweepReport("s", NOW, dry_run=False, finished_at=NOW, result=result)
 
@@ -95,10 +89,10 @@ def test_a_failed_run_keeps_the_groups_last_success(gateway: Gateway) -> None:
     assert len(gateway.pushes) == 2
 
 
-def test_run_once_pushes_at_the_end(platform: Platform, tmp_path: Path, gateway: Gateway) -> None:
+def test_run_once_pushes_at_the_end(stand_in: Platform, tmp_path: Path, gateway: Gateway) -> None:
     """`run --once --push-gateway URL`: the sweep, then one push; the exit code is the sweep's."""
-    platform.state.add(record("z0", now=datetime.now(UTC), started=timedelta(hours=5)))
-    config = write_config(tmp_path, platform.base_url)
+    stand_in.state.add(record("z0", now=datetime.now(UTC), started=timedelta(hours=5)))
+    config = write_config(tmp_path, stand_in.base_url)
     result = sweeper("--config", str(config), "run", "--once", "--push-gateway", gateway.url)
     assert result.code == 0, result.stderr
     ((method, path, body),) = gateway.pushes
@@ -108,11 +102,11 @@ def test_run_once_pushes_at_the_end(platform: Platform, tmp_path: Path, gateway:
     assert TOKEN not in body
 
 
-def test_an_unreachable_gateway_is_logged_not_fatal(platform: Platform, tmp_path: Path) -> None:
+def test_an_unreachable_gateway_is_logged_not_fatal(stand_in: Platform, tmp_path: Path) -> None:
     """The push fails: metrics.push_failed, and the sweep's own exit code."""
     gateway = Gateway(status=500)
     try:
-        config = write_config(tmp_path, platform.base_url)
+        config = write_config(tmp_path, stand_in.base_url)
         result = sweeper("--config", str(config), "run", "--once", "--push-gateway", gateway.url)
     finally:
         gateway.close()

@@ -11,17 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.api import PlatformClient, RateLimiter, build_http_client
-from sweeper.guards import ClockCheck
+from sweeper.api import RateLimiter
 from sweeper.model import StepStatus
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules, manual_rule
 from sweeper.report import Outcome
-from sweeper.sweep import SweepConfig, Sweeper
-from tests.helpers import TOKEN, FakeClock, FakePlatform, record
-from tests.test_precise import precise
+from sweeper.sweep import Sweeper
+from tests.builders import H, S, build_sweeper, precise, rules_with
+from tests.fakes import FakeClock, FakePlatform, record
 
-H = timedelta(hours=1)
-S = timedelta(seconds=1)
 RATE = 2.0
 
 
@@ -50,36 +47,27 @@ class VirtualTime:
 def rate_limited(
     platform: FakePlatform, clock: FakeClock, max_attempts: int = 3, **config: Any
 ) -> Sweeper:
-    """A sweeper at api.max_rate = RATE whose waits run on the fake clock."""
-    http = build_http_client(
-        "https://platform.test",
-        TOKEN,
-        timeout=timedelta(seconds=5),
-        max_connections=16,
-        transport=platform.transport(),
-    )
+    """A sweeper at api.max_rate = RATE whose waits (and naps) run on the fake clock."""
     sleep = VirtualTime(clock).sleep
-    client = PlatformClient(
-        http,
-        max_attempts=max_attempts,
-        clock=clock,
-        monotonic=clock.monotonic,
-        sleep=sleep,
-        clock_check=ClockCheck(timedelta(minutes=2), clock),
-        limiter=RateLimiter(RATE, monotonic=clock.monotonic, sleep=sleep),
-    )
-    config.setdefault("rules", Rules((), Rule("default", 2 * H, StepStatus.FAILED, "Z", "m")))
-    config.setdefault("deadline", timedelta(days=1))
-    config.setdefault("max_concurrency", 8)
-    sweeper = Sweeper(
-        client, SweepConfig(host="h", version="1", **config), clock=clock, monotonic=clock.monotonic
-    )
 
     async def nap(seconds: float, wake: asyncio.Event) -> None:
         await sleep(seconds)
 
-    sweeper.nap = nap
-    return sweeper
+    config.setdefault("rules", rules_with(2 * H, message="m"))
+    config.setdefault("deadline", timedelta(days=1))
+    config.setdefault("max_concurrency", 8)
+    return build_sweeper(
+        platform,
+        clock,
+        max_attempts=max_attempts,
+        max_connections=16,
+        sleep=sleep,
+        limiter=RateLimiter(RATE, monotonic=clock.monotonic, sleep=sleep),
+        nap=nap,
+        host="h",
+        version="1",
+        **config,
+    )
 
 
 def sent_at(platform: FakePlatform, clock: FakeClock) -> list[tuple[str, float]]:

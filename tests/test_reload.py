@@ -13,65 +13,37 @@ import pytest
 from sweeper.api import TOKEN_RETRY_SECONDS
 from sweeper.daemon import changed_keys
 from sweeper.settings import load_settings
-from tests.e2e import Platform, Result, signal_and_collect, start_sweeper, wait_for, write_config
-from tests.helpers import record
+from tests.e2e import (
+    Platform,
+    signal_and_collect,
+    start_daemon,
+    start_sweeper,
+    wait_for,
+    write_config,
+)
+from tests.fakes import record
 
 
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
-
-
-def zombies(platform: Platform, n: int, hours: float = 5) -> None:
+def zombies(stand_in: Platform, n: int, hours: float = 5) -> None:
     now = datetime.now(UTC)
     for i in range(n):
-        platform.state.add(record(f"z{i}", now=now, started=timedelta(hours=hours)))
-
-
-class Lines:
-    """The daemon's JSON events as they arrive (read on demand from its stderr)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def named(self, event: str) -> list[dict[str, object]]:
-        return Result(0, "", self.path.read_text()).named(event)
-
-
-def start(config: Path, tmp_path: Path) -> tuple[object, Lines]:
-    import subprocess
-    import sys
-
-    from tests.e2e import environment
-
-    err = tmp_path / "daemon.log"
-    argv = ["--log-format", "json", "--config", str(config), "run"]
-    with err.open("w") as handle:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sweeper", *argv],
-            stdout=subprocess.DEVNULL,
-            stderr=handle,
-            text=True,
-            env=environment(),
-        )
-    return proc, Lines(err)
+        stand_in.state.add(record(f"z{i}", now=now, started=timedelta(hours=hours)))
 
 
 def test_a_changed_rule_threshold_applies_from_the_next_listing(
-    platform: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """stale_after 10h -> 2s in the file: config.reloaded names the key; the next listing marks
     (the time before the daemon's first answer is forgiven but half a limit)."""
-    zombies(platform, 3)
+    zombies(stand_in, 3)
     extra = '[schedule]\ninterval = "1s"\n[sweep]\nstale_after = "10h"\n'
-    config = write_config(tmp_path, platform.base_url, extra)
-    proc, lines = start(config, tmp_path)
+    config = write_config(tmp_path, stand_in.base_url, extra)
+    proc, lines = start_daemon(config, tmp_path)
     try:
         wait_for(lambda: len(lines.named("sweep.finished")) >= 1)
-        assert platform.state.patches == []
+        assert stand_in.state.patches == []
         config.write_text(config.read_text().replace('"10h"', '"2s"'))
-        wait_for(lambda: len(platform.state.patches) == 3)
+        wait_for(lambda: len(stand_in.state.patches) == 3)
         (reloaded,) = lines.named("config.reloaded")
         assert reloaded["changed"] == ["sweep.stale_after"]
         assert reloaded["trigger"] == "file changed"
@@ -84,12 +56,12 @@ def test_a_changed_rule_threshold_applies_from_the_next_listing(
     assert proc.returncode == 0  # type: ignore[attr-defined]
 
 
-def test_a_broken_file_is_refused_and_the_old_one_kept(platform: Platform, tmp_path: Path) -> None:
+def test_a_broken_file_is_refused_and_the_old_one_kept(stand_in: Platform, tmp_path: Path) -> None:
     """A wrong key: config.reload_failed naming it; the daemon goes on with the old values."""
     extra = '[schedule]\ninterval = "1s"\n[sweep]\nstale_after = "2s"\n'
-    config = write_config(tmp_path, platform.base_url, extra)
+    config = write_config(tmp_path, stand_in.base_url, extra)
     good = config.read_text()
-    proc, lines = start(config, tmp_path)
+    proc, lines = start_daemon(config, tmp_path)
     try:
         wait_for(lambda: len(lines.named("sweep.finished")) >= 1)
         config.write_text(good.replace('stale_after = "2s"', 'stale_after = "0s"\nbogus = 1'))
@@ -101,18 +73,18 @@ def test_a_broken_file_is_refused_and_the_old_one_kept(platform: Platform, tmp_p
         wait_for(lambda: len(lines.named("sweep.finished")) >= sweeps + 2)
         assert lines.named("sweep.started")[-1]["stale_after"] == "2s"
         assert len(lines.named("config.reload_failed")) == 1  # once per change, not per listing
-        zombies(platform, 1, hours=20)
-        wait_for(lambda: len(platform.state.patches) == 1)  # still sweeping, old limits
+        zombies(stand_in, 1, hours=20)
+        wait_for(lambda: len(stand_in.state.patches) == 1)  # still sweeping, old limits
     finally:
         proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
         proc.wait(timeout=30)  # type: ignore[attr-defined]
     assert proc.returncode == 0  # type: ignore[attr-defined]
 
 
-def test_sighup_reloads_and_loses_no_write(platform: Platform, tmp_path: Path) -> None:
+def test_sighup_reloads_and_loses_no_write(stand_in: Platform, tmp_path: Path) -> None:
     """SIGHUP mid-writes: every write is logged, the daemon goes on, the new limit applies."""
-    zombies(platform, 12)
-    platform.faults.latency = timedelta(milliseconds=60)
+    zombies(stand_in, 12)
+    stand_in.faults.latency = timedelta(milliseconds=60)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -120,12 +92,12 @@ def test_sighup_reloads_and_loses_no_write(platform: Platform, tmp_path: Path) -
         'max_concurrency = 2\n[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "2s"\n'
         f'[server]\nlisten = "127.0.0.1:{port}"\n'
     )
-    config = write_config(tmp_path, platform.base_url, extra)
+    config = write_config(tmp_path, stand_in.base_url, extra)
     proc = start_sweeper("--config", str(config), "run")
-    wait_for(lambda: len(platform.state.patches) >= 2)
+    wait_for(lambda: len(stand_in.state.patches) >= 2)
     config.write_text(config.read_text().replace("max_concurrency = 2", "max_concurrency = 4"))
     proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: len(platform.state.patches) == 12)
+    wait_for(lambda: len(stand_in.state.patches) == 12)
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     assert "sweeper_config_last_reload_successful 1.0" in metrics
     result = signal_and_collect(proc)

@@ -11,38 +11,31 @@ import pytest
 
 from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
-from tests.e2e import Platform, wait_for, write_config
-from tests.helpers import record
-from tests.test_reload import start
-
-
-@pytest.fixture(name="platform")
-def _platform(shared_platform: Platform) -> Platform:
-    shared_platform.reset()
-    return shared_platform
+from tests.e2e import Platform, start_daemon, wait_for, write_config
+from tests.fakes import record
 
 
 @pytest.mark.parametrize("interval", ["1s", "1h"])
 def test_a_reload_that_fixes_base_url_sweeps_the_right_platform(
-    platform: Platform, tmp_path: Path, interval: str
+    stand_in: Platform, tmp_path: Path, interval: str
 ) -> None:
     """The wrong environment answers 401 (another token); the operator fixes api.base_url
     and reloads: the right platform is listed at once (not an interval later) and its
     zombies are marked."""
     now = datetime.now(UTC)
     for i in range(3):
-        platform.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
+        stand_in.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
     with serve_in_thread(PlatformState(), "another-environments-token") as wrong:
         extra = (
             f'[schedule]\ninterval = "{interval}"\nprecise = false\n[sweep]\nstale_after = "2s"\n'
         )
         config = write_config(tmp_path, wrong.base_url, extra)
-        proc, lines = start(config, tmp_path)
+        proc, lines = start_daemon(config, tmp_path)
         try:
             wait_for(lambda: len(lines.named("sweep.finished")) >= (2 if interval == "1s" else 1))
             assert {e["result"] for e in lines.named("sweep.finished")} == {"token_refused"}
-            config.write_text(config.read_text().replace(wrong.base_url, platform.base_url))
-            wait_for(lambda: len(platform.state.patches) == 3, timeout=60)
+            config.write_text(config.read_text().replace(wrong.base_url, stand_in.base_url))
+            wait_for(lambda: len(stand_in.state.patches) == 3, timeout=60)
             (reloaded, *_) = lines.named("config.reloaded")
             assert "api.base_url" in reloaded["changed"]  # type: ignore[operator]
         finally:
@@ -62,7 +55,7 @@ def test_a_reload_to_another_refusing_url_keeps_no_old_refusal_but_learns_its_ow
     ):
         extra = '[schedule]\ninterval = "1s"\nprecise = false\n'
         config = write_config(tmp_path, first.base_url, extra)
-        proc, lines = start(config, tmp_path)
+        proc, lines = start_daemon(config, tmp_path)
         try:
             wait_for(lambda: len(lines.named("sweep.finished")) >= 2)
             config.write_text(config.read_text().replace(first.base_url, second.base_url))

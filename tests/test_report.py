@@ -25,7 +25,7 @@ from sweeper.report import (
     write_json_atomically,
     write_report,
 )
-from tests.helpers import NOW
+from tests.fakes import NOW
 
 
 def report(**kwargs: object) -> SweepReport:

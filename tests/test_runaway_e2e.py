@@ -17,6 +17,7 @@ import httpx
 from sweeper.devserver.state import _parse_time
 from sweeper.model import format_timestamp
 from tests.e2e import (
+    Platform,
     environment,
     signal_and_collect,
     start_sweeper,
@@ -24,17 +25,16 @@ from tests.e2e import (
     wait_for,
     write_config,
 )
-from tests.helpers import record
+from tests.fakes import record
 
 H = timedelta(hours=1)
 
 
 def test_run_once_marks_runaways_whose_heartbeat_keeps_moving(
-    shared_platform: Any, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """Seeded runaways beat on every read; max_runtime marks them, zombies stay zombies."""
-    platform = shared_platform
-    platform.reset()
+    platform = stand_in
     platform.state.seed(zombies=3, live=2, seed=18)
     platform.state.seed_runaways(2, seed=18)
     report_path = tmp_path / "report.json"
@@ -62,11 +62,10 @@ def test_run_once_marks_runaways_whose_heartbeat_keeps_moving(
 
 
 def test_without_max_runtime_the_runaways_are_left_alone(
-    shared_platform: Any, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """The default (never): wedged steps that beat are live steps, as before."""
-    platform = shared_platform
-    platform.reset()
+    platform = stand_in
     platform.state.seed_runaways(3, seed=1)
     result = sweeper("--config", str(write_config(tmp_path, platform.base_url)), "run", "--once")
     assert result.code == 0, result.stderr
@@ -76,11 +75,10 @@ def test_without_max_runtime_the_runaways_are_left_alone(
 
 
 def test_a_max_runtime_shorter_than_stale_after_exits_78(
-    shared_platform: Any, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """Refused before any call to the platform, naming both keys."""
-    platform = shared_platform
-    platform.reset()
+    platform = stand_in
     extra = '[sweep]\nstale_after = "2h"\nmax_runtime = "1h"\n'
     result = sweeper(
         "--config", str(write_config(tmp_path, platform.base_url, extra)), "run", "--once"
@@ -91,11 +89,10 @@ def test_a_max_runtime_shorter_than_stale_after_exits_78(
 
 
 def test_the_precise_daemon_marks_a_runaway_within_a_second_of_its_moment(
-    shared_platform: Any, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """A step that beats on is marked at startedAt + max_runtime (lag < 1 s), re-read first."""
-    platform = shared_platform
-    platform.reset()
+    platform = stand_in
     started = datetime.now(UTC)
     platform.state.add(record("wedged", now=started, started=timedelta(0)))
     platform.state.beating.add("wedged")
@@ -120,11 +117,10 @@ def test_the_precise_daemon_marks_a_runaway_within_a_second_of_its_moment(
 
 
 def test_the_precise_daemon_leaves_a_runaway_that_started_again(
-    shared_platform: Any, tmp_path: Path
+    stand_in: Platform, tmp_path: Path
 ) -> None:
     """Its startedAt changed before the timer fired: re-armed from the new start, not marked."""
-    platform = shared_platform
-    platform.reset()
+    platform = stand_in
     started = datetime.now(UTC)
     platform.state.add(record("retried", now=started, started=timedelta(0)))
     platform.state.beating.add("retried")

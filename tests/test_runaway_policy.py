@@ -27,7 +27,7 @@ from sweeper.policy import (
     within_limit,
 )
 from sweeper.timers import TICK, Next, due_at, listing_horizon, rearm
-from tests.helpers import NOW, step
+from tests.fakes import NOW, step
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)

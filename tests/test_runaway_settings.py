@@ -11,7 +11,7 @@ from sweeper.errors import ConfigError
 from sweeper.model import StepStatus
 from sweeper.policy import DEFAULT_RUNAWAY_ERROR_CODE, DEFAULT_RUNAWAY_MESSAGE
 from sweeper.settings import load_settings
-from tests.helpers import TOKEN
+from tests.fakes import TOKEN
 
 BASE = f"""
 [api]

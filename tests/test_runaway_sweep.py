@@ -15,9 +15,8 @@ from sweeper.ops import Metrics
 from sweeper.outages import OutageWindows
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
 from sweeper.report import ExitCode, Result
-from sweeper.sweep import Sweeper
-from tests.helpers import NOW, FakeClock, FakePlatform, record
-from tests.test_sweep import events, make_sweeper, sweep
+from tests.builders import build_sweeper, events, sweep
+from tests.fakes import NOW, FakeClock, FakePlatform, record
 
 H = timedelta(hours=1)
 S = timedelta(seconds=1)
@@ -172,14 +171,7 @@ def test_outage_grace_does_not_discount_runtime(platform: FakePlatform, clock: F
         record("wedged", started=30 * H, heartbeat=3 * H),
     )
     outage = OutageWindows.of([(NOW - 20 * H, NOW - 10 * S)])
-    sweeper = make_sweeper(platform, clock, rules=RULES)
-    sweeper = Sweeper(
-        sweeper.client,
-        sweeper.config,
-        clock=clock,
-        monotonic=clock.monotonic,
-        outages=lambda: outage,
-    )
+    sweeper = build_sweeper(platform, clock, rules=RULES, outages=lambda: outage)
     report = asyncio.run(sweeper.run())
     assert platform.state.steps["silent"]["status"] == "RUNNING"
     wedged = platform.state.steps["wedged"]
@@ -276,7 +268,7 @@ def test_no_lease_time_left_no_runaway_write(platform: FakePlatform, clock: Fake
             clock.advance(timedelta(seconds=5))
 
     platform.before.append(stall_on_reread)
-    sweeper = make_sweeper(platform, clock, rules=RULES)
+    sweeper = build_sweeper(platform, clock, rules=RULES)
     sweeper.client.gate = Gate(lease, 11.0)
     report = asyncio.run(sweeper.run())
     assert platform.patches == []
@@ -295,11 +287,11 @@ def test_a_precise_timer_leaves_a_runaway_whose_started_at_changed_even_if_backd
     """Precise mode follows the sweep's re-read rule: a runaway whose startedAt changed
     on the re-read is left alone (the next listing judges it afresh), even when the new
     startedAt is itself already past max_runtime; it is not written from that read."""
-    from tests.test_precise import precise
+    from tests.builders import precise
 
     platform.add(record("w", started=24 * H - 60 * S, heartbeat=S))
     beat_on_reread(platform, "w", startedAt=format_timestamp(NOW - 30 * H))
-    sweeper = make_sweeper(platform, clock, rules=RULES)
+    sweeper = build_sweeper(platform, clock, rules=RULES)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     assert report.counts["armed"] == 1
     assert platform.patches == []

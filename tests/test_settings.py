@@ -11,7 +11,7 @@ import pytest
 from sweeper.errors import ConfigError
 from sweeper.model import StepStatus
 from sweeper.settings import load_settings
-from tests.helpers import TOKEN
+from tests.fakes import TOKEN
 
 BASE = f"""
 [api]

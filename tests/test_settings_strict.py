@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from sweeper.errors import ConfigError
 from sweeper.settings import RuleSettings, Settings, load_settings
-from tests.helpers import TOKEN
+from tests.fakes import TOKEN
 
 BASE = f"""
 [api]

@@ -20,9 +20,9 @@ from starlette.responses import Response
 from sweeper.model import StepStatus
 from sweeper.policy import manual_rule
 from sweeper.report import Outcome, Result, SweepReport
+from tests.builders import H, build_sweeper
 from tests.e2e import Platform, sweeper, write_config
-from tests.helpers import FakeClock, FakePlatform, record
-from tests.test_sweep import H, make_sweeper
+from tests.fakes import FakeClock, FakePlatform, record
 
 Answer = Callable[[], httpx.Response]
 
@@ -95,7 +95,7 @@ def test_a_last_attempt_applied_but_unconfirmed_is_marked(
     shows this sweep's write, the step is marked (detail applied_earlier), one write each."""
     platform.add(record("z1", started=5 * H), record("z2", started=5 * H))
     seen = applied_then(platform, UNCONFIRMING[answer], from_attempt=from_attempt)
-    sweeper = make_sweeper(platform, clock, max_attempts=max_attempts, max_concurrency=1)
+    sweeper = build_sweeper(platform, clock, max_attempts=max_attempts, max_concurrency=1)
     report = asyncio.run(sweeper.run())
     assert own_writes(platform, report) == {"z1", "z2"}
     assert reported_marked(report) == {"z1", "z2"}, [(e.outcome, e.reason) for e in report.entries]
@@ -119,7 +119,7 @@ def test_an_unconfirmed_write_not_applied_keeps_its_failure(
         return UNCONFIRMING[answer]() if request.method == "PATCH" else None
 
     platform.before.append(refuse)
-    report = asyncio.run(make_sweeper(platform, clock, max_attempts=1).run())
+    report = asyncio.run(build_sweeper(platform, clock, max_attempts=1).run())
     (entry,) = report.entries
     assert entry.outcome is Outcome.FAILED
     assert own_writes(platform, report) == set()
@@ -140,7 +140,7 @@ def test_another_sweeps_write_is_not_taken_for_ours(
         return httpx.Response(503)
 
     platform.before.append(someone_else)
-    report = asyncio.run(make_sweeper(platform, clock, max_attempts=1).run())
+    report = asyncio.run(build_sweeper(platform, clock, max_attempts=1).run())
     (entry,) = report.entries
     assert entry.outcome is Outcome.FAILED
 
@@ -163,7 +163,7 @@ def test_a_settling_read_that_fails_too_keeps_the_failure(
         return None
 
     platform.before.append(lose_everything_after)
-    report = asyncio.run(make_sweeper(platform, clock, max_attempts=1).run())
+    report = asyncio.run(build_sweeper(platform, clock, max_attempts=1).run())
     (entry,) = report.entries
     assert (entry.outcome, entry.reason) == (Outcome.FAILED, "unavailable")
 
@@ -175,7 +175,7 @@ def test_a_retry_cut_by_the_deadline_is_settled_too(
     settling re-read marks it."""
     platform.add(record("z1", started=5 * H))
     applied_then(platform, lambda: httpx.Response(503, headers={"Retry-After": "50"}))
-    sweeper = make_sweeper(platform, clock, max_attempts=5, deadline=timedelta(seconds=30))
+    sweeper = build_sweeper(platform, clock, max_attempts=5, deadline=timedelta(seconds=30))
     report = asyncio.run(sweeper.run())
     assert reported_marked(report) == {"z1"}
 
@@ -191,7 +191,7 @@ def test_a_retry_cut_by_a_stop_is_settled_too(platform: FakePlatform, clock: Fak
         return httpx.Response(503)
 
     applied_then(platform, stop_after_answer)
-    sweeper = make_sweeper(platform, clock, max_attempts=5, stop=stop)
+    sweeper = build_sweeper(platform, clock, max_attempts=5, stop=stop)
     report = asyncio.run(sweeper.run())
     assert reported_marked(report) == {"z1"}
 
@@ -200,7 +200,7 @@ def test_a_mark_by_hand_is_settled_too(platform: FakePlatform, clock: FakeClock)
     """sweeper mark: applied, 503 on its only attempt: marked."""
     platform.add(record("z1", started=5 * H))
     applied_then(platform, UNCONFIRMING["503"])
-    sweeper = make_sweeper(platform, clock, max_attempts=1)
+    sweeper = build_sweeper(platform, clock, max_attempts=1)
     report = asyncio.run(sweeper.mark("z1", "org-a", manual_rule(StepStatus.FAILED, "M", None)))
     assert reported_marked(report) == {"z1"}
 
@@ -224,13 +224,14 @@ def test_a_retry_cut_by_a_guard_is_settled_too(platform: FakePlatform, clock: Fa
         return None
 
     platform.before.append(hook)
-    sweeper = make_sweeper(platform, clock, max_attempts=3, max_concurrency=2)
 
     async def yielding_sleep(seconds: float) -> None:
         for _ in range(10):
             await asyncio.sleep(0)  # the other worker runs while this one waits
 
-    sweeper.client._sleep = yielding_sleep  # type: ignore[attr-defined]
+    sweeper = build_sweeper(
+        platform, clock, max_attempts=3, max_concurrency=2, sleep=yielding_sleep
+    )
     report = asyncio.run(sweeper.run())
     assert report.result is Result.REFUSED
     assert reported_marked(report) == own_writes(platform, report) == {"z1"}, [
@@ -240,13 +241,12 @@ def test_a_retry_cut_by_a_guard_is_settled_too(platform: FakePlatform, clock: Fa
 
 @pytest.mark.parametrize("max_attempts", [1, 2])
 def test_a_living_platform_losing_answers_after_apply_never_disagrees_with_the_report(
-    shared_platform: Platform, tmp_path: Path, max_attempts: int
+    stand_in: Platform, tmp_path: Path, max_attempts: int
 ) -> None:
     """The real CLI against the stand-in: 150 zombies; every 7th write is applied and then
     answered 503, every 11th applied and then cut off (502). The report (--report) and the
     platform agree on every write that landed: applied-but-not-reported = 0."""
-    platform = shared_platform
-    platform.reset()
+    platform = stand_in
     now = datetime.now(UTC)
     for n in range(150):
         platform.state.add(record(f"z{n:03}", now=now, started=timedelta(hours=5)))
@@ -296,6 +296,6 @@ def test_an_answer_that_trips_the_clock_guard_is_settled_too(
         return None
 
     platform.before.append(hook)
-    report = asyncio.run(make_sweeper(platform, clock, max_attempts=3).run())
+    report = asyncio.run(build_sweeper(platform, clock, max_attempts=3).run())
     assert report.result is Result.REFUSED
     assert reported_marked(report) == own_writes(platform, report) == {"z1"}

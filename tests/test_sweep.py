@@ -11,73 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.api import PlatformClient, build_http_client
 from sweeper.devserver.state import COMPLETED_AT_PATTERN
-from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
 from sweeper.outages import OutageWindows
-from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
-from sweeper.report import ExitCode, Result, SweepReport
-from sweeper.sweep import SweepConfig, Sweeper
-from tests.helpers import NOW, TOKEN, FakeClock, FakePlatform, record
-
-H = timedelta(hours=1)
-DEFAULT_RULE = Rule(
-    "default", 2 * H, StepStatus.FAILED, "ZOMBIE_STEP_TIMEOUT", DEFAULT_ERROR_MESSAGE
-)
-CANCELLED_RULE = Rule(
-    "cancelled-runs",
-    timedelta(minutes=30),
-    StepStatus.CANCELLED,
-    "RUN_CANCELLED",
-    "cancelled {idle}",
-    {"workflowRunStatus": ("CANCELLED",)},
-)
-
-
-def make_sweeper(
-    platform: FakePlatform,
-    clock: FakeClock,
-    *,
-    stop: asyncio.Event | None = None,
-    max_attempts: int = 2,
-    **config: Any,
-) -> Sweeper:
-    config.setdefault("rules", Rules((CANCELLED_RULE,), DEFAULT_RULE))
-    http = build_http_client(
-        "https://platform.test",
-        TOKEN,
-        timeout=timedelta(seconds=5),
-        max_connections=8,
-        transport=platform.transport(),
-    )
-
-    async def no_sleep(seconds: float) -> None:
-        return None
-
-    client = PlatformClient(
-        http,
-        max_attempts=max_attempts,
-        clock=clock,
-        sleep=no_sleep,
-        clock_check=ClockCheck(timedelta(minutes=2), clock),
-        stop=stop,
-    )
-    return Sweeper(
-        client,
-        SweepConfig(host="test-host", version="1.2.3", **config),
-        clock=clock,
-        stop=stop,
-        monotonic=clock.monotonic,
-    )
-
-
-def sweep(platform: FakePlatform, clock: FakeClock, **config: Any) -> SweepReport:
-    return asyncio.run(make_sweeper(platform, clock, **config).run())
-
-
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [e for e in logs if e["event"] == name]
+from sweeper.report import ExitCode, Result
+from tests.builders import H, build_sweeper, events, sweep
+from tests.fakes import NOW, FakeClock, FakePlatform, record
 
 
 def test_zombies_are_marked_and_live_steps_left(
@@ -439,7 +378,7 @@ def test_stop_during_writes_lets_in_flight_finish_and_starts_no_more(
         return inner(request)
 
     platform.transport = lambda: httpx.MockTransport(handler)  # type: ignore[method-assign]
-    report = asyncio.run(make_sweeper(platform, clock, stop=stop, max_concurrency=3).run())
+    report = asyncio.run(build_sweeper(platform, clock, stop=stop, max_concurrency=3).run())
     marked = report.counts["marked"]
     assert marked == len(platform.patches) <= 3
     assert report.counts["skipped_shutdown"] == 10 - marked
@@ -477,7 +416,7 @@ def test_mark_one_step_by_hand(
     from sweeper.policy import manual_rule
 
     platform.add(record("m", started=timedelta(minutes=5)), record("done", status="SUCCEEDED"))
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     rule = manual_rule(StepStatus.CANCELLED, "BY_HAND", "stuck: {idle}")
     report = asyncio.run(sweeper.mark("m", "org-a", rule, force=True))
     assert report.exit_code is ExitCode.OK
@@ -504,7 +443,7 @@ def test_mark_refuses_a_step_within_its_limit(
     from sweeper.policy import manual_rule
 
     platform.add(record("live", started=timedelta(minutes=5)), record("old", started=3 * H))
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     rule = manual_rule(StepStatus.FAILED, "MARKED_BY_HAND", None)
     live = asyncio.run(sweeper.mark("live", "org-a", rule))
     assert live.exit_code is ExitCode.SOME_FAILED
@@ -540,7 +479,7 @@ def test_outage_windows_are_discounted_in_the_sweep(
     """Time the platform was unreachable does not count; the write says how much was discounted."""
     platform.add(record("short", started=3 * H), record("long", started=5 * H))
     windows = OutageWindows.of([(NOW - 2 * H, NOW - 30 * timedelta(minutes=1))])
-    sweeper = make_sweeper(platform, clock)
+    sweeper = build_sweeper(platform, clock)
     sweeper.outages = lambda: windows
     report = asyncio.run(sweeper.run())
     assert report.counts["not_stale"] == 1
@@ -558,9 +497,9 @@ def test_daemon_outage_memory_spares_steps_that_could_not_report(
     outages = OutageLog(clock, gap=timedelta(minutes=15))
     # 1h in: the platform answers, and the step's worker is alive.
     platform.add(record("s", started=5 * H, heartbeat=timedelta(minutes=1)))
-    sweeper = make_sweeper(platform, clock, max_attempts=1)
-    sweeper.client._observer = outages.observe
-    sweeper.outages = outages.windows
+    sweeper = build_sweeper(
+        platform, clock, max_attempts=1, observer=outages.observe, outages=outages.windows
+    )
     assert asyncio.run(sweeper.run()).counts["not_stale"] == 1
     # The platform goes down for 3 hours: the worker cannot heartbeat either.
     down = lambda r: httpx.Response(503)  # noqa: E731

@@ -12,8 +12,8 @@ import httpx
 from sweeper.api import STEPS_PATH, TOKEN_RETRY_SECONDS, PlatformClient, RateLimiter
 from sweeper.errors import TokenRefused
 from sweeper.report import ExitCode, Outcome, Result
-from tests.helpers import NOW, FakeClock, FakePlatform, record
-from tests.test_sweep import H, make_sweeper, sweep
+from tests.builders import H, build_sweeper, sweep
+from tests.fakes import NOW, FakeClock, FakePlatform, record
 
 M = timedelta(minutes=1)
 
@@ -93,8 +93,7 @@ def test_a_refused_token_is_not_sent_again_until_it_changes_or_an_hour_passes(
     comes with a new client: tests/test_reload.py)."""
     platform.add(record("z"))
     platform.token = "another"
-    sweeper = make_sweeper(platform, clock)
-    sweeper.client._monotonic = clock.monotonic
+    sweeper = build_sweeper(platform, clock)
     assert asyncio.run(sweeper.run()).result is Result.TOKEN_REFUSED
     assert len(platform.requests) == 1
     clock.advance(timedelta(seconds=TOKEN_RETRY_SECONDS - 1))
@@ -168,8 +167,8 @@ def test_nothing_waits_between_a_reread_and_its_write(
         timeline.append(request.method)
 
     platform.before.append(note)
-    sweeper = make_sweeper(platform, clock, max_concurrency=1)
-    sweeper.client._limiter = RateLimiter(20, clock.monotonic, paced_sleep)
+    limiter = RateLimiter(20, clock.monotonic, paced_sleep)
+    sweeper = build_sweeper(platform, clock, max_concurrency=1, limiter=limiter)
     report = asyncio.run(sweeper.run())
     assert report.counts["marked"] == 5
     writes = "".join("P" if t == "PATCH" else "G" if t == "GET" else "w" for t in timeline)
@@ -192,7 +191,7 @@ def test_a_stop_while_waiting_to_retry_sends_no_more(
         return None
 
     platform.before.append(busy)
-    report = asyncio.run(make_sweeper(platform, clock, stop=stop, max_attempts=5).run())
+    report = asyncio.run(build_sweeper(platform, clock, stop=stop, max_attempts=5).run())
     assert len(platform.patches) == 1
     assert report.result is Result.INTERRUPTED
     (entry,) = report.entries
@@ -251,7 +250,7 @@ def test_shutdown_and_deadline_skips_are_quiet(
             stop.set()
 
     platform.before.append(stop_at_first_write)
-    report = asyncio.run(make_sweeper(platform, clock, stop=stop, max_concurrency=1).run())
+    report = asyncio.run(build_sweeper(platform, clock, stop=stop, max_concurrency=1).run())
     skipped = [e for e in logs if e["event"] == "step.skipped"]
     assert len(skipped) == report.counts["skipped_shutdown"] == 49
     assert {e["log_level"] for e in skipped} == {"debug"}

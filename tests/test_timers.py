@@ -19,7 +19,7 @@ from sweeper.timers import (
     listing_horizon,
     rearm,
 )
-from tests.helpers import NOW, step
+from tests.fakes import NOW, step
 
 S = timedelta(seconds=1)
 MS = timedelta(milliseconds=1)

@@ -1,0 +1,153 @@
+"""The one builder of a platform client and a sweeper for unit tests, and what drives them.
+
+Every unit test that sweeps builds its sweeper here, on the real `PlatformClient`
+over `httpx.MockTransport` (a `FakePlatform` or a bare handler), with the fake
+clock as both wall and monotonic clock. Defaults: two attempts, sleeps that neither
+wait nor move the clock (pass `sleep=clock.sleep` to let waits move it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import weakref
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from sweeper.api import PlatformClient, Sleep, build_http_client
+from sweeper.guards import ClockCheck
+from sweeper.model import StepStatus
+from sweeper.outages import OutageWindows
+from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
+from sweeper.precise import Interval, Nap
+from sweeper.report import SweepReport
+from sweeper.sweep import SweepConfig, Sweeper
+from sweeper.timers import TimerHeap
+from tests.fakes import TOKEN, FakeClock, FakePlatform, no_sleep
+
+H = timedelta(hours=1)
+M = timedelta(minutes=1)
+S = timedelta(seconds=1)
+DEFAULT_RULE = Rule(
+    "default", 2 * H, StepStatus.FAILED, "ZOMBIE_STEP_TIMEOUT", DEFAULT_ERROR_MESSAGE
+)
+CANCELLED_RULE = Rule(
+    "cancelled-runs",
+    timedelta(minutes=30),
+    StepStatus.CANCELLED,
+    "RUN_CANCELLED",
+    "cancelled {idle}",
+    {"workflowRunStatus": ("CANCELLED",)},
+)
+RULES = Rules((CANCELLED_RULE,), DEFAULT_RULE)
+#: The HTTP client under each client built here, so that `run` can close it.
+_HTTP: weakref.WeakKeyDictionary[PlatformClient, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def rules_with(limit: timedelta, code: str = "Z", message: str = DEFAULT_ERROR_MESSAGE) -> Rules:
+    """Rules of one default rule: FAILED with `code` after `limit` of silence."""
+    return Rules((), Rule("default", limit, StepStatus.FAILED, code, message))
+
+
+def build_client(
+    platform: FakePlatform | Callable[[httpx.Request], Any],
+    clock: FakeClock,
+    *,
+    sleep: Sleep = no_sleep,
+    max_attempts: int = 2,
+    max_connections: int = 8,
+    timeout: timedelta = timedelta(seconds=5),
+    **client: Any,
+) -> PlatformClient:
+    """The real PlatformClient over MockTransport, on the fake clock (wall and monotonic).
+
+    `client` goes to PlatformClient as is (limiter, stop, gate, observer, ...)."""
+    if isinstance(platform, FakePlatform):
+        transport = platform.transport()
+    else:
+        transport = httpx.MockTransport(platform)
+    http = build_http_client(
+        "https://platform.test",
+        TOKEN,
+        timeout=timeout,
+        max_connections=max_connections,
+        transport=transport,
+    )
+    client.setdefault("clock_check", ClockCheck(timedelta(minutes=2), clock))
+    built = PlatformClient(
+        http,
+        max_attempts=max_attempts,
+        clock=clock,
+        monotonic=clock.monotonic,
+        sleep=sleep,
+        **client,
+    )
+    _HTTP[built] = http
+    return built
+
+
+def build_sweeper(
+    platform: FakePlatform | Callable[[httpx.Request], Any],
+    clock: FakeClock,
+    *,
+    stop: asyncio.Event | None = None,
+    outages: Callable[[], OutageWindows] | None = None,
+    nap: Nap | None = None,
+    **settings: Any,
+) -> Sweeper:
+    """A Sweeper on `build_client`: the keyword arguments that `build_client` or
+    PlatformClient take (sleep, max_attempts, limiter, ...) go to the client, the rest
+    to the SweepConfig (rules default to RULES)."""
+    taken = set(inspect.signature(build_client).parameters)
+    taken |= set(inspect.signature(PlatformClient).parameters)
+    client = {k: v for k, v in settings.items() if k in taken}
+    config = {k: v for k, v in settings.items() if k not in taken}
+    config.setdefault("rules", RULES)
+    config.setdefault("host", "test-host")
+    config.setdefault("version", "1.2.3")
+    extra: dict[str, Any] = {}
+    if outages is not None:
+        extra["outages"] = outages
+    if nap is not None:
+        extra["nap"] = nap
+    return Sweeper(
+        build_client(platform, clock, stop=stop, **client),
+        SweepConfig(**config),
+        clock=clock,
+        stop=stop,
+        monotonic=clock.monotonic,
+        **extra,
+    )
+
+
+def sweep(platform: FakePlatform, clock: FakeClock, **config: Any) -> SweepReport:
+    """Build a sweeper and run one sweep."""
+    return asyncio.run(build_sweeper(platform, clock, **config).run())
+
+
+def run(sweeper: Sweeper, interval: Interval | None = None, timeout: float = 30) -> SweepReport:
+    """Run one sweep (with precise marking when given an interval), bounded, and close
+    the client's connections after it."""
+
+    async def go() -> SweepReport:
+        async with _HTTP[sweeper.client]:
+            return await asyncio.wait_for(sweeper.run(interval=interval), timeout=timeout)
+
+    return asyncio.run(go())
+
+
+def precise(sweeper: Sweeper, clock: FakeClock, until: timedelta = 5 * M) -> Interval:
+    """A listing interval of `until` for precise marking; the sweeper's naps jump the clock."""
+
+    async def nap(seconds: float, wake: asyncio.Event) -> None:
+        clock.advance(timedelta(seconds=seconds))
+
+    sweeper.nap = nap
+    return Interval(until=clock() + until, timers=TimerHeap(sweeper.config.max_steps))
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
