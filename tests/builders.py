@@ -23,7 +23,7 @@ from sweeper.model import StepStatus
 from sweeper.outages import OutageWindows
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
 from sweeper.precise import Interval, Nap
-from sweeper.report import SweepReport
+from sweeper.report import StepEntry, SweepReport
 from sweeper.sweep import SweepConfig, Sweeper
 from sweeper.timers import TimerHeap
 from tests.fakes import TOKEN, FakeClock, FakePlatform, no_sleep
@@ -123,6 +123,17 @@ def build_sweeper(
     )
 
 
+def patient_sweeper(
+    platform: FakePlatform | Callable[[httpx.Request], Any], clock: FakeClock, **settings: Any
+) -> Sweeper:
+    """`build_sweeper` with five attempts whose waits move the clock and one 2 h rule
+    (code Z): for the tests where retries meet a deadline, a stop or a guard."""
+    settings.setdefault("max_attempts", 5)
+    settings.setdefault("sleep", clock.sleep)
+    settings.setdefault("rules", rules_with(2 * H))
+    return build_sweeper(platform, clock, **settings)
+
+
 def sweep(platform: FakePlatform, clock: FakeClock, **config: Any) -> SweepReport:
     """Build a sweeper and run one sweep."""
     return asyncio.run(build_sweeper(platform, clock, **config).run())
@@ -147,6 +158,11 @@ def precise(sweeper: Sweeper, clock: FakeClock, until: timedelta = 5 * M) -> Int
 
     sweeper.nap = nap
     return Interval(until=clock() + until, timers=TimerHeap(sweeper.config.max_steps))
+
+
+def entry_of(report: SweepReport, step_id: str) -> StepEntry:
+    (entry,) = [e for e in report.entries if e.stepId == step_id]
+    return entry
 
 
 def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:

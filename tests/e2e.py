@@ -21,6 +21,8 @@ from sweeper.devserver.state import PlatformState
 from tests.fakes import TOKEN
 
 Hook = Callable[[Request], Awaitable[Response | None]]
+#: A base URL nothing listens on: runs given it must stop before any call.
+NOWHERE = "http://127.0.0.1:9"
 
 
 @dataclass
@@ -122,17 +124,21 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def sweeper(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
-    """Run the real CLI to completion; JSON logs on stderr."""
+def sweeper(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, stderr: Any = None
+) -> Result:
+    """Run the real CLI to completion; JSON logs on stderr (captured unless `stderr` says
+    where they go)."""
     done = subprocess.run(
         [sys.executable, "-m", "sweeper", "--log-format", "json", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if stderr is None else stderr,
         text=True,
         timeout=timeout,
         env=env or environment(),
         check=False,
     )
-    return Result(done.returncode, done.stdout, done.stderr)
+    return Result(done.returncode, done.stdout, done.stderr or "")
 
 
 def start_sweeper(*args: str) -> subprocess.Popen[str]:
@@ -153,6 +159,10 @@ class Lines:
 
     def read_text(self) -> str:
         return self.path.read_text()
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return Result(0, "", self.read_text()).events
 
     def named(self, event: str) -> list[dict[str, Any]]:
         return Result(0, "", self.read_text()).named(event)
@@ -186,6 +196,17 @@ def stop_daemon(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def run_daemon_until(config: Path, tmp_path: Path, done: Callable[[str], bool]) -> str:
+    """Run the real daemon until its log shows `done` (an event, with a generous bound);
+    its log."""
+    proc, log = start_daemon(config, tmp_path)
+    try:
+        wait_for(lambda: done(log.read_text()), timeout=120)
+    finally:
+        stop_daemon(proc)
+    return log.read_text()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:

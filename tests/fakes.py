@@ -195,6 +195,19 @@ class FakePlatform:
 
         self.before.append(hook)
 
+    def beat_when_read(self, alive: Callable[[str], bool]) -> None:
+        """The steps `alive` selects are alive: every re-read of one shows a heartbeat a
+        second old (their workers beat all the time)."""
+
+        def hook(request: httpx.Request) -> None:
+            step_id = step_id_of(request)
+            if is_reread(request) and alive(step_id):
+                data = dict(self.state.steps[step_id])
+                data["lastHeartbeatAt"] = format_timestamp(self.clock() - timedelta(seconds=1))
+                self.state.add(data)
+
+        self.before.append(hook)
+
     def schedule(
         self, *answers: Answer | None, when: Callable[[httpx.Request], bool] = lambda r: True
     ) -> None:

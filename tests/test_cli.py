@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tests.e2e import (
+    NOWHERE,
     Platform,
     signal_and_collect,
     start_sweeper,
@@ -505,3 +506,15 @@ def test_daemon_speaks_the_systemd_notify_protocol(stand_in: Platform, tmp_path:
     assert status.startswith(b"STATUS=last sweep completed at ")
     assert b"0 zombies, 0 marked, 0 failed" in status
     assert result.code == 0
+
+
+def test_an_unwritable_log_stream_exits_70(tmp_path: Path) -> None:
+    """A log stream that cannot be written (stderr on a full disk) ends the run with exit
+    70, never Python's default 1 (which sweeper-once.service counts as success)."""
+    config = write_config(tmp_path, NOWHERE)
+    with open("/dev/full", "w") as full:
+        done = sweeper(
+            "--config", str(config), "run", "--once", "--report", str(tmp_path / "r.json"),
+            stderr=full,
+        )  # fmt: skip
+    assert done.code == 70, done.code

@@ -3,12 +3,14 @@ no traceback, and no request to the platform."""
 
 from __future__ import annotations
 
+import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.e2e import Platform, environment, sweeper, write_config
-from tests.fakes import TOKEN
+from tests.e2e import NOWHERE, Platform, environment, start_sweeper, sweeper, write_config
+from tests.fakes import TOKEN, record
 
 COMMANDS = (["run", "--once"], ["run"], ["check-config"], ["mark", "s", "--org", "o"])
 
@@ -174,3 +176,69 @@ def test_a_reload_to_user_info_keeps_the_password_out_of_its_error(tmp_path: Pat
         load_settings(config, {}, environment())
     assert "api.base_url: must not hold user info" in str(caught.value)
     assert PASSWORD not in str(caught.value)
+
+
+def test_a_non_ascii_token_is_a_configuration_error(tmp_path: Path) -> None:
+    """A token that cannot travel in an HTTP header (`tokén`) is a configuration error:
+    check-config and run --once both exit 78, before calling the platform."""
+    config = write_config(tmp_path, NOWHERE, token="s3cr3t-tok\u00e9n")
+    checked = sweeper("--config", str(config), "check-config")
+    ran = sweeper("--config", str(config), "run", "--once")
+    assert (checked.code, ran.code) == (78, 78), (checked.code, ran.stderr[-600:])
+
+
+def test_a_ca_bundle_that_is_not_pem_is_a_configuration_error(tmp_path: Path) -> None:
+    """An `api.ca_bundle` that is not PEM is a configuration error: check-config and
+    run --once both exit 78."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate\n", encoding="utf-8")
+    config = write_config(tmp_path, NOWHERE, f'ca_bundle = "{bundle}"\n')
+    checked = sweeper("--config", str(config), "check-config")
+    ran = sweeper("--config", str(config), "run", "--once")
+    assert (checked.code, ran.code) == (78, 78), (checked.code, ran.stderr[-600:])
+
+
+def test_a_deeply_nested_config_file_is_a_configuration_error(tmp_path: Path) -> None:
+    """A configuration file nested too deeply for the TOML reader is a configuration
+    error: exit 78, no traceback."""
+    config = write_config(tmp_path, NOWHERE)
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write("[sweep]\norganizations = " + "[" * 3000 + "]" * 3000 + "\n")
+    done = sweeper("--config", str(config), "check-config")
+    assert done.code == 78, (done.code, done.stdout[:300])
+    # Neither on stdout (check-config's machine-readable output) nor on stderr.
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_tiny_max_rate_never_keeps_a_run_past_its_deadline(
+    stand_in: Platform, tmp_path: Path
+) -> None:
+    """`api.max_rate = 1e-300` never keeps a run past its deadline: run --once ends on its
+    own within 20 s of a 2 s sweep.deadline."""
+    now = datetime.now(UTC)
+    for i in range(3):
+        stand_in.state.add(record(f"z{i}", now=now, started=timedelta(hours=5)))
+    config = write_config(
+        tmp_path, stand_in.base_url, 'max_rate = 1e-300\n[sweep]\ndeadline = "2s"\n'
+    )
+    proc = start_sweeper("--config", str(config), "run", "--once")
+    try:
+        code = proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+    assert code is not None, "run --once did not end within 20 s of a 2 s deadline"
+
+
+def test_a_base_url_with_an_impossible_port_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    """An `api.base_url` with a port out of range is a configuration error: check-config
+    and run --once both exit 78."""
+    config = write_config(tmp_path, "http://127.0.0.1:99999")
+    checked = sweeper("--config", str(config), "check-config")
+    ran = sweeper("--config", str(config), "run", "--once")
+    assert (checked.code, ran.code) == (78, 78), (checked.code, ran.stderr[-300:])

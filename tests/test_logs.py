@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from sweeper.logs import REDACTED, Redactor, configure_logging
+from tests.e2e import sweeper, write_config
 from tests.fakes import TOKEN
 
 
@@ -145,3 +146,35 @@ def test_no_priority_prefix_elsewhere(tmp_path: Path, monkeypatch: pytest.Monkey
         configure_logging("json", "info", stream=stream)
         structlog.get_logger("t").warning("a.warning")
     assert path.read_text().startswith("{")
+
+
+QUOTED_TOKEN = 'ops-"tok\\en-4f9a1c'  # printable, no whitespace: check_token accepts it
+
+
+def test_a_token_with_a_quote_or_backslash_is_redacted_json_escaped(tmp_path: Path) -> None:
+    """A token holding `"` or `\\`, quoted back by the platform in an error message, is
+    scrubbed in every encoding: neither stderr (JSON-escaped) nor the --report holds it."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    from sweeper.devserver.server import serve_in_thread
+    from sweeper.devserver.state import PlatformState
+
+    async def echo_credential(request: Request) -> Response | None:
+        credential = request.headers.get("authorization", "")
+        message = f"credential {credential.removeprefix('Bearer ')} is not valid for this API"
+        return JSONResponse({"success": False, "error": {"message": message}}, status_code=400)
+
+    server = serve_in_thread(PlatformState(), QUOTED_TOKEN, intercept=echo_credential)
+    try:
+        config = write_config(tmp_path, server.base_url, token=QUOTED_TOKEN)
+        report = tmp_path / "report.json"
+        done = sweeper("--config", str(config), "run", "--once", "--report", str(report))
+    finally:
+        server.stop()
+    escaped = json.dumps(QUOTED_TOKEN)[1:-1]  # ops-\"tok\\en-4f9a1c
+    leaks = {
+        "stderr": escaped in done.stderr or QUOTED_TOKEN in done.stderr,
+        "report": escaped in report.read_text() or QUOTED_TOKEN in report.read_text(),
+    }
+    assert leaks == {"stderr": False, "report": False}, done.stderr[-400:]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from sweeper.api import STEPS_PATH
+from sweeper.daemon import LISTING_MARGIN
 from sweeper.model import format_timestamp
 from sweeper.report import Outcome, Result
-from tests.builders import H, M, S, build_sweeper, precise
-from tests.e2e import Platform
+from tests.builders import H, M, S, build_sweeper, precise, rules_with
+from tests.e2e import Platform, run_daemon_until, write_config
 from tests.fakes import NOW, FakeClock, FakePlatform, record
 
 
@@ -259,12 +261,10 @@ def test_zombies_confirmed_by_timers_are_capped_by_max_steps(
 ) -> None:
     """One dead at the listing, then a fleet that had just beaten dies: past max_steps
     zombies in the interval, the rest are refused (and at most max_steps timers exist)."""
-    from sweeper.model import StepStatus
-    from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
 
     platform.add(record("dead", started=H))
     platform.add(*(record(f"w{n}", started=H, heartbeat=10 * S) for n in range(5)))
-    rules = Rules((), Rule("default", 3 * M, StepStatus.FAILED, "Z", DEFAULT_ERROR_MESSAGE))
+    rules = rules_with(3 * M)
     sweeper = build_sweeper(platform, clock, rules=rules, max_steps=2, max_concurrency=1)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     # Not counted at the listing (they had just beaten); the heap holds max_steps at a
@@ -296,3 +296,156 @@ def test_a_backdated_sign_of_life_is_judged_at_once_not_read_again_and_again(
     report = asyncio.run(sweeper.run(interval=interval))
     assert reads["n"] == 1
     assert report.counts["marked"] == 1
+
+
+def test_a_timer_firing_at_the_end_of_the_interval_starts_no_write_after_it(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A timer firing just before the interval ends on a slow platform: a request in
+    flight is not cut, but no write starts after the interval's end."""
+    interval_length = 5 * M
+    # Due exactly 1 ms before `until` (limit 2 h, last sign of life 2 h - 5 min + 1 ms ago).
+    platform.add(record("late", started=2 * H - interval_length + timedelta(milliseconds=2)))
+
+    def slow(request: httpx.Request) -> None:
+        if request.url.path != STEPS_PATH:
+            clock.advance(S)
+
+    platform.before.append(slow)
+    sweeper = build_sweeper(platform, clock)
+    interval = precise(sweeper, clock, until=interval_length)
+    patches_at: list[object] = []
+    platform.before.append(lambda r: patches_at.append(clock()) if r.method == "PATCH" else None)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert report.counts["armed"] == 1
+    # A request in flight is not cut (its answer matters), but no write starts after the
+    # interval's end; an overrun makes the daemon list at once (see the next test).
+    assert all(at < interval.until for at in patches_at), patches_at  # type: ignore[operator]
+
+
+def test_daemon_precise_timers_on_a_slow_platform_lose_no_listing(
+    stand_in: Platform, tmp_path: Path
+) -> None:
+    """The daemon in precise mode on a slow platform (0.4 s a request, interval 2 s, steps
+    due all along): an interval that runs past the next listing's time lists again at once
+    (sweep.overran), so no listing is lost to APScheduler's max_instances."""
+    now = datetime.now(UTC)
+    for i in range(20):
+        stand_in.state.add(record(f"d{i}", now=now, started=timedelta(seconds=2 - i * 0.1)))
+    stand_in.faults.latency = timedelta(milliseconds=400)
+    extra = '[schedule]\ninterval = "2s"\nprecise = true\n[sweep]\nstale_after = "4s"\n'
+    config = write_config(tmp_path, stand_in.base_url, extra)
+
+    def done(log: str) -> bool:
+        return log.count('"sweep.started"') >= 4 and len(stand_in.state.patches) == 20
+
+    lines = run_daemon_until(config, tmp_path, done).splitlines()
+    skipped = [line for line in lines if "maximum number of running instances" in line]
+    overran = [line for line in lines if '"sweep.overran"' in line]
+    # An interval that ran past the next listing's time lists again at once: none lost.
+    # (The stop may cut the last one: a daemon stopping lists nothing more.)
+    assert len(overran) >= len(skipped) - 1
+
+
+def test_a_listing_longer_than_the_interval_still_marks_in_precise_mode(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """A listing longer than the interval (3 pages of 20 s, interval 30 s) is bounded by
+    sweep.deadline, not by the interval's end: precise mode marks its zombies as a plain
+    sweep does."""
+    platform.add(*(record(f"z{n}", started=5 * H) for n in range(3)))
+
+    def slow_listing(request: httpx.Request) -> None:
+        if request.url.path == STEPS_PATH:
+            clock.advance(20 * S)
+
+    platform.before.append(slow_listing)
+    plain = asyncio.run(build_sweeper(platform, clock, page_size=1).run())
+    assert plain.counts["marked"] == 3 and plain.result is Result.COMPLETED
+
+    platform.add(*(record(f"y{n}", started=5 * H) for n in range(3)))
+    sweeper = build_sweeper(platform, clock, page_size=1)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=30 * S)))
+    aborted = [e for e in logs if e["event"] == "sweep.aborted"]
+    assert report.result is Result.COMPLETED, (report.result, [e["error"] for e in aborted])
+    assert report.counts["marked"] == 3
+
+
+def _creeping(
+    platform: FakePlatform, clock: FakeClock, latency: timedelta, limit: int
+) -> list[int]:
+    """Each re-read of "creep" shows its sign of life 1 ms newer (still stale), and
+    takes `latency`; after `limit` re-reads it stops creeping (so the test ends)."""
+    platform.add(record("creep", started=2 * H - M))
+    gets: list[int] = []
+
+    def creep(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.endswith("/creep"):
+            gets.append(1)
+            if len(gets) < limit:
+                data = dict(platform.state.steps["creep"])
+                raw = data.get("lastHeartbeatAt") or data["startedAt"]
+                seen = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                data["lastHeartbeatAt"] = format_timestamp(seen + timedelta(milliseconds=1))
+                platform.state.add(data)
+            clock.advance(latency)
+        return None
+
+    platform.before.append(creep)
+    return gets
+
+
+def test_a_sign_of_life_that_creeps_but_stays_stale_is_not_re_read_in_a_loop(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A step whose every re-read shows a sign of life 1 ms newer yet still stale is read
+    a few times at most, not in a loop of re-reads re-armed in the past."""
+    gets = _creeping(platform, clock, timedelta(milliseconds=100), limit=300)
+    sweeper = build_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+    asyncio.run(sweeper.run(interval=interval))
+    assert len(gets) <= 3, len(gets)
+
+
+def test_a_timer_re_armed_in_the_past_ends_with_its_interval(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A timer re-armed at a moment already past ends with its interval: the run finishes
+    by the interval's end plus LISTING_MARGIN, however long the step keeps creeping."""
+    gets = _creeping(platform, clock, S, limit=2000)
+    sweeper = build_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert report.finished_at is not None
+    assert report.finished_at <= interval.until + LISTING_MARGIN, (
+        report.finished_at - interval.until,
+        len(gets),
+    )
+
+
+def test_precise_mode_keeps_max_concurrency_writes_in_flight(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """api.max_concurrency bounds the writes in flight in precise mode too, listing's and
+    timers' together: with 1, never two at once."""
+    platform.add(*(record(f"z{n}", started=5 * H) for n in range(2)))
+    platform.add(*(record(f"t{n}", started=2 * H - timedelta(milliseconds=1)) for n in range(2)))
+    in_flight: list[int] = [0]
+    peak: list[int] = [0]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.method != "PATCH":
+            return platform.handle(request)
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        try:
+            await asyncio.sleep(0.02)
+            return platform.handle(request)
+        finally:
+            in_flight[0] -= 1
+
+    platform.transport = lambda: httpx.MockTransport(handler)  # type: ignore[method-assign]
+    sweeper = build_sweeper(platform, clock, max_concurrency=1)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    assert report.counts["marked"] == 4, report.counts
+    assert peak[0] <= 1, peak[0]

@@ -1,10 +1,12 @@
-"""Precise marking: a timer is an outcome only once a re-read showed a zombie, and the
-listing's guard counts every step silent past half its limit (issue 15, findings 5, 6)."""
+"""Precise marking's outcomes and guards: a timer is an outcome only once a re-read showed
+a zombie; the max_steps guard counts zombies due in the interval (every step silent past
+half its limit), never healthy steps that keep beating; a halt ends the run at once."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -13,22 +15,8 @@ from structlog.testing import capture_logs
 from sweeper.api import STEPS_PATH
 from sweeper.model import format_timestamp
 from sweeper.report import Result
-from tests.builders import H, build_sweeper, precise
-from tests.fakes import FakeClock, FakePlatform, record
-
-M = timedelta(minutes=1)
-S = timedelta(seconds=1)
-
-
-def reread_answer(platform: FakePlatform, response: httpx.Response) -> None:
-    """Every re-read of a step (not the listing) is answered so."""
-
-    def hook(request: httpx.Request) -> httpx.Response | None:
-        if request.method == "GET" and request.url.path != STEPS_PATH:
-            return response
-        return None
-
-    platform.before.append(hook)
+from tests.builders import H, M, S, build_sweeper, patient_sweeper, precise, rules_with, run
+from tests.fakes import NOW, FakeClock, FakePlatform, record
 
 
 def test_a_timer_whose_reread_fails_is_unchecked_not_a_zombie(
@@ -37,7 +25,7 @@ def test_a_timer_whose_reread_fails_is_unchecked_not_a_zombie(
     """Due at +90 s; its re-read is answered 503 every time: nothing showed the step stale.
     No zombie, no step.failed, no entry; counted `unchecked`; the next listing takes it."""
     platform.add(record("soon", started=2 * H - 90 * S))
-    reread_answer(platform, httpx.Response(503))
+    platform.answer_rereads(httpx.Response(503))
     sweeper = build_sweeper(platform, clock)
     with capture_logs() as logs:
         report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
@@ -56,7 +44,7 @@ def test_a_timer_that_runs_out_of_interval_is_unchecked(
     """The re-read is asked to wait 50 s (Retry-After) and the interval ends before: not
     `skipped_deadline` (a zombie nobody saw), but unchecked."""
     platform.add(record("soon", started=2 * H - 90 * S))
-    reread_answer(platform, httpx.Response(503, headers={"Retry-After": "50"}))
+    platform.answer_rereads(httpx.Response(503, headers={"Retry-After": "50"}))
     sweeper = build_sweeper(platform, clock)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=2 * M)))
     assert report.entries == []
@@ -69,7 +57,7 @@ def test_a_timer_refused_its_token_halts_the_interval_without_a_zombie(
 ) -> None:
     """401 on a timer's re-read: the run ends token_refused; the step is no zombie."""
     platform.add(record("soon", started=2 * H - 90 * S))
-    reread_answer(platform, httpx.Response(401))
+    platform.answer_rereads(httpx.Response(401))
     sweeper = build_sweeper(platform, clock)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     assert report.result is Result.TOKEN_REFUSED
@@ -121,3 +109,117 @@ def test_no_interval_marks_more_than_max_steps(platform: FakePlatform, clock: Fa
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=90 * M)))
     assert len(platform.patches) == 3
     assert report.result is Result.REFUSED
+
+
+def test_precise_guard_does_not_count_healthy_heartbeating_steps(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """The max_steps guard of precise marking counts zombies, not healthy steps due in the
+    interval that keep beating: with more such steps than max_steps, the one real zombie is
+    still marked and the sweep is not refused."""
+    live = [f"live{n}" for n in range(4)]
+    platform.add(record("dead", started=5 * H))
+    platform.add(*(record(s, started=H, heartbeat=timedelta(seconds=10)) for s in live))
+
+    def keep_beating(request: httpx.Request) -> None:
+        for step_id in live:  # the workers are alive: they heartbeat all the time
+            platform.state.steps[step_id]["lastHeartbeatAt"] = format_timestamp(clock())
+
+    platform.before.append(keep_beating)
+    rules = rules_with(3 * M)
+    sweeper = patient_sweeper(platform, clock, rules=rules, max_steps=3)
+    report = run(sweeper, precise(sweeper, clock))
+    assert report.result is not Result.REFUSED, report.error
+    assert platform.state.steps["dead"]["status"] == "FAILED"
+
+
+def test_more_zombies_due_in_the_interval_than_max_steps_are_refused(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """More steps dying inside the interval than sweep.max_steps: every one is armed, and
+    the sweep is refused (sweep.refused guard=max_steps), none marked silently."""
+    platform.add(*(record(f"w{n}", started=H, heartbeat=10 * S) for n in range(3)))
+    rules = rules_with(3 * M)
+    sweeper = build_sweeper(platform, clock, rules=rules, max_steps=2, max_concurrency=1)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    # All three were dead (never beat again) and crossed their limit inside the interval.
+    assert report.counts["armed"] == 3, report.counts
+    assert report.result is Result.REFUSED, (report.result, report.counts)
+    assert [e for e in logs if e["event"] == "sweep.refused"]
+
+
+def test_a_real_zombie_waits_for_a_timer_place_when_healthy_steps_fill_the_heap(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """Healthy steps that keep beating do not keep a real zombie out of the timer heap
+    (max_steps 3, three healthy steps due first): the zombie is marked in this interval."""
+    platform.add(*(record(f"h{n}", started=H, heartbeat=30 * S) for n in range(3)))
+    platform.add(record("dead", started=H, heartbeat=10 * S))
+    platform.beat_when_read(lambda step_id: step_id.startswith("h"))
+    rules = rules_with(3 * M)
+    sweeper = build_sweeper(platform, clock, rules=rules, max_steps=3)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    marked = [e.stepId for e in report.entries if e.outcome.value == "marked"]
+    assert marked == ["dead"], (marked, report.counts)
+
+
+def test_timers_armed_gauge_drops_when_the_run_ends(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """When a run halts (a re-read answered 401) the armed-timers gauge drops to 0: no
+    timer of that run will fire."""
+    platform.add(*(record(f"w{n}", started=2 * H - (n + 1) * M) for n in range(3)))
+
+    platform.answer_rereads(httpx.Response(401, json={"success": False}))
+    sweeper = build_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+
+    async def nap(seconds: float, wake: asyncio.Event) -> None:
+        await asyncio.sleep(0)  # a real nap yields to the tasks firing
+        clock.advance(timedelta(seconds=seconds))
+
+    sweeper.nap = nap
+    gauge: list[int] = []
+    interval.on_armed = gauge.append
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert report.result is Result.TOKEN_REFUSED
+    assert report.counts["armed"] == 3
+    assert gauge[-1] == 0, gauge
+
+
+def test_a_halt_ends_the_nap(platform: FakePlatform, clock: FakeClock) -> None:
+    """A halt (a timer's re-read answered 401) wakes the timer loop from its nap: the run
+    ends at once, not when the next timer is due."""
+    platform.add(record("w0", started=2 * H - M), record("w1", started=2 * H - 4 * M))
+
+    platform.answer_rereads(httpx.Response(401, json={"success": False}))
+    sweeper = build_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+
+    async def nap(seconds: float, wake: asyncio.Event) -> None:
+        for _ in range(200):  # the tasks firing run meanwhile
+            await asyncio.sleep(0)
+            if wake.is_set() or sweeper.stop.is_set():
+                clock.advance(timedelta(milliseconds=1))
+                return
+        clock.advance(timedelta(seconds=seconds))
+
+    sweeper.nap = nap
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert report.result is Result.TOKEN_REFUSED
+    assert report.finished_at is not None
+    assert report.finished_at < NOW + 2 * M, report.finished_at - NOW
+
+
+def test_healthy_steps_are_not_counted_as_zombies(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """Steps that beat whenever they are read are never counted as zombies by precise
+    marking (limit shorter than the interval): zombies = 0, no step.skipped."""
+    platform.add(*(record(f"h{n}", started=H, heartbeat=30 * S) for n in range(25)))
+    platform.beat_when_read(lambda step_id: step_id.startswith("h"))
+    rules = rules_with(3 * M)
+    sweeper = build_sweeper(platform, clock, rules=rules)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    skipped = [e for e in logs if e["event"] == "step.skipped"]
+    assert (report.counts["zombies"], len(skipped)) == (0, 0), report.counts

@@ -14,9 +14,9 @@ import pytest
 from sweeper.api import RateLimiter
 from sweeper.model import StepStatus
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules, manual_rule
-from sweeper.report import Outcome
+from sweeper.report import ExitCode, Outcome
 from sweeper.sweep import Sweeper
-from tests.builders import H, S, build_sweeper, precise, rules_with
+from tests.builders import H, S, build_sweeper, patient_sweeper, precise, rules_with, run
 from tests.fakes import FakeClock, FakePlatform, record
 
 RATE = 2.0
@@ -181,3 +181,40 @@ def test_precise_timers_are_paced(platform: FakePlatform, clock: FakeClock) -> N
     assert report.counts["marked"] == 10, report.counts
     assert sum(1 for method, _ in seen if method == "PATCH") == 10
     assert_paced(seen)
+
+
+def test_a_low_max_rate_ends_the_sweep_by_the_deadline(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A rate limit whose slots lie far apart (max_rate 0.01: 100 s a request) does not
+    keep a sweep past its deadline: it ends by deadline + 10 s."""
+    platform.add(record("z1"), record("z2"), record("z3"))
+    limiter = RateLimiter(0.01, monotonic=clock.monotonic, sleep=clock.sleep)
+    deadline = timedelta(seconds=60)
+    started = clock.monotonic()
+    run(patient_sweeper(platform, clock, deadline=deadline, limiter=limiter, max_concurrency=1))
+    elapsed = clock.monotonic() - started
+    assert elapsed <= deadline.total_seconds() + 10, elapsed
+
+
+def test_a_rate_limit_slot_past_the_deadline_is_a_deadline_skip(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A zombie whose rate-limit slot lies at or past sweep.deadline is left for the next
+    sweep (skipped, deadline): nothing was sent, so it is not `failed`; exit 0."""
+    platform.add(*(record(f"z{n}", started=5 * H) for n in range(3)))
+    sweeper = build_sweeper(
+        platform,
+        clock,
+        sleep=clock.sleep,
+        limiter=RateLimiter(1.0, monotonic=clock.monotonic, sleep=clock.sleep),
+        rules=rules_with(2 * H, message="m"),
+        host="h",
+        version="1",
+        deadline=timedelta(seconds=3),
+        max_concurrency=1,
+    )
+    report = asyncio.run(sweeper.run())
+    assert report.counts["marked"] == 1
+    assert report.counts["failed"] == 0, [(e.stepId, e.outcome, e.reason) for e in report.entries]
+    assert report.exit_code is ExitCode.OK

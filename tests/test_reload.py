@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 from datetime import UTC, datetime, timedelta
@@ -18,10 +19,11 @@ from tests.e2e import (
     signal_and_collect,
     start_daemon,
     start_sweeper,
+    stop_daemon,
     wait_for,
     write_config,
 )
-from tests.fakes import record
+from tests.fakes import TOKEN, record
 
 
 def zombies(stand_in: Platform, n: int, hours: float = 5) -> None:
@@ -255,3 +257,93 @@ def test_a_reload_back_to_a_refused_pair_keeps_it_refused(
         return seen
 
     assert asyncio.run(scenario()) == [False, back_refused]
+
+
+def test_reload_to_an_unusable_token_is_refused_and_the_old_one_kept(
+    stand_in: Platform, tmp_path: Path
+) -> None:
+    """A reload to a token file whose token cannot be sent (`tokén`) is refused whole
+    (config.reload_failed), the token in force stays, and no listing is lost."""
+    config = write_config(tmp_path, stand_in.base_url, '[schedule]\ninterval = "1s"\n')
+    proc, err = start_daemon(config, tmp_path)
+    try:
+        wait_for(lambda: '"sweep.finished"' in err.read_text())
+        (tmp_path / "api-token").write_text(TOKEN + "\u00e9\n", encoding="utf-8")
+        wait_for(lambda: "config.reload" in err.read_text())
+        listed = err.read_text().count('"sweep.finished"')
+        # A few more listings (interval 1s): events, not a clock.
+        wait_for(lambda: err.read_text().count('"sweep.finished"') >= listed + 3, timeout=60)
+    finally:
+        stop_daemon(proc)
+    events = err.events
+    names = [e["event"] for e in events]
+    crashed_jobs = [e["event"] for e in events if "raised an exception" in e["event"]]
+    assert "config.reload_failed" in names and crashed_jobs == [], (
+        [e for e in events if e["event"].startswith("config.")],
+        crashed_jobs,
+    )
+
+
+def test_sighup_with_a_deeply_nested_config_is_reported_failed(
+    stand_in: Platform, tmp_path: Path
+) -> None:
+    """SIGHUP with a file nested too deeply for the TOML reader is logged as
+    config.reload_failed, and the daemon goes on listing with the configuration in force."""
+    config = write_config(tmp_path, stand_in.base_url, '[schedule]\ninterval = "1s"\n')
+    proc, err = start_daemon(config, tmp_path)
+    try:
+        wait_for(lambda: '"sweep.finished"' in err.read_text())
+        text = config.read_text()
+        config.write_text(text + "[sweep]\norganizations = " + "[" * 3000 + "]" * 3000 + "\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "hangup" in err.read_text() or "config.reload" in err.read_text())
+        listed = err.read_text().count('"sweep.finished"')
+        wait_for(lambda: err.read_text().count('"sweep.finished"') > listed, timeout=60)
+    finally:
+        stop_daemon(proc)
+    names = [e["event"] for e in err.events]
+    assert "config.reload_failed" in names, [n[:80] for n in names if "sweep." not in n]
+
+
+def test_a_reload_whose_apply_fails_keeps_the_old_one_whole(tmp_path: Path) -> None:
+    """A reload validated whole whose apply then fails (the CA bundle replaced mid-rotation)
+    keeps the old generation whole; a later reload of the same file, once the bundle is
+    good again, applies it: the rules in force are the new ones."""
+    import shutil
+
+    import certifi
+
+    from sweeper.daemon import Daemon
+    from sweeper.logs import Redactor
+    from sweeper.settings import load_settings
+
+    ca = tmp_path / "ca.pem"
+    shutil.copy(certifi.where(), ca)
+    config = tmp_path / "c.toml"
+    body = '[api]\nbase_url = "https://p.test"\ntoken = "t0ken-value"\nca_bundle = "{ca}"\n'
+    config.write_text(body.format(ca=ca) + '[sweep]\nstale_after = "10h"\n')
+    settings, _ = load_settings(config, environ={})
+
+    async def scenario() -> tuple[Daemon, list[str]]:
+        daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
+        daemon.generation = daemon._build(settings)
+        config.write_text(body.format(ca=ca) + '[sweep]\nstale_after = "1h"\n')
+        assert daemon.reload("SIGHUP")
+        ca.write_text("not a certificate\n")  # rotation in progress at the listing
+        errors = []
+        try:
+            _, first = daemon.new_sweep()  # the apply fails: the old generation sweeps
+            first.close()  # type: ignore[attr-defined]
+        except Exception as exc:  # the old generation must sweep instead
+            errors.append(type(exc).__name__)
+        shutil.copy(certifi.where(), ca)  # rotation done
+        daemon.reload("SIGHUP")  # the operator tries again
+        _, work = daemon.new_sweep()
+        work.close()  # type: ignore[attr-defined]
+        return daemon, errors
+
+    daemon, errors = asyncio.run(scenario())
+    assert daemon.generation is not None
+    in_force = daemon.generation.sweeper.config.rules.default.stale_after
+    assert daemon.settings.sweep.stale_after == timedelta(hours=1)
+    assert in_force == timedelta(hours=1), (errors, in_force)

@@ -11,7 +11,7 @@ import pytest
 
 from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
-from tests.e2e import Platform, start_daemon, wait_for, write_config
+from tests.e2e import Platform, start_daemon, stop_daemon, wait_for, write_config
 from tests.fakes import record
 
 
@@ -70,3 +70,26 @@ def test_a_reload_to_another_refusing_url_keeps_no_old_refusal_but_learns_its_ow
         assert first.app.state.counters.requests == 1
         assert second.app.state.counters.requests == 1
     assert proc.returncode == 0  # type: ignore[attr-defined]
+
+
+def test_an_unrelated_reload_keeps_a_refused_token_unsent(
+    stand_in: Platform, tmp_path: Path
+) -> None:
+    """A refused token is not sent again while it is the same, even when a reload of an
+    unrelated key (sweep.page_size) builds a new client: no request after the 401."""
+    config = write_config(
+        tmp_path, stand_in.base_url, '[schedule]\ninterval = "1s"\n', token="revoked-token"
+    )
+    proc, err = start_daemon(config, tmp_path)
+    try:
+        wait_for(lambda: err.read_text().count('"sweep.finished"') >= 2)
+        refused = stand_in.counters.requests
+        assert refused == 1  # one 401, then nothing: as it should be
+        config.write_text(config.read_text() + "[sweep]\npage_size = 100\n")
+        wait_for(lambda: "config.reload" in err.read_text())
+        listed = err.read_text().count('"sweep.finished"')
+        # Two more listings at interval 1s: events, not a clock.
+        wait_for(lambda: err.read_text().count('"sweep.finished"') >= listed + 2, timeout=60)
+    finally:
+        stop_daemon(proc)
+    assert stand_in.counters.requests == refused, "the refused token was sent again"

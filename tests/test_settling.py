@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from sweeper.model import StepStatus
 from sweeper.policy import manual_rule
 from sweeper.report import Outcome, Result, SweepReport
-from tests.builders import H, build_sweeper
+from tests.builders import H, build_sweeper, entry_of, patient_sweeper, run
 from tests.e2e import Platform, sweeper, write_config
 from tests.fakes import FakeClock, FakePlatform, record
 
@@ -299,3 +300,102 @@ def test_an_answer_that_trips_the_clock_guard_is_settled_too(
     report = asyncio.run(build_sweeper(platform, clock, max_attempts=3).run())
     assert report.result is Result.REFUSED
     assert reported_marked(report) == own_writes(platform, report) == {"z1"}
+
+
+def test_lost_write_then_deadline_is_failed_not_skipped(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A write the platform applied but whose answer was lost, with the deadline passing
+    during the backoff before its retry, is reported `failed` (or `marked` once a re-read
+    shows it), never skipped: a write sent whose fate no answer told is `failed`."""
+    random.seed(1)  # tenacity's full jitter: any backoff above 1 ms crosses the deadline
+    platform.add(record("z1"))
+
+    def lost_late() -> httpx.Response:
+        # The lost answer arrives 1 ms before the deadline (60 s after the start).
+        clock.advance(timedelta(seconds=60) - timedelta(milliseconds=1))
+        return httpx.Response(502)
+
+    platform.apply_then(lost_late, step_id="z1", times=1)
+    report = run(patient_sweeper(platform, clock, deadline=timedelta(seconds=60)))
+    assert "z1" in own_writes(platform, report)  # the platform applied our write
+    entry = entry_of(report, "z1")
+    assert entry.attempts == 1
+    assert entry.outcome in (Outcome.FAILED, Outcome.MARKED), (entry.outcome, entry.reason)
+
+
+def test_lost_write_then_sigterm_during_reread_is_failed_not_skipped(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A write applied whose answer was lost, then a stop signal during the backoff of the
+    re-read before its retry: `failed` (or `marked`), never `skipped_shutdown`, which would
+    claim nothing was written."""
+    stop = asyncio.Event()
+    platform.add(record("z1"))
+    platform.apply_then(lambda: httpx.Response(502), step_id="z1", times=1)
+    gets = {"n": 0}
+
+    def reread_503(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.endswith("/z1"):
+            gets["n"] += 1
+            if gets["n"] == 2:  # the re-read before the retry
+                return httpx.Response(503)
+        return None
+
+    platform.before.append(reread_503)
+    sleeps = {"n": 0}
+
+    async def sleep(seconds: float) -> None:
+        sleeps["n"] += 1
+        clock.advance(timedelta(seconds=seconds))
+        if sleeps["n"] == 2:  # the backoff of the re-read: SIGTERM arrives
+            stop.set()
+
+    report = run(patient_sweeper(platform, clock, stop=stop, sleep=sleep))
+    assert "z1" in own_writes(platform, report)
+    entry = entry_of(report, "z1")
+    assert entry.attempts == 1
+    assert entry.outcome in (Outcome.FAILED, Outcome.MARKED), (entry.outcome, entry.reason)
+
+
+def test_a_write_answered_with_another_steps_data_is_invalid(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A write answered 200 with the data of another step (another id and organization)
+    is not a confirmation: the zombie is never `marked` while the platform still shows it
+    RUNNING."""
+    platform.add(record("z1"))
+
+    def misrouted(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PATCH":
+            data = {"stepId": "other", "organizationId": "org-b", "status": "FAILED"}
+            return httpx.Response(200, json={"success": True, "data": data})
+        return None
+
+    platform.before.append(misrouted)
+    report = run(patient_sweeper(platform, clock))
+    assert platform.state.steps["z1"]["status"] == "RUNNING"  # nothing applied to z1
+    assert entry_of(report, "z1").outcome is not Outcome.MARKED
+
+
+def test_lost_write_unconfirmed_when_the_read_side_omits_error_details(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A read side that serves only the contract's record table (no `errorDetails`): a
+    write applied whose answer was lost, re-read as FAILED without a sweepId, is `failed`
+    (or `marked`), never `skipped_finished`."""
+    platform.add(record("z1"))
+    platform.apply_then(lambda: httpx.Response(502), step_id="z1", times=1)
+
+    def read_side_per_contract(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.endswith("/z1"):
+            fields = ("stepId", "organizationId", "status", "startedAt", "updatedAt")
+            step = {k: v for k, v in platform.state.steps["z1"].items() if k in fields}
+            return httpx.Response(200, json={"success": True, "data": step})
+        return None
+
+    platform.before.append(read_side_per_contract)
+    report = run(patient_sweeper(platform, clock))
+    assert "z1" in own_writes(platform, report)
+    entry = entry_of(report, "z1")
+    assert entry.outcome in (Outcome.FAILED, Outcome.MARKED), (entry.outcome, entry.reason)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from sweeper.api import STEPS_PATH, TOKEN_RETRY_SECONDS, PlatformClient, RateLimiter
 from sweeper.errors import TokenRefused
 from sweeper.report import ExitCode, Outcome, Result
-from tests.builders import H, build_sweeper, sweep
+from tests.builders import H, build_sweeper, patient_sweeper, run, sweep
 from tests.fakes import NOW, FakeClock, FakePlatform, record
 
 M = timedelta(minutes=1)
@@ -256,3 +258,88 @@ def test_shutdown_and_deadline_skips_are_quiet(
     assert {e["log_level"] for e in skipped} == {"debug"}
     (finished,) = [e for e in logs if e["event"] == "sweep.finished"]
     assert (finished["log_level"], finished["skipped_shutdown"]) == ("info", 49)
+
+
+def skewed_patch_answer(
+    platform: FakePlatform, clock: FakeClock, step_id: str, body: dict[str, Any]
+) -> Callable[[httpx.Request], Any]:
+    """The PATCH of `step_id` is answered 200 with `body` and a Date an hour ahead."""
+
+    def hook(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PATCH" and request.url.path.endswith("/" + step_id):
+            answer = httpx.Response(200, json=body)
+            platform.date_skew = timedelta(hours=1)  # FakePlatform stamps Date from this
+            return answer
+        platform.date_skew = timedelta(0)
+        return None
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"success": False},  # 2xx without success: true
+        {"success": True, "data": {"stepId": "z1", "status": "RUNNING"}},  # data.status wrong
+    ],
+    ids=["success-false", "wrong-data-status"],
+)
+def test_clock_skew_on_a_2xx_write_answer_that_is_not_a_success_still_refuses(
+    platform: FakePlatform, clock: FakeClock, body: dict[str, Any]
+) -> None:
+    """sweep.max_clock_skew is checked on every answer, a 2xx write answer that is not a
+    success included: beyond it nothing more is written (the next zombie is not), the sweep
+    ends refused, exit 3."""
+    platform.add(record("z1"), record("z2"))
+    platform.before.append(skewed_patch_answer(platform, clock, "z1", body))
+    report = run(patient_sweeper(platform, clock, max_concurrency=1))
+    written = [r.url.path.rsplit("/", 1)[1] for r in platform.patches]
+    assert written == ["z1"], written
+    assert report.result is Result.REFUSED and report.exit_code is ExitCode.GUARD_REFUSED
+
+
+def test_a_401_with_an_unreadable_date_stops_the_token(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A write answered 401 stops the sweep at once even when its Date header is not an
+    HTTP date: nothing more is sent with the token, result token_refused, exit 77."""
+    platform.add(record("z1"), record("z2"))
+
+    def refuse(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PATCH":
+            return httpx.Response(401, json={"success": False})
+        return None
+
+    platform.before.append(refuse)
+    original = platform.handle
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        response = original(request)
+        if request.method == "PATCH":
+            response.headers["Date"] = "yesterday-ish"
+        return response
+
+    platform.handle = handle  # type: ignore[method-assign]
+    report = run(patient_sweeper(platform, clock, max_concurrency=1))
+    sent_after_401 = platform.requests[platform.requests.index(platform.patches[0]) + 1 :]
+    assert sent_after_401 == [], [f"{r.method} {r.url.path}" for r in sent_after_401]
+    assert report.result is Result.TOKEN_REFUSED
+    assert report.exit_code is ExitCode.TOKEN_REFUSED
+
+
+def test_reread_retries_end_by_the_deadline(platform: FakePlatform, clock: FakeClock) -> None:
+    """A re-read answered 503 Retry-After: 60 again and again stops retrying at
+    sweep.deadline: the sweep ends by deadline + 10 s, whatever max_attempts allows."""
+    platform.add(record("z1"))
+
+    def busy(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.endswith("/z1"):
+            return httpx.Response(503, headers={"Retry-After": "60"})
+        return None
+
+    platform.before.append(busy)
+    deadline = timedelta(seconds=30)
+    started = clock.monotonic()
+    report = run(patient_sweeper(platform, clock, deadline=deadline))
+    elapsed = clock.monotonic() - started
+    assert elapsed <= deadline.total_seconds() + 10, (elapsed, report.counts)
