@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,6 +209,33 @@ def run_daemon_until(config: Path, tmp_path: Path, done: Callable[[str], bool]) 
     finally:
         stop_daemon(proc)
     return log.read_text()
+
+
+def start_dev_server(*args: str, token: str) -> tuple[subprocess.Popen[str], str]:
+    """`sweeper dev-server --port 0 ARGS` with SWEEPER_DEV_TOKEN=token; the process and the
+    base URL it prints on its first line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeper", "dev-server", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(SWEEPER_DEV_TOKEN=token),
+    )
+    assert proc.stdout is not None
+    found = re.search(r"(http://127\.0\.0\.1:\d+)", proc.stdout.readline())
+    if found is None:
+        proc.kill()
+        proc.communicate(timeout=20)
+        raise AssertionError("dev-server printed no base URL")
+    return proc, found.group(1)
+
+
+def free_port() -> int:
+    """A loopback port free at the moment of asking."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:

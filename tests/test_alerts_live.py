@@ -9,10 +9,7 @@ evaluation every second); the rules are the shipped ones, unchanged.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,39 +20,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e import Platform, environment, start_sweeper, wait_for, write_config
+from tests.e2e import Platform, environment, free_port, start_sweeper, wait_for, write_config
+from tests.tools import ROOT, load_render, prometheus_tool
 
-ROOT = Path(__file__).parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 
 pytestmark = pytest.mark.tools
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def prometheus_binary() -> str:
-    """Debian's prometheus, which `make deploy-check` puts beside promtool; never a skip."""
-    path = os.environ.get("PROMETHEUS") or str(ROOT / ".venv-tools" / "promtool" / "prometheus")
-    if not os.access(path, os.X_OK):
-        pytest.fail(
-            f"prometheus not found at {path}: run `make deploy-check`, or "
-            "deploy/prometheus/install-promtool.sh .venv-tools/promtool, or set PROMETHEUS"
-        )
-    return path
-
-
 def daemon_rules() -> str:
     """The sweeper-daemon group of alerts.yaml, as a rules file (what the daemon overlay ships)."""
-    spec = importlib.util.spec_from_file_location("render", ROOT / "deploy/prometheus/render.py")
-    assert spec is not None and spec.loader is not None
-    render = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render)
-    rule = render.prometheusrule(ALERTS.read_text(), "daemon")
+    rule = load_render().prometheusrule(ALERTS.read_text(), "daemon")
     body = rule.split("\nspec:\n", 1)[1]
     return "\n".join(line[2:] for line in body.splitlines()) + "\n"
 
@@ -107,7 +82,7 @@ def _watched(
     log = (tmp_path / "prometheus.log").open("w")
     server = subprocess.Popen(
         [
-            prometheus_binary(),
+            prometheus_tool("prometheus", "PROMETHEUS"),
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{web_port}",

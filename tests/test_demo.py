@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e import environment
+from tests.e2e import environment, start_dev_server
 
 
 def test_demo_marks_zombies_and_explains() -> None:
@@ -47,30 +47,8 @@ def test_demo_marks_zombies_and_explains() -> None:
 
 def test_dev_server_prints_its_url_serves_and_stops_on_sigterm() -> None:
     """dev-server on a free port: prints the base URL, answers with auth, exits on SIGTERM."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sweeper",
-            "dev-server",
-            "--port",
-            "0",
-            "--zombies",
-            "3",
-            "--live",
-            "2",
-            "--seed",
-            "9",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(SWEEPER_DEV_TOKEN="from-env"),
-    )
+    proc, url = start_dev_server("--zombies", "3", "--live", "2", "--seed", "9", token="from-env")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = re.search(r"(http://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
         steps = httpx.get(
             url + "/api/data-platform/workflow-run-steps",
             params={"limit": 100},

@@ -7,23 +7,16 @@ zombies written by a periodic sweep are not (their lag is up to an interval by d
 from __future__ import annotations
 
 import signal
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 
-from tests.e2e import Platform, signal_and_collect, start_sweeper, wait_for, write_config
+from tests.e2e import Platform, free_port, signal_and_collect, start_sweeper, wait_for, write_config
 from tests.fakes import record
 
 MARKED = 'sweeper_steps_total{outcome="marked",status="FAILED"}'
 LAG_COUNT = "sweeper_detection_lag_seconds_count"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sample(text: str, name: str) -> float:

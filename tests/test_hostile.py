@@ -36,15 +36,14 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sweeper.api import STEPS_PATH, PlatformClient, build_http_client
-from sweeper.guards import ClockCheck
+from sweeper.api import STEPS_PATH
 from sweeper.model import StepStatus, format_timestamp
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
 from sweeper.precise import Interval
 from sweeper.report import OUTCOME_COUNTS, ExitCode, Outcome, Result, SweepReport
-from sweeper.sweep import SweepConfig, Sweeper
 from sweeper.timers import TimerHeap
-from tests.fakes import NOW, TOKEN, FakeClock
+from tests.builders import build_sweeper, run
+from tests.fakes import NOW, FakeClock
 
 LIMIT = timedelta(hours=1)
 DEADLINE = timedelta(minutes=10)
@@ -297,26 +296,16 @@ def run_scenario(case: dict[str, Any]) -> tuple[Hostile, SweepReport]:
             "status": "RUNNING",
             "startedAt": format_timestamp(started),
         }
-    http = build_http_client(
-        "https://platform.test",
-        TOKEN,
-        timeout=timedelta(seconds=5),
-        max_connections=8,
-        transport=httpx.MockTransport(platform.handle),
-    )
 
-    async def no_sleep(seconds: float) -> None:
+    async def nap(seconds: float, wake: asyncio.Event) -> None:
         clock.advance(timedelta(seconds=seconds))
 
-    client = PlatformClient(
-        http,
+    sweeper = build_sweeper(
+        platform.handle,
+        clock,
         max_attempts=case.get("max_attempts", 3),
-        clock=clock,
-        monotonic=clock.monotonic,
-        sleep=no_sleep,
-        clock_check=ClockCheck(timedelta(minutes=2), clock),
-    )
-    config = SweepConfig(
+        sleep=clock.sleep,
+        nap=nap,
         rules=RULES,
         recheck=case["recheck"],
         max_concurrency=case["concurrency"],
@@ -324,25 +313,14 @@ def run_scenario(case: dict[str, Any]) -> tuple[Hostile, SweepReport]:
         deadline=DEADLINE,
         page_size=case["page_size"],
     )
-
-    async def nap(seconds: float, wake: asyncio.Event) -> None:
-        clock.advance(timedelta(seconds=seconds))
-
-    sweeper = Sweeper(client, config, clock=clock, monotonic=clock.monotonic, nap=nap)
     # A sweep's writes start within its deadline; with precise marking, a timer fires
     # before the interval ends and its write starts within the deadline after that.
     last_start = DEADLINE + (INTERVAL if case["precise"] else timedelta(0))
     platform.deadline_at = clock.monotonic() + last_start.total_seconds()
 
-    async def sweep() -> SweepReport:
-        interval = None
-        if case["precise"]:
-            interval = Interval(until=NOW + INTERVAL, timers=TimerHeap(100))
-        async with http:
-            return await asyncio.wait_for(sweeper.run(interval=interval), timeout=30)
-
+    interval = Interval(until=NOW + INTERVAL, timers=TimerHeap(100)) if case["precise"] else None
     with timeline_of_events(platform.timeline):
-        report = asyncio.run(sweep())
+        report = run(sweeper, interval)
     return platform, report
 
 

@@ -6,26 +6,30 @@ tests use only loopback, so they never fetch it themselves, and fail when it is 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e import Platform, signal_and_collect, start_sweeper, sweeper, wait_for, write_config
+from tests.e2e import (
+    Platform,
+    free_port,
+    signal_and_collect,
+    start_sweeper,
+    sweeper,
+    wait_for,
+    write_config,
+)
 from tests.fakes import record
 from tests.markdown import anchors_of
+from tests.tools import ROOT, load_render, prometheus_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "sweeper.json"
 RUNBOOK = ROOT / "docs" / "runbook.md"
@@ -43,27 +47,11 @@ SUFFIXES = {
 }
 
 
-def load_render() -> ModuleType:
-    path = ROOT / "deploy" / "prometheus" / "render.py"
-    spec = importlib.util.spec_from_file_location("deploy_render", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 render = load_render()
 
 
 def promtool() -> str:
-    """The promtool `make unit-test` installed (or $PROMTOOL); a failure, never a skip, if none."""
-    path = os.environ.get("PROMTOOL") or str(ROOT / ".venv-tools" / "promtool" / "promtool")
-    if not os.access(path, os.X_OK):
-        pytest.fail(
-            f"promtool not found at {path}: run `make unit-test`, or "
-            "deploy/prometheus/install-promtool.sh .venv-tools/promtool, or set PROMTOOL"
-        )
-    return path
+    return prometheus_tool("promtool", "PROMTOOL")
 
 
 def check_metrics(text: str) -> None:
@@ -227,9 +215,7 @@ def _daemon_scrape(stand_in: Platform, tmp_path: Path) -> Iterator[str]:
     """/metrics of a real `sweeper run` after its first sweep, on a free loopback port."""
     for i in range(3):
         stand_in.state.add(record(f"z{i}", started=timedelta(hours=5), now=datetime.now(UTC)))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     extra = f'[schedule]\ninterval = "1h"\n[server]\nlisten = "127.0.0.1:{port}"\n'
     proc = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     url = f"http://127.0.0.1:{port}/metrics"

@@ -204,33 +204,32 @@ def test_the_daemon_marks_each_zombie_by_its_timer_never_before_its_moment(
     from sweeper.devserver.state import _parse_time
     from tests.e2e import signal_and_collect, start_sweeper, wait_for, write_config
 
-    platform = stand_in
     limit = timedelta(seconds=5)
     started = datetime.now(UTC)
-    platform.state.add(record("dies", now=started, started=timedelta(0)))
-    platform.state.add(record("beats", now=started, started=timedelta(0)))
+    stand_in.state.add(record("dies", now=started, started=timedelta(0)))
+    stand_in.state.add(record("beats", now=started, started=timedelta(0)))
     extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "5s"\n'
-    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    proc = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     try:
 
         def beat() -> None:
             now = datetime.now(UTC)
-            platform.state.steps["beats"]["lastHeartbeatAt"] = format_timestamp(now)
+            stand_in.state.steps["beats"]["lastHeartbeatAt"] = format_timestamp(now)
 
         def dies_marked() -> bool:
             beat()
             time.sleep(0.05)  # a worker heartbeating every 50 ms, not a wait for time
-            return any(p.step_id == "dies" for p in platform.state.patches)
+            return any(p.step_id == "dies" for p in stand_in.state.patches)
 
         wait_for(dies_marked)
-        (dies,) = [p for p in platform.state.patches if p.step_id == "dies"]
-        due = _parse_time(platform.state.steps["dies"]["startedAt"]) + limit
+        (dies,) = [p for p in stand_in.state.patches if p.step_id == "dies"]
+        due = _parse_time(stand_in.state.steps["dies"]["startedAt"]) + limit
         assert dies.at >= due
-        assert platform.state.steps["beats"]["status"] == "RUNNING"
-        last_beat = _parse_time(platform.state.steps["beats"]["lastHeartbeatAt"])
+        assert stand_in.state.steps["beats"]["status"] == "RUNNING"
+        last_beat = _parse_time(stand_in.state.steps["beats"]["lastHeartbeatAt"])
         # The worker stops beating now: marked by its timer, not before its new moment.
-        wait_for(lambda: any(p.step_id == "beats" for p in platform.state.patches))
-        (beats,) = [p for p in platform.state.patches if p.step_id == "beats"]
+        wait_for(lambda: any(p.step_id == "beats" for p in stand_in.state.patches))
+        (beats,) = [p for p in stand_in.state.patches if p.step_id == "beats"]
         assert beats.at >= last_beat + limit
     finally:
         result = signal_and_collect(proc, signal.SIGTERM)

@@ -4,10 +4,7 @@ daemon, `dev-server --runaways`)."""
 from __future__ import annotations
 
 import json
-import re
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,8 @@ from sweeper.devserver.state import _parse_time
 from sweeper.model import format_timestamp
 from tests.e2e import (
     Platform,
-    environment,
     signal_and_collect,
+    start_dev_server,
     start_sweeper,
     sweeper,
     wait_for,
@@ -34,14 +31,13 @@ def test_run_once_marks_runaways_whose_heartbeat_keeps_moving(
     stand_in: Platform, tmp_path: Path
 ) -> None:
     """Seeded runaways beat on every read; max_runtime marks them, zombies stay zombies."""
-    platform = stand_in
-    platform.state.seed(zombies=3, live=2, seed=18)
-    platform.state.seed_runaways(2, seed=18)
+    stand_in.state.seed(zombies=3, live=2, seed=18)
+    stand_in.state.seed_runaways(2, seed=18)
     report_path = tmp_path / "report.json"
-    config = write_config(tmp_path, platform.base_url, '[sweep]\nmax_runtime = "1d"\n')
+    config = write_config(tmp_path, stand_in.base_url, '[sweep]\nmax_runtime = "1d"\n')
     result = sweeper("--config", str(config), "run", "--once", "--report", str(report_path))
     assert result.code == 0, result.stderr
-    runaways = {k: v for k, v in platform.state.steps.items() if k.startswith("runaway-")}
+    runaways = {k: v for k, v in stand_in.state.steps.items() if k.startswith("runaway-")}
     assert len(runaways) == 2
     for step in runaways.values():
         assert (step["status"], step["errorCode"]) == ("CANCELLED", "STEP_MAX_RUNTIME_EXCEEDED")
@@ -49,9 +45,9 @@ def test_run_once_marks_runaways_whose_heartbeat_keeps_moving(
         assert details["trigger"] == "max_runtime"
         assert details["maxRuntimeSeconds"] == 86400
         assert details["runtimeSeconds"] > 86400
-    zombies = [v for k, v in platform.state.steps.items() if k.startswith("zombie-")]
+    zombies = [v for k, v in stand_in.state.steps.items() if k.startswith("zombie-")]
     assert {z["errorDetails"]["trigger"] for z in zombies} == {"stale"}
-    assert all(v["status"] == "RUNNING" for k, v in platform.state.steps.items() if "live" in k)
+    assert all(v["status"] == "RUNNING" for k, v in stand_in.state.steps.items() if "live" in k)
     marked = {e["step_id"]: e for e in result.named("step.marked")}
     assert {marked[k]["trigger"] for k in runaways} == {"max_runtime"}
     (finished,) = result.named("sweep.finished")
@@ -65,11 +61,10 @@ def test_without_max_runtime_the_runaways_are_left_alone(
     stand_in: Platform, tmp_path: Path
 ) -> None:
     """The default (never): wedged steps that beat are live steps, as before."""
-    platform = stand_in
-    platform.state.seed_runaways(3, seed=1)
-    result = sweeper("--config", str(write_config(tmp_path, platform.base_url)), "run", "--once")
+    stand_in.state.seed_runaways(3, seed=1)
+    result = sweeper("--config", str(write_config(tmp_path, stand_in.base_url)), "run", "--once")
     assert result.code == 0, result.stderr
-    assert platform.state.patches == []
+    assert stand_in.state.patches == []
     (finished,) = result.named("sweep.finished")
     assert (finished["not_stale"], finished["runaways"]) == (3, 0)
 
@@ -78,33 +73,31 @@ def test_a_max_runtime_shorter_than_stale_after_exits_78(
     stand_in: Platform, tmp_path: Path
 ) -> None:
     """Refused before any call to the platform, naming both keys."""
-    platform = stand_in
     extra = '[sweep]\nstale_after = "2h"\nmax_runtime = "1h"\n'
     result = sweeper(
-        "--config", str(write_config(tmp_path, platform.base_url, extra)), "run", "--once"
+        "--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run", "--once"
     )
     assert result.code == 78
     assert "sweep.max_runtime, sweep.stale_after" in result.stderr
-    assert platform.counters.requests == 0
+    assert stand_in.counters.requests == 0
 
 
 def test_the_precise_daemon_marks_a_runaway_within_a_second_of_its_moment(
     stand_in: Platform, tmp_path: Path
 ) -> None:
     """A step that beats on is marked at startedAt + max_runtime (lag < 1 s), re-read first."""
-    platform = stand_in
     started = datetime.now(UTC)
-    platform.state.add(record("wedged", now=started, started=timedelta(0)))
-    platform.state.beating.add("wedged")
+    stand_in.state.add(record("wedged", now=started, started=timedelta(0)))
+    stand_in.state.beating.add("wedged")
     extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "3s"\nmax_runtime = "4s"\n'
-    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    proc = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     try:
-        wait_for(lambda: bool(platform.state.patches))
+        wait_for(lambda: bool(stand_in.state.patches))
     finally:
         result = signal_and_collect(proc, signal.SIGTERM)
     assert result.code == 0, result.stderr
-    (patch,) = platform.state.patches
-    due = _parse_time(platform.state.steps["wedged"]["startedAt"]) + timedelta(seconds=4)
+    (patch,) = stand_in.state.patches
+    due = _parse_time(stand_in.state.steps["wedged"]["startedAt"]) + timedelta(seconds=4)
     assert timedelta(0) <= patch.at - due < timedelta(seconds=1)
     assert patch.body["errorDetails"]["trigger"] == "max_runtime"
     # its heartbeat was fresh on the re-read right before the write
@@ -120,29 +113,28 @@ def test_the_precise_daemon_leaves_a_runaway_that_started_again(
     stand_in: Platform, tmp_path: Path
 ) -> None:
     """Its startedAt changed before the timer fired: re-armed from the new start, not marked."""
-    platform = stand_in
     started = datetime.now(UTC)
-    platform.state.add(record("retried", now=started, started=timedelta(0)))
-    platform.state.beating.add("retried")
+    stand_in.state.add(record("retried", now=started, started=timedelta(0)))
+    stand_in.state.beating.add("retried")
     reads: list[str] = []
 
     async def restart_on_first_read(request: Any) -> None:
         if request.method == "GET" and request.url.path.endswith("/retried") and not reads:
             reads.append(request.url.path)
-            platform.state.update("retried", startedAt=format_timestamp(datetime.now(UTC)))
+            stand_in.state.update("retried", startedAt=format_timestamp(datetime.now(UTC)))
 
-    platform.hooks.append(restart_on_first_read)
+    stand_in.hooks.append(restart_on_first_read)
     extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "3s"\nmax_runtime = "4s"\n'
-    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    proc = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     try:
-        wait_for(lambda: bool(platform.state.patches))
+        wait_for(lambda: bool(stand_in.state.patches))
     finally:
         result = signal_and_collect(proc, signal.SIGTERM)
     assert result.code == 0, result.stderr
-    (patch,) = platform.state.patches  # once, from its new start
+    (patch,) = stand_in.state.patches  # once, from its new start
     new_start = _parse_time(patch.body["errorDetails"]["lastSignOfLifeAt"])
     assert reads
-    restarted = _parse_time(platform.state.steps["retried"]["startedAt"])
+    restarted = _parse_time(stand_in.state.steps["retried"]["startedAt"])
     assert restarted > started
     assert patch.at - (restarted + timedelta(seconds=4)) >= timedelta(0)
     assert new_start >= restarted
@@ -150,30 +142,8 @@ def test_the_precise_daemon_leaves_a_runaway_that_started_again(
 
 def test_dev_server_seeds_runaways_whose_heartbeat_moves(tmp_path: Path) -> None:
     """`dev-server --runaways N`: N old RUNNING steps whose heartbeat is fresh on each read."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sweeper",
-            "dev-server",
-            "--port",
-            "0",
-            "--zombies",
-            "0",
-            "--live",
-            "0",
-            "--runaways",
-            "3",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(SWEEPER_DEV_TOKEN="t"),
-    )
+    proc, url = start_dev_server("--zombies", "0", "--live", "0", "--runaways", "3", token="t")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = re.search(r"(http://127\.0\.0\.1:\d+)", line).group(1)  # type: ignore[union-attr]
 
         def listing() -> list[dict[str, Any]]:
             answer = httpx.get(

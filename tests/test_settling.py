@@ -247,10 +247,9 @@ def test_a_living_platform_losing_answers_after_apply_never_disagrees_with_the_r
     """The real CLI against the stand-in: 150 zombies; every 7th write is applied and then
     answered 503, every 11th applied and then cut off (502). The report (--report) and the
     platform agree on every write that landed: applied-but-not-reported = 0."""
-    platform = stand_in
     now = datetime.now(UTC)
     for n in range(150):
-        platform.state.add(record(f"z{n:03}", now=now, started=timedelta(hours=5)))
+        stand_in.state.add(record(f"z{n:03}", now=now, started=timedelta(hours=5)))
     writes: list[int] = []
     lost: list[str] = []
 
@@ -262,11 +261,11 @@ def test_a_living_platform_losing_answers_after_apply_never_disagrees_with_the_r
             return None
         step_id = request.url.path.rsplit("/", 1)[1]
         lost.append(step_id)
-        platform.state.patch_step(step_id, await request.body())
+        stand_in.state.patch_step(step_id, await request.body())
         return Response(status_code=503 if len(writes) % 7 == 0 else 502)
 
-    platform.hooks.append(lose_after_apply)
-    config = write_config(tmp_path, platform.base_url, f"max_attempts = {max_attempts}\n")
+    stand_in.hooks.append(lose_after_apply)
+    config = write_config(tmp_path, stand_in.base_url, f"max_attempts = {max_attempts}\n")
     out = tmp_path / "report.json"
     result = sweeper("--config", str(config), "run", "--once", "--report", str(out))
     assert result.code in (0, 1), result.stderr
@@ -274,7 +273,7 @@ def test_a_living_platform_losing_answers_after_apply_never_disagrees_with_the_r
     sweep_id = written["summary"]["sweepId"]
     applied = {
         step_id
-        for step_id, r in platform.state.steps.items()
+        for step_id, r in stand_in.state.steps.items()
         if (r.get("errorDetails") or {}).get("sweepId") == sweep_id
     }
     marked = {s["stepId"] for s in written["steps"] if s["outcome"] == "marked"}
