@@ -443,8 +443,7 @@ def test_precise_mode_keeps_max_concurrency_writes_in_flight(
         finally:
             in_flight[0] -= 1
 
-    platform.transport = lambda: httpx.MockTransport(handler)  # type: ignore[method-assign]
-    sweeper = build_sweeper(platform, clock, max_concurrency=1)
+    sweeper = build_sweeper(handler, clock, max_concurrency=1)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     assert report.counts["marked"] == 4, report.counts
     assert peak[0] <= 1, peak[0]

@@ -358,8 +358,7 @@ def test_concurrency_is_bounded(platform: FakePlatform, clock: FakeClock) -> Non
             in_flight["now"] -= 1
         return inner(request)
 
-    platform.transport = lambda: httpx.MockTransport(handler)  # type: ignore[method-assign]
-    report = sweep(platform, clock, max_concurrency=3)
+    report = asyncio.run(build_sweeper(handler, clock, max_concurrency=3).run())
     assert report.counts["marked"] == 20
     assert in_flight["peak"] == 3
 
@@ -378,8 +377,7 @@ def test_stop_during_writes_lets_in_flight_finish_and_starts_no_more(
             await asyncio.sleep(0)
         return inner(request)
 
-    platform.transport = lambda: httpx.MockTransport(handler)  # type: ignore[method-assign]
-    report = asyncio.run(build_sweeper(platform, clock, stop=stop, max_concurrency=3).run())
+    report = asyncio.run(build_sweeper(handler, clock, stop=stop, max_concurrency=3).run())
     marked = report.counts["marked"]
     assert marked == len(platform.patches) <= 3
     assert report.counts["skipped_shutdown"] == 10 - marked

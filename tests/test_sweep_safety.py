@@ -46,9 +46,7 @@ def test_the_same_step_id_in_two_organizations_is_two_steps(clock: FakeClock) ->
             200, json={"success": True, "data": steps[(sent["organizationId"], "s")]}
         )
 
-    platform = FakePlatform(clock)
-    platform.transport = lambda: httpx.MockTransport(handler)  # type: ignore[method-assign]
-    report = sweep(platform, clock)
+    report = asyncio.run(build_sweeper(handler, clock).run())
     assert report.counts["marked"] == 1
     assert report.counts["not_stale"] == 1
     assert steps[("org-b", "s")]["status"] == "FAILED"
@@ -319,8 +317,7 @@ def test_a_401_with_an_unreadable_date_stops_the_token(
             response.headers["Date"] = "yesterday-ish"
         return response
 
-    platform.handle = handle  # type: ignore[method-assign]
-    report = run(patient_sweeper(platform, clock, max_concurrency=1))
+    report = run(patient_sweeper(handle, clock, max_concurrency=1))
     sent_after_401 = platform.requests[platform.requests.index(platform.patches[0]) + 1 :]
     assert sent_after_401 == [], [f"{r.method} {r.url.path}" for r in sent_after_401]
     assert report.result is Result.TOKEN_REFUSED
