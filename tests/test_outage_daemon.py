@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from sweeper.model import format_timestamp
 from tests.e2e import Platform, signal_and_collect, start_sweeper, wait_for, write_config
-from tests.helpers import record
+from tests.fakes import record
 
 
 def test_a_quiet_daemon_probes_the_platform(stand_in: Platform, tmp_path: Path) -> None:
