@@ -23,7 +23,7 @@ from sweeper.policy import manual_rule
 from sweeper.report import Outcome, Result, SweepReport
 from tests.builders import H, build_sweeper, entry_of, patient_sweeper, run
 from tests.e2e import Platform, sweeper, write_config
-from tests.fakes import FakeClock, FakePlatform, record
+from tests.fakes import FakeClock, FakePlatform, is_reread, record, step_id_of
 
 Answer = Callable[[], httpx.Response]
 
@@ -332,16 +332,10 @@ def test_lost_write_then_sigterm_during_reread_is_failed_not_skipped(
     stop = asyncio.Event()
     platform.add(record("z1"))
     platform.apply_then(lambda: httpx.Response(502), step_id="z1", times=1)
-    gets = {"n": 0}
-
-    def reread_503(request: httpx.Request) -> httpx.Response | None:
-        if request.method == "GET" and request.url.path.endswith("/z1"):
-            gets["n"] += 1
-            if gets["n"] == 2:  # the re-read before the retry
-                return httpx.Response(503)
-        return None
-
-    platform.before.append(reread_503)
+    # z1's second re-read (the one before the retry) is answered 503.
+    platform.schedule(
+        None, lambda: httpx.Response(503), when=lambda r: is_reread(r) and step_id_of(r) == "z1"
+    )
     sleeps = {"n": 0}
 
     async def sleep(seconds: float) -> None:

@@ -11,13 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.api import STEPS_PATH
 from sweeper.devserver.state import COMPLETED_AT_PATTERN
 from sweeper.model import StepStatus
 from sweeper.outages import OutageWindows
 from sweeper.report import ExitCode, Result
 from tests.builders import H, build_sweeper, events, patient_sweeper, run, sweep
-from tests.fakes import NOW, FakeClock, FakePlatform, record
+from tests.fakes import NOW, FakeClock, FakePlatform, is_listing, record
 
 
 def test_zombies_are_marked_and_live_steps_left(
@@ -519,15 +518,10 @@ def test_a_503_with_a_superscript_retry_after_is_retried(
     """A 503 whose Retry-After is unreadable, even a byte that looks like a digit
     (latin-1 '²'), is retried with backoff like any other 503: the sweep completes."""
     platform.add(record("z1"))
-    calls = {"n": 0}
-
-    def flaky_listing(request: httpx.Request) -> httpx.Response | None:
-        if request.method == "GET" and request.url.path == STEPS_PATH and calls["n"] == 0:
-            calls["n"] += 1
-            return httpx.Response(503, headers=[(b"Retry-After", b"\xb2")])
-        return None
-
-    platform.before.append(flaky_listing)
+    platform.schedule(
+        lambda: httpx.Response(503, headers=[(b"Retry-After", b"\xb2")]), when=is_listing
+    )
     report = run(patient_sweeper(platform, clock))
     assert report.result is Result.COMPLETED, report.error
     assert report.counts["marked"] == 1
+    assert len([r for r in platform.requests if is_listing(r)]) == 2  # the 503, then again
