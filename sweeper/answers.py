@@ -185,3 +185,17 @@ def platform_message(content: bytes) -> str:
     if isinstance(message, str) and message:
         return f": {message[:MESSAGE_LIMIT]}"
     return ""
+
+
+def platform_refusal(status: int, content: bytes) -> bool:
+    """Is this refusal the platform's own: a 4xx that is not transient, in the envelope
+    of its answers (a JSON object whose `success` is false)? A gateway's page (HTML, an
+    empty body, another JSON shape) is not: outage memory counts it as the platform
+    being away."""
+    if not 400 <= status < 500 or status in TRANSIENT_STATUSES:
+        return False
+    try:
+        answer = json.loads(content)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(answer, dict) and answer.get("success") is False

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -31,7 +31,7 @@ from tenacity import (
 )
 
 from sweeper import __version__
-from sweeper.answers import DEEP, classify
+from sweeper.answers import DEEP, classify, platform_refusal
 from sweeper.encodings import Decoded, EncodingError
 from sweeper.errors import (
     ClockSkewRefused,
@@ -63,6 +63,17 @@ Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 RequestObserver = Callable[[str, str], None]
 RetryObserver = Callable[[str, str], None]
+
+
+class RequestWatch(Protocol):
+    """Outage memory's view of every request (outages.OutageLog): when it went out, and
+    whether the platform itself answered it."""
+
+    def sent(self) -> datetime: ...
+
+    def answered(self, sent_at: datetime, reachable: bool) -> None: ...
+
+
 #: A refused token is tried again after this long even if it did not change:
 #: a platform whose token list was fixed should not need every sweeper restarted.
 TOKEN_RETRY_SECONDS = 3600.0
@@ -171,8 +182,10 @@ class PlatformClient:
         observer: RequestObserver | None = None,
         on_retry: RetryObserver | None = None,
         gate: LeaseGate | None = None,
+        watch: RequestWatch | None = None,
     ) -> None:
         self._http = http
+        self._watch = watch
         #: [leader]: asked just before each request goes out (LeaseLost: not sent).
         self.gate = gate
         # Requests are built from one absolute URL string: httpx then parses it
@@ -493,6 +506,32 @@ class PlatformClient:
             # As late as possible: after every wait (rate limit, retry), with nothing
             # that waits between this check and the send, which api.timeout bounds.
             self.gate.check(method)
+        if self._watch is None:
+            return await self._exchange_once(method, path, url, payload, headers, attempt)
+        sent_at = self._watch.sent()
+        reachable = [False]
+        try:
+            return await self._exchange_once(
+                method, path, url, payload, headers, attempt, reachable
+            )
+        finally:
+            # After the Date check, so that the sample is laid on the platform's clock as
+            # this answer showed it.
+            self._watch.answered(sent_at, reachable[0])
+
+    async def _exchange_once(
+        self,
+        method: str,
+        path: str,
+        url: str,
+        payload: bytes | None,
+        headers: dict[str, str] | None,
+        attempt: int,
+        reachable: list[bool] | None = None,
+    ) -> dict[str, Any]:
+        """One request and its answer. `reachable` is set when the platform itself
+        answered: a success, or a refusal in its own words (outage memory counts every
+        other answer, a gateway's page included, as the platform being away)."""
         try:
             # api.timeout bounds the whole request: connecting, sending, and reading
             # the answer to its last byte (a trickling answer cannot hold a sweep).
@@ -521,13 +560,19 @@ class PlatformClient:
                 now=self._clock(),
                 max_retry_after=self._max_retry_after,
             )
-        except TokenRefused:
-            self._token_refused_at = self._monotonic()  # no further call with it
-            raise
-        except SweeperError:
+        except SweeperError as exc:
+            if reachable is not None:
+                # A 404 on the listing itself is never the platform's: a gateway's.
+                listing_gone = path == STEPS_PATH and status == 404
+                reachable[0] = not listing_gone and platform_refusal(status, content)
+            if isinstance(exc, TokenRefused):
+                self._token_refused_at = self._monotonic()  # no further call with it
+                raise
             if problem is not None:
                 raise problem from None  # a 2xx write that is no success: the guard wins
             raise
+        if reachable is not None:
+            reachable[0] = True
         if isinstance(problem, ClockSkewRefused):
             # The platform applied the write: say so, and let the guard stop the rest.
             raise WriteAppliedUnderSkew(problem, answer)

@@ -16,6 +16,7 @@ from sweeper.api import (
     PlatformClient,
     RateLimiter,
     RequestObserver,
+    RequestWatch,
     RetryObserver,
     build_http_client,
     sleep_until_stopped,
@@ -100,6 +101,7 @@ def build_sweeper(
     on_retry: RetryObserver | None = None,
     outages: Callable[[], OutageWindows] = lambda: NO_OUTAGES,
     gate: LeaseGate | None = None,
+    watch: RequestWatch | None = None,
 ) -> Sweeper:
     api = settings.api
     client = PlatformClient(
@@ -116,5 +118,6 @@ def build_sweeper(
         observer=observer,
         on_retry=on_retry,
         gate=gate,
+        watch=watch,
     )
     return Sweeper(client, sweep_config(settings), clock=clock, stop=stop, outages=outages)

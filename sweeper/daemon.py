@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,6 +74,13 @@ def schedule_of(
         jitter=int(schedule.jitter.total_seconds()) or None,
     )
     return trigger, interval, interval
+
+
+def steady_clock() -> Callable[[], datetime]:
+    """The monotonic clock as a UTC datetime (read once at the start, never stepped):
+    what outage memory stamps its samples with."""
+    origin, at = datetime.now(UTC), time.monotonic()
+    return lambda: origin + timedelta(seconds=time.monotonic() - at)
 
 
 def changed_keys(old: Settings, new: Settings) -> list[str]:
@@ -148,8 +155,9 @@ class Daemon:
         self.state.listeners.append(self.metrics.observe_sweep)
         self.state.listeners.append(self._status)
         self.generation: _Generation | None = None
-        # On the platform's clock, as the step timestamps its windows are laid against.
-        self.outages = OutageLog(self._platform_now)
+        # Samples on the monotonic clock, windows laid on the platform's (which step
+        # timestamps are judged against) when asked for: no clock step moves a sample.
+        self.outages = OutageLog(steady_clock(), platform=self._platform_now)
         self._watch_outages(settings)
         #: Set when the limits change, so that the prober looks at its cadence again.
         self._rewatch = asyncio.Event()
@@ -180,7 +188,7 @@ class Daemon:
         while not self.stop.is_set():
             self._rewatch.clear()
             due = self.outages.probe_due()
-            wait = None if due is None else (due - self._platform_now()).total_seconds()
+            wait = None if due is None else (due - self.outages.now()).total_seconds()
             if wait is None or wait > 0:
                 await _first_of(self.stop, self._rewatch, seconds=wait)
                 continue
@@ -205,10 +213,6 @@ class Daemon:
         generation = self.generation
         return generation.sweeper.platform_now() if generation else datetime.now(UTC)
 
-    def _observe(self, method: str, status: str) -> None:
-        self.metrics.observe_request(method, status)
-        self.outages.observe(method, status)
-
     def _build(self, settings: Settings) -> _Generation:
         gate = self.leadership.gate if self.leadership is not None else None
         http = http_client(settings, gate=gate)
@@ -216,10 +220,11 @@ class Daemon:
             settings,
             http,
             stop=self.stop,
-            observer=self._observe,
+            observer=self.metrics.observe_request,
             on_retry=self.metrics.observe_retry,
             outages=self.outages.windows,
             gate=gate,
+            watch=self.outages,
         )
         return _Generation(settings, http, sweeper)
 

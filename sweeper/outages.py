@@ -46,6 +46,8 @@ MAX_WINDOWS = 1024
 GAP_FRACTION = 8
 #: Before the first sample: nothing is known, back to the beginning of time.
 EARLIEST = datetime.min.replace(tzinfo=UTC)
+#: How finely the platform's clock is known: its Date header has whole seconds.
+RESOLUTION = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +119,20 @@ def watch_gap(smallest_limit: timedelta | None) -> timedelta | None:
 
 
 class OutageLog:
-    """Feeds on every request's result (the client's observer hook); keeps the windows.
+    """Feeds on every request (the client's `watch` hook); keeps the windows.
+
+    Samples are stamped on `clock`, a steady clock (the daemon's monotonic clock as a
+    datetime), so that no step of any wall clock, ours or the platform's, moves a
+    sample into the future or the past. Windows are laid on the platform's clock
+    (`platform`, what step timestamps are judged against) only when asked for, with
+    the offset between the two known then (see `windows`).
 
     `gap` is the longest silence between two samples that still counts as watching
     (None: any silence does; the one-shot run, which has no grace); `keep` is how
     long a closed window is remembered (it matters only while a step that went
     silent before its end can still be judged: the largest limit, and more).
+    `resolution` is how finely the platform's clock is known (the Date header's
+    second): a rise of its offset larger than that is its clock stepping forward.
     """
 
     def __init__(
@@ -131,11 +141,16 @@ class OutageLog:
         gap: timedelta | None = None,
         keep: timedelta | None = None,
         max_windows: int = MAX_WINDOWS,
+        *,
+        platform: Callable[[], datetime] | None = None,
+        resolution: timedelta = RESOLUTION,
     ) -> None:
         self._clock = clock
+        self._platform = platform or clock
         self.gap = gap
         self.keep = keep
         self._max_windows = max_windows
+        self._resolution = resolution
         self.forget()
 
     def forget(self) -> None:
@@ -143,35 +158,86 @@ class OutageLog:
         self._started = self._clock()
         self._last_sample = EARLIEST
         self._first_success: datetime | None = None  # nothing is known before it
+        self._last_success = EARLIEST
         self._failing_since: datetime | None = None
         self._last_failure: datetime | None = None
+        self._failures = 0
+        self._in_flight = 0
         self._closed: list[Window] = []
         self._snapshot = NO_OUTAGES
+        #: The platform's clock less ours at the last answer, and its forward steps.
+        self._offset: timedelta | None = None
+        self._jumps: list[tuple[datetime, timedelta]] = []
+        self._version = 0
+        self._laid: tuple[int, timedelta, OutageWindows] | None = None
 
     def configure(self, gap: timedelta | None, keep: timedelta | None) -> None:
         """New limits (a reload): the gap and the memory follow them from now on."""
         self.gap, self.keep = gap, keep
 
-    def observe(self, method: str, status: str) -> None:
+    # -- samples ---------------------------------------------------------------
+
+    def sent(self) -> datetime:
+        """A request goes out: until its answer, the platform is watched (a request in
+        flight is no silence, however long it takes). Returns its stamp for `answered`."""
         now = self._clock()
+        if self._first_success is not None and self._silent(now):
+            self._close((self._last_sample, now))  # nobody watched: it may have been away
+        self._in_flight += 1
+        self._last_sample = max(self._last_sample, now)
+        return now
+
+    def answered(self, sent_at: datetime, reachable: bool) -> None:
+        """The request sent at `sent_at` ended: with the platform's own answer
+        (`reachable`), or with none (a failure, a timeout, a gateway's page)."""
+        self._in_flight = max(0, self._in_flight - 1)
+        self._sample(self._clock(), sent_at, reachable)
+
+    def observe(self, method: str, status: str) -> None:
+        """A request sent and answered at once, by status (UNREACHABLE: a failure)."""
+        now = self._clock()
+        self._sample(now, now, status not in UNREACHABLE)
+
+    def _sample(self, now: datetime, sent_at: datetime, reachable: bool) -> None:
+        offset = self._platform() - now
         if self._first_success is None:
             # Nothing is known before the first answer: forgive all of it but the last
             # half limit (below). A failure meanwhile only says it is not over yet.
-            if status not in UNREACHABLE:
-                self._first_success = now
+            if reachable:
+                self._first_success = self._last_success = now
+                self._offset = offset
                 self._close((EARLIEST, now - self._head_start()))
             self._last_sample = max(self._last_sample, now)
             return
-        if self._silent(now):
-            self._close((self._last_sample, now))  # nobody watched: it may have been away
-        if status in UNREACHABLE:
+        self._learn_offset(now, offset)
+        if self._silent(sent_at):
+            self._close((self._last_sample, sent_at))  # nobody watched: it may have been away
+        if not reachable:
             if self._failing_since is None:
-                self._failing_since = now
+                # Away from when it was asked, but never before it last answered.
+                self._failing_since = max(sent_at, self._last_success)
+                self._failures = 0
+            self._failures += 1
             self._last_failure = now
-        elif self._failing_since is not None and self._last_failure is not None:
-            self._close((self._failing_since, self._last_failure))
-            self._failing_since = self._last_failure = None
+        else:
+            if self._failing_since is not None and self._last_failure is not None:
+                if self._failures > 1:  # a single failure between answers forgives nothing
+                    self._close((self._failing_since, self._last_failure))
+                self._failing_since = self._last_failure = None
+            self._last_success = max(self._last_success, now)
         self._last_sample = max(self._last_sample, now)
+
+    def _learn_offset(self, now: datetime, offset: timedelta) -> None:
+        """A forward step of the platform's clock: the platform time it skipped never
+        passed for any worker, so it is forgiven like an outage (`windows`). A step back
+        needs nothing: everything is laid on the platform's clock as it is now, which
+        makes older heartbeats look more recent, never older."""
+        if self._offset is not None and offset - self._offset > self._resolution:
+            self._jumps.append((now, offset - self._offset))
+            if len(self._jumps) > self._max_windows:
+                del self._jumps[0]
+            self._version += 1
+        self._offset = offset
 
     def _head_start(self) -> timedelta:
         """How much of the time before the first answer counts after all: half the
@@ -181,7 +247,7 @@ class OutageLog:
         return self.gap * GAP_FRACTION / 2 if self.gap is not None else timedelta(0)
 
     def _silent(self, now: datetime) -> bool:
-        return self.gap is not None and now - self._last_sample > self.gap
+        return self.gap is not None and not self._in_flight and now - self._last_sample > self.gap
 
     def _close(self, window: Window) -> None:
         if window[1] <= window[0]:
@@ -196,30 +262,95 @@ class OutageLog:
                 horizon = EARLIEST
             pairs = zip(snapshot.starts, snapshot.ends, strict=True)
             snapshot = OutageWindows.of(w for w in pairs if w[1] >= horizon)
+            # A clock step is kept while it may still move a window kept, or is recent.
+            first = snapshot.starts[0] if snapshot else horizon
+            self._jumps = [j for j in self._jumps if j[0] >= min(horizon, first)]
         while len(snapshot) > self._max_windows:
             snapshot = _merge_closest(snapshot)
         self._closed = list(zip(snapshot.starts, snapshot.ends, strict=True))
         self._snapshot = snapshot
+        self._version += 1
+
+    # -- what decisions see ----------------------------------------------------
 
     def windows(self) -> OutageWindows:
-        """Closed windows, plus what is open now: a run of failures, or a silence."""
+        """Closed windows, plus what is open now (a run of failures, a silence), laid
+        on the platform's clock as known now.
+
+        Each steady moment m is laid at m + (platform's clock less ours, now), less
+        every forward step of the platform's clock after m: a heartbeat stamped then
+        was stamped on the clock before those steps. The time each step skipped is a
+        window of its own."""
         now = self._clock()
+        offset = self._platform() - now
         snapshot = self._snapshot
         if self._first_success is None:
-            return snapshot.extended((EARLIEST, now))
-        if self._failing_since is not None:
-            snapshot = snapshot.extended((self._failing_since, now))
-        if self._silent(now):
-            snapshot = snapshot.extended((self._last_sample, now))
-        return snapshot
+            snapshot = snapshot.extended((EARLIEST, now))
+        else:
+            if self._failing_since is not None:
+                snapshot = snapshot.extended((self._failing_since, now))
+            if self._silent(now):
+                snapshot = snapshot.extended((self._last_sample, now))
+        if not self._jumps and not offset:
+            return snapshot  # the same clock, as in the one-shot run and the tests
+        if snapshot is self._snapshot:
+            return self._laid_closed(offset)
+        return self._lay(snapshot, offset)
+
+    def _laid_closed(self, offset: timedelta) -> OutageWindows:
+        """The closed windows laid on the platform's clock, computed once per change
+        (a new offset only shifts them all alike)."""
+        laid = self._laid
+        if laid is None or laid[0] != self._version:
+            laid = (self._version, offset, self._lay(self._snapshot, offset))
+            self._laid = laid
+        shift = offset - laid[1]
+        if not shift:
+            return laid[2]
+        windows = laid[2]
+        return OutageWindows(
+            tuple(_shift(s, shift) for s in windows.starts),
+            tuple(_shift(e, shift) for e in windows.ends),
+            windows.before,
+        )
+
+    def _lay(self, steady: OutageWindows, offset: timedelta) -> OutageWindows:
+        jumps = self._jumps
+        after = [timedelta(0)] * (len(jumps) + 1)  # forward steps from index i on
+        for i in range(len(jumps) - 1, -1, -1):
+            after[i] = after[i + 1] + jumps[i][1]
+        moments = [m for m, _ in jumps]
+
+        def lay(moment: datetime) -> datetime:
+            return _shift(moment, offset - after[bisect_right(moments, moment)])
+
+        laid = [(lay(s), lay(e)) for s, e in zip(steady.starts, steady.ends, strict=True)]
+        for i, (moment, step) in enumerate(jumps):
+            end = _shift(moment, offset - after[i + 1])
+            laid.append((end - step, end))
+        return OutageWindows.of(laid)
+
+    def now(self) -> datetime:
+        """This log's own (steady) clock, which `probe_due` is on."""
+        return self._clock()
 
     def probe_due(self) -> datetime | None:
-        """When the daemon should sample the platform if nothing else does before:
-        half a gap after the last sample (None: no gap, no need)."""
+        """When (on `clock`) the daemon should sample the platform if nothing else does
+        before: half a gap after the last sample (None: no gap, no need)."""
         if self.gap is None:
             return None
         last = self._started if self._last_sample == EARLIEST else self._last_sample
         return last + self.gap / 2
+
+
+def _shift(moment: datetime, by: timedelta) -> datetime:
+    """`moment + by`, the beginning of time staying where it is."""
+    if moment == EARLIEST:
+        return moment
+    try:
+        return moment + by
+    except OverflowError:
+        return EARLIEST if by < timedelta(0) else datetime.max.replace(tzinfo=UTC)
 
 
 def _merge_closest(windows: OutageWindows) -> OutageWindows:

@@ -15,6 +15,7 @@ from sweeper.answers import (
     classify,
     decode_json,
     platform_message,
+    platform_refusal,
     retry_after_seconds,
 )
 from sweeper.errors import (
@@ -286,3 +287,28 @@ def test_a_deep_page_that_is_also_malformed_is_not_json(body: str) -> None:
     deep = '{"a":' * 5000 + "1" + "}" * 5000
     with pytest.raises(ValueError, match=r"^(not JSON: an empty element|Expecting value)"):
         decode_json(body.replace("DEEP", deep).encode())
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "own"),
+    [
+        (404, b'{"success": false, "error": {"code": "NOT_FOUND"}}', True),
+        (409, b'{"success": false}', True),
+        (401, b'{"success": false, "error": {"message": "bad token"}}', True),
+        (404, b"default backend - 404", False),
+        (404, b'{"message": "no Route matched with those values"}', False),
+        (404, b"", False),
+        (403, b"<html>blocked</html>", False),
+        (200, b'{"success": false}', False),
+        (503, b'{"success": false}', False),
+        (429, b'{"success": false}', False),
+        (404, b'[{"success": false}]', False),
+        (404, b"{" * 100_000, False),
+    ],
+)
+def test_only_the_platforms_own_refusal_counts_as_the_platform(
+    status: int, body: bytes, own: bool
+) -> None:
+    """Outage memory counts a 4xx as the platform up only when it comes in the platform's
+    envelope: a gateway's page, an empty body or another JSON shape is the platform away."""
+    assert platform_refusal(status, body) is own

@@ -302,3 +302,157 @@ def test_the_two_windows_with_the_shortest_gap_merge(
         clock.advance(gap * M)
         outage(log, clock, M)
     assert pairs(log.windows()) == [(start + a * M, start + b * M) for a, b in expected]
+
+
+# -- samples on a steady clock, windows on the platform's (issue 15, B and C) ------------
+
+
+class Platform:
+    """The platform's clock as the daemon knows it: the steady clock plus an offset."""
+
+    def __init__(self, clock: FakeClock, offset: timedelta = timedelta(0)) -> None:
+        self.clock, self.offset = clock, offset
+
+    def __call__(self) -> datetime:
+        return self.clock() + self.offset
+
+
+def test_samples_are_laid_on_the_platform_clock_as_known_now(clock: FakeClock) -> None:
+    """B: the first answer came before the offset was known (0), then it turned out to be
+    -100 s. Windows are laid with the offset known when asked, and the prober's due time
+    is on the steady clock: it never sits in the platform's future."""
+    platform = Platform(clock)
+    log = OutageLog(clock, gap=S, platform=platform)
+    log.observe("GET", "200")
+    platform.offset = -100 * S  # learnt from the first Date
+    assert log.probe_due() == clock() + S / 2
+    clock.advance(S)
+    log.observe("GET", "503")
+    failed = platform()
+    clock.advance(S)
+    log.observe("GET", "503")
+    assert pairs(log.windows()) == [(failed, platform())]
+    clock.advance(S)
+    log.observe("GET", "200")
+    assert pairs(log.windows()) == [(failed, failed + S)]
+    platform.offset = -130 * S  # the platform's clock steps back: all of it moves with it
+    assert pairs(log.windows()) == [(failed - 30 * S, failed - 29 * S)]
+
+
+def test_a_platform_clock_stepping_back_never_blinds_the_prober(clock: FakeClock) -> None:
+    """C: the platform's clock steps back 30 s: no sample is in the future of the steady
+    clock, so a silence longer than the gap is seen at once."""
+    platform = Platform(clock)
+    log = OutageLog(clock, gap=S, platform=platform)
+    log.observe("GET", "200")
+    platform.offset = -30 * S
+    log.observe("GET", "200")
+    quiet = platform()
+    assert log.probe_due() == clock() + S / 2
+    clock.advance(5 * S)
+    assert pairs(log.windows()) == [(quiet, platform())]
+
+
+def test_a_platform_clock_stepping_forward_forgives_the_time_it_skipped(
+    clock: FakeClock,
+) -> None:
+    """The platform's clock jumps 30 s ahead: heartbeats stamped before look 30 s older,
+    and that time passed for no worker. A rise within the Date's resolution is not a
+    step (the offset is only known to a second)."""
+    platform = Platform(clock)
+    log = OutageLog(clock, gap=M, platform=platform)
+    log.observe("GET", "200")
+    beat = platform()
+    clock.advance(S)
+    platform.offset = S  # within the resolution: our estimate got tighter
+    log.observe("GET", "200")
+    assert not pairs(log.windows())
+    clock.advance(S)
+    platform.offset = 31 * S  # a step forward of 30 s
+    log.observe("GET", "200")
+    stepped = platform()
+    assert pairs(log.windows()) == [(stepped - 30 * S, stepped)]
+    clock.advance(S)
+    assert log.windows().overlap(beat, platform()) == 30 * S
+    # Then back by as much: the beat from before looks more recent, never older.
+    platform.offset = S
+    log.observe("GET", "200")
+    idle = platform() - beat - log.windows().overlap(beat, platform())
+    assert timedelta(0) <= idle <= clock() - NOW
+
+
+def test_forward_steps_are_forgotten_with_the_windows(clock: FakeClock) -> None:
+    """A step of the platform's clock is kept while it may still matter (`keep`), and
+    never more than max_windows of them."""
+    platform = Platform(clock)
+    log = OutageLog(clock, keep=timedelta(hours=1), max_windows=3, platform=platform)
+    log.observe("GET", "200")
+    for _ in range(5):
+        clock.advance(S)
+        platform.offset += 10 * S
+        log.observe("GET", "200")
+    assert len(pairs(log.windows())) == 3  # the time each of the last three skipped
+    clock.advance(timedelta(hours=2))
+    outage(log, clock, S)
+    assert len(pairs(log.windows())) == 1  # the outage just closed, the steps forgotten
+
+
+# -- requests as samples from when they are sent (G) -------------------------------------
+
+
+def test_a_request_in_flight_is_watching(clock: FakeClock) -> None:
+    """A request that takes longer than the gap to answer is no silence."""
+    log = OutageLog(clock, gap=S)
+    log.observe("GET", "200")
+    sent = log.sent()
+    clock.advance(5 * S)
+    assert not pairs(log.windows())  # still in flight: watched
+    log.answered(sent, reachable=True)
+    clock.advance(S / 2)
+    assert not pairs(log.windows())
+    clock.advance(S)
+    assert pairs(log.windows()) == [(clock() - 3 * S / 2, clock())]  # now quiet: unwatched
+
+
+def test_a_single_timeout_between_answers_forgives_nothing(clock: FakeClock) -> None:
+    """G: one request times out after 10 s (more than a tenth of the 1 min limit) between
+    answers: nothing is forgiven."""
+    log = OutageLog(clock, gap=M / 8)
+    log.observe("GET", "200")
+    start = clock()
+    sent = log.sent()
+    clock.advance(10 * S)
+    log.answered(sent, reachable=False)
+    clock.advance(S)
+    log.observe("GET", "200")
+    assert log.windows().overlap(start, clock()) == timedelta(0)
+
+
+def test_a_run_counts_from_its_first_send_but_never_before_the_last_answer(
+    clock: FakeClock,
+) -> None:
+    """Two failures with no answer between: forgiven from when the first was sent (the
+    platform may have been away from then), but not before the platform last answered."""
+    log = OutageLog(clock, gap=M)
+    log.observe("GET", "200")
+    first = log.sent()
+    clock.advance(S)
+    log.observe("GET", "200")  # answered while the first is in flight
+    answered = clock()
+    clock.advance(9 * S)
+    log.answered(first, reachable=False)
+    clock.advance(S)
+    second = log.sent()
+    clock.advance(S)
+    log.answered(second, reachable=False)
+    last = clock()
+    clock.advance(S)
+    log.observe("GET", "200")
+    assert pairs(log.windows()) == [(answered, last)]
+    # Sent after the last answer: from its sending.
+    third = log.sent()
+    clock.advance(S)
+    log.answered(third, reachable=False)
+    log.observe("GET", "503")
+    log.observe("GET", "200")
+    assert pairs(log.windows())[-1] == (third, clock())
