@@ -506,13 +506,18 @@ class PlatformClient:
             # As late as possible: after every wait (rate limit, retry), with nothing
             # that waits between this check and the send, which api.timeout bounds.
             self.gate.check(method)
+        # A settling read reports the step as the platform holds it, whatever its Date
+        # says (the next request's answer trips the clock guard all the same).
+        any_date = even_stopping
         if self._watch is None:
-            return await self._exchange_once(method, path, url, payload, headers, attempt)
+            return await self._exchange_once(
+                method, path, url, payload, headers, attempt, any_date=any_date
+            )
         sent_at = self._watch.sent()
         reachable = [False]
         try:
             return await self._exchange_once(
-                method, path, url, payload, headers, attempt, reachable
+                method, path, url, payload, headers, attempt, reachable, any_date=any_date
             )
         finally:
             # After the Date check, so that the sample is laid on the platform's clock as
@@ -528,6 +533,8 @@ class PlatformClient:
         headers: dict[str, str] | None,
         attempt: int,
         reachable: list[bool] | None = None,
+        *,
+        any_date: bool = False,
     ) -> dict[str, Any]:
         """One request and its answer. `reachable` is set when the platform itself
         answered: a success, or a refusal in its own words (outage memory counts every
@@ -546,7 +553,7 @@ class PlatformClient:
             ) from None
         date = response_headers.get("date")
         problem = self.clock_check.check(date) if self.clock_check is not None else None
-        if status in (401, 403):
+        if status in (401, 403) or any_date:
             problem = None  # a refused token is the answer that matters: stop everything
         if problem is not None and not (method == "PATCH" and 200 <= status < 300):
             raise problem

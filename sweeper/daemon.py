@@ -400,6 +400,10 @@ class Daemon:
             old_check = old.sweeper.client.clock_check
         if new_check is not None and old_check is not None:
             new_check.offset = old_check.offset  # the same platform's clock, until it answers
+        if old is not None and old.settings.api.base_url != settings.api.base_url:
+            # Another platform: nothing is known of its outages, as at a start (marks wait
+            # half a limit after its first answer rather than trust the old one's record).
+            self.outages.forget()
         self._watch_outages(settings)
         self._rewatch.set()
         if old is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import ssl
 import string
 import tomllib
@@ -43,6 +44,7 @@ from sweeper.envvars import environment_values
 from sweeper.errors import ConfigError, os_reason
 from sweeper.leader_settings import LeaderSettings, check_lease_room, default_identity
 from sweeper.model import MATCHABLE_FIELDS, StepStatus
+from sweeper.outages import GAP_FRACTION
 from sweeper.policy import (
     DEFAULT_ERROR_CODE,
     DEFAULT_ERROR_MESSAGE,
@@ -461,6 +463,50 @@ class LogSettings(BaseModel):
     ] = "info"
 
 
+def check_watch_rate(settings: Settings) -> str | None:
+    """Why api.max_rate keeps outage grace from watching the platform, or None.
+
+    The daemon samples the platform at least every sixteenth of the smallest limit
+    (outages.GAP_FRACTION: a silence longer than an eighth is unwatched time, all
+    forgiven). Requests spaced wider than that by the rate limit would make every
+    interval unwatched, and no dead step would ever be marked. Relative to the limits,
+    as every rule of outage grace."""
+    rate = settings.api.max_rate
+    limits = settings.sweep.build_rules().limits
+    if not rate or not limits:
+        return None
+    smallest = min(limits).total_seconds()
+    needed = 2 * GAP_FRACTION / smallest
+    if rate >= needed:
+        return None
+    return (
+        f"api.max_rate: {rate:g} per second spaces requests wider than a sixteenth of the"
+        f" smallest stale_after ({format_duration(min(limits))}), so outage grace could not"
+        f" watch the platform between them; set it to at least {needed:g}, or 0 (no limit)"
+    )
+
+
+def _unbindable(host: str) -> str | None:
+    """Why the ops server could not listen on this host, or None: a name that does not
+    resolve, or an address that is not this machine's, fails at every start (exit 75, a
+    restart loop), so check-config refuses it. Tried on port 0: the port itself may be
+    busy for a moment, which a restart fixes; this never does."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return f"{host[:64]!r} does not resolve on this host"
+    errors: list[str] = []
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind((address[0], 0, *address[2:]))
+        except OSError as exc:
+            errors.append(exc.strerror or type(exc).__name__)
+            continue
+        return None
+    return f"cannot listen on {host[:64]!r}: {errors[0] if errors else 'no address'}"
+
+
 class ServerSettings(BaseModel):
     model_config = _STRICT
 
@@ -482,6 +528,9 @@ class ServerSettings(BaseModel):
         if not bracketed and not _HOST_NAME.fullmatch(host):
             # getaddrinfo would fail at every start: a restart loop, not a running daemon.
             raise ValueError(f"not a host name or address: {host[:64]!r}")
+        problem = _unbindable(host.removeprefix("[").removesuffix("]"))
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @property
@@ -613,6 +662,8 @@ def load_settings(
     if settings is not None:
         if (room := check_lease_room(settings.leader, settings.api.timeout)) is not None:
             problems.append(room)
+        if (watch := check_watch_rate(settings)) is not None:
+            problems.append(watch)
         if settings.leader.enabled and settings.leader.identity is None:
             settings.leader.identity = default_identity(env)
         token = _token(settings.api.token, settings.api.token_file, env, warnings, problems)

@@ -11,6 +11,7 @@ through aiohttp (`sweeper.proxied`), imported only then.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import urllib.parse
 import urllib.request
@@ -45,6 +46,65 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def no_proxy_names(no_proxy: str, host: str, port: int) -> bool:
+    """Does NO_PROXY (comma or space separated) name this host? Each entry is:
+
+    - `*`: every host;
+    - a domain, `.domain` or `*.domain`: that host and every host under it;
+    - an IP address, IPv6 bare or in brackets: that address;
+    - a CIDR block (`10.0.0.0/8`, `fd00::/8`): an address literal inside it (host
+      names are never resolved for this);
+    - any of those but `*` with `:port` (`host:8443`, `[fd00::1]:8443`): on that port only.
+
+    Case and a trailing dot are ignored. An entry none of these forms is ignored.
+    """
+    host = host.strip("[]").rstrip(".").lower()
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy.replace(",", " ").split():
+        if entry == "*":
+            return True
+        name, wanted = _entry_port(entry.lower())
+        if wanted is not None and wanted != port:
+            continue
+        if "/" in name:
+            try:
+                network = ipaddress.ip_network(name, strict=False)
+            except ValueError:
+                continue
+            same = address is not None and address.version == network.version
+            if same and address in network:
+                return True
+            continue
+        try:
+            literal = ipaddress.ip_address(name)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            if address == literal:
+                return True
+            continue
+        name = name.removeprefix("*").strip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
+
+
+def _entry_port(entry: str) -> tuple[str, int | None]:
+    """A NO_PROXY entry less its `:port`, and the port (None: any)."""
+    if entry.startswith("["):  # [v6], [v6]:port, [v6]/bits
+        inside, _, rest = entry[1:].partition("]")
+        if rest.startswith(":") and rest[1:].isdigit():
+            return inside, int(rest[1:])
+        return inside + rest, None
+    if entry.count(":") == 1:  # host:port (a bare IPv6 address has several)
+        name, _, port = entry.partition(":")
+        return (name, int(port)) if port.isdigit() else (entry, None)
+    return entry, None
+
+
 def proxy_for(scheme: str, host: str, port: int | None) -> str | httpx.ProxyError | None:
     """The proxy a request to scheme://host:port goes through, from the environment.
 
@@ -59,8 +119,8 @@ def proxy_for(scheme: str, host: str, port: int | None) -> str | httpx.ProxyErro
         return None
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme) or proxies.get("all")
-    where = host if port is None else f"{host}:{port}"
-    if not proxy or urllib.request.proxy_bypass_environment(where, proxies):  # type: ignore[attr-defined]
+    effective_port = port if port is not None else (443 if scheme == "https" else 80)
+    if not proxy or no_proxy_names(proxies.get("no", ""), host, effective_port):
         return None
     kind = urllib.parse.urlsplit(proxy).scheme.lower()
     if kind not in ("http", "https"):

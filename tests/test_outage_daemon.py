@@ -7,6 +7,7 @@ import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -76,3 +77,43 @@ def test_a_daemon_started_during_an_outage_marks_no_live_step(
     assert result.code == 0, result.stderr
     assert [p.step_id for p in stand_in.state.patches] == ["dead"]
     assert stand_in.state.steps["live"]["status"] == "RUNNING"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "forgotten"),
+    [("https://other.test", True), ("https://p.test", False)],
+    ids=["another-platform", "same-platform"],
+)
+def test_a_reload_to_another_base_url_starts_a_fresh_outage_memory(
+    tmp_path: Path, base_url: str, forgotten: bool
+) -> None:
+    """Outage memory is about one platform: a reload to another api.base_url knows
+    nothing of the new one's outages, as at a start (everything before its first answer
+    is unknown, less the last half limit). Another change keeps the memory."""
+    import asyncio
+
+    from sweeper.daemon import Daemon
+    from sweeper.logs import Redactor
+    from sweeper.settings import load_settings
+
+    config = tmp_path / "c.toml"
+    body = '[api]\nbase_url = "{url}"\ntoken = "t0ken-value"\n[sweep]\nstale_after = "{limit}"\n'
+    config.write_text(body.format(url="https://p.test", limit="10h"))
+    settings, _ = load_settings(config, environ={})
+
+    async def scenario() -> timedelta:
+        daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
+        daemon.generation = daemon._build(settings)
+        for status in ("200", "503", "503", "200"):  # known: up, then a run of failures
+            daemon.outages.observe("GET", status)
+        config.write_text(body.format(url=base_url, limit="9h"))
+        assert daemon.reload("SIGHUP")
+        _, work = daemon.new_sweep()
+        work.close()  # type: ignore[attr-defined]
+        now = daemon._platform_now()
+        return daemon.outages.windows().overlap(now - timedelta(hours=1), now)
+
+    # Before any answer of its own, all of the past is unknown: the last hour is forgiven.
+    # Remembered: the hour is known up (the run of failures took microseconds).
+    forgiven = asyncio.run(scenario())
+    assert (forgiven > timedelta(minutes=59)) is forgotten, forgiven

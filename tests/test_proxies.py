@@ -18,7 +18,7 @@ from starlette.responses import Response
 from sweeper.api import build_http_client
 from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
-from sweeper.transport import proxy_for
+from sweeper.transport import no_proxy_names, proxy_for
 from tests.helpers import TOKEN
 
 PROXY_VARIABLES = (
@@ -264,3 +264,62 @@ def test_a_proxy_that_would_see_the_token_or_be_bypassed_is_refused(
     assert isinstance(refused, httpx.ProxyError)
     assert reason in str(refused)
     assert "secret" not in str(refused)
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "host", "port", "named"),
+    [
+        ("*", "anything.example", 443, True),
+        ("example.com", "example.com", 443, True),
+        ("example.com", "api.example.com", 443, True),
+        ("example.com", "badexample.com", 443, False),
+        (".example.com", "example.com", 443, True),
+        (".example.com", "api.example.com", 443, True),
+        ("*.example.com", "api.example.com", 443, True),
+        ("*.example.com", "example.com", 443, True),
+        ("*.example.com", "api.example.org", 443, False),
+        ("EXAMPLE.com.", "Api.Example.COM", 443, True),
+        ("example.com:8443", "api.example.com", 8443, True),
+        ("example.com:8443", "api.example.com", 443, False),
+        ("10.1.2.3", "10.1.2.3", 443, True),
+        ("10.1.2.3", "10.1.2.4", 443, False),
+        ("10.0.0.0/8", "10.200.3.4", 443, True),
+        ("10.0.0.0/8", "11.0.0.1", 443, False),
+        ("10.0.0.0/8", "ten.example", 443, False),  # names are never resolved for this
+        ("fd00::/8", "fd12::7", 443, True),
+        ("fd00::/8", "10.0.0.1", 443, False),
+        ("[fd00::1]", "fd00::1", 443, True),
+        ("[fd00::1]", "[fd00::1]", 443, True),
+        ("fd00::1", "fd00::1", 443, True),
+        ("[fd00::1]", "fd00::2", 443, False),
+        ("[fd00::1]:8443", "fd00::1", 8443, True),
+        ("[fd00::1]:8443", "fd00::1", 443, False),
+        ("[fd00::]/16", "fd00:1::1", 443, True),
+        ("other.example, 10.0.0.0/8 api.example.com", "api.example.com", 443, True),
+        ("not/a/cidr, :, [, ]:1", "api.example.com", 443, False),
+        ("", "api.example.com", 443, False),
+    ],
+)
+def test_no_proxy_forms(no_proxy: str, host: str, port: int, named: bool) -> None:
+    """Every NO_PROXY form an operator writes (docs/network-and-answers.md): domains with
+    a leading dot or `*.`, addresses (IPv6 bare or in brackets), CIDR blocks, `:port`."""
+    assert no_proxy_names(no_proxy, host, port) is named
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "host"),
+    [
+        ("*.example.com", "api.example.com"),
+        ("10.0.0.0/8", "10.1.2.3"),
+        ("[fd00::1]", "fd00::1"),
+        ("[fd00::1]:443", "fd00::1"),
+    ],
+)
+def test_no_proxy_forms_send_directly(
+    monkeypatch: pytest.MonkeyPatch, no_proxy: str, host: str
+) -> None:
+    """Through proxy_for, as requests take it: the host named in NO_PROXY goes direct."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://p:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    assert proxy_for("https", host, None) is None
+    assert proxy_for("https", "elsewhere.example", None) == "http://p:3128"

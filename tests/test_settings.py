@@ -222,6 +222,23 @@ def test_check_config_view_redacts_the_token(tmp_path: Path) -> None:
         ('[server]\nlisten = "my host:9108"\n', "server.listen: not a host name or address"),
         ('[server]\nlisten = "-lo:9108"\n', "server.listen: not a host name or address"),
         ('[server]\nlisten = "a..b:9108"\n', "server.listen: not a host name or address"),
+        # Requests spaced wider than a sixteenth of the smallest limit: outage grace
+        # could not watch, every interval would be forgiven (issue 15, E).
+        (
+            '[api]\nmax_rate = 1\n[sweep]\nstale_after = "10s"\n',
+            "api.max_rate: 1 per second spaces requests wider than a sixteenth of the"
+            " smallest stale_after (10s)",
+        ),
+        (
+            '[api]\nmax_rate = 15\n[sweep]\nstale_after = "1h"\n[[sweep.rules]]\nname = "r"\n'
+            'stale_after = "1s"\n',
+            "set it to at least 16, or 0",
+        ),
+        # A name that does not resolve, an address not this machine's: exit 75 at every
+        # start (a restart loop), so refused here (resolved and bound on port 0 only).
+        ('[server]\nlisten = "no-such-host.invalid:9108"\n', "does not resolve on this host"),
+        ('[server]\nlisten = "192.0.2.1:9108"\n', "server.listen: cannot listen on"),
+        ('[server]\nlisten = "[2001:db8::1]:9108"\n', "server.listen: cannot listen on"),
         ('[[sweep.rules]]\nname = "r"\nmatch = { colour = ["red"] }\n', "sweep.rules.0.match"),
         ('[[sweep.rules]]\nname = "default"\n', "sweep.rules: rule names must be unique"),
         ('[[sweep.rules]]\nstatus = "FAILED"\n', "sweep.rules.0.name: required"),

@@ -392,3 +392,28 @@ def test_lost_write_unconfirmed_when_the_read_side_omits_error_details(
     assert "z1" in own_writes(platform, report)
     entry = entry_of(report, "z1")
     assert entry.outcome in (Outcome.FAILED, Outcome.MARKED), (entry.outcome, entry.reason)
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=1), -timedelta(hours=1)], ids=["ahead", "behind"])
+def test_a_settling_read_answered_with_a_skewed_date_still_settles(
+    platform: FakePlatform, clock: FakeClock, skew: timedelta
+) -> None:
+    """Applied, answered 503; the settling re-read comes back with a Date 1 h off. The
+    step's state is the platform's all the same: this sweep's write is marked (the report
+    agrees with the platform), and the clock guard still stops the sweep."""
+    platform.add(record("z1", started=5 * H), record("z2", started=5 * H))
+    patched: list[int] = []
+
+    def hook(request: httpx.Request) -> httpx.Response | None:
+        platform.date_skew = skew if patched else timedelta(0)
+        if request.method == "PATCH":
+            step_id = request.url.path.rsplit("/", 1)[1]
+            platform.state.patch_step(step_id, request.content)
+            patched.append(1)
+            return httpx.Response(503)
+        return None
+
+    platform.before.append(hook)
+    report = asyncio.run(build_sweeper(platform, clock, max_attempts=1, max_concurrency=1).run())
+    assert report.result is Result.REFUSED
+    assert reported_marked(report) == own_writes(platform, report) == {"z1"}
