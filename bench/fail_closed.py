@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 import run as bench  # noqa: E402  (bench/run.py: shared helpers)
 
 from sweeper.model import format_timestamp  # noqa: E402
-from sweeper.outages import OutageLog  # noqa: E402
+from sweeper.outages import OutageLog, watch_gap  # noqa: E402
 
 # -- outage memory -------------------------------------------------------------
 
@@ -78,12 +78,25 @@ class OldOutageLog:
 def outage_memory() -> list[str]:
     rng = random.Random(25)
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    old, new = OldOutageLog(lambda: now[0]), OutageLog(lambda: now[0])
+    # The new memory as the daemon runs it for a 3 s limit: gap 3/8 s, kept 6 s, every
+    # request a sample from its sending, and the probes probe_due asks for in between
+    # (as often answered 503: they are requests like the others).
+    limit = timedelta(seconds=3)
+    old = OldOutageLog(lambda: now[0])
+    new = OutageLog(lambda: now[0], gap=watch_gap(limit), keep=2 * limit)
+    probes = 0
     for _ in range(200_000):
-        now[0] += timedelta(seconds=0.5)
+        step = now[0] + timedelta(seconds=0.5)
+        while (due := new.probe_due()) is not None and due < step:
+            now[0] = due
+            sent = new.sent()
+            new.answered(sent, rng.random() >= 0.25)
+            probes += 1
+        now[0] = step
         status = "503" if rng.random() < 0.25 else "200"
         old.observe(status)
-        new.observe("PATCH", status)
+        sent = new.sent()
+        new.answered(sent, status != "503")
     sinces = [now[0] - timedelta(seconds=rng.uniform(10, 28 * 3600)) for _ in range(1000)]
     started = time.perf_counter()
     old_max = max(old.overlap(s, now[0]) for s in sinces)
@@ -97,7 +110,8 @@ def outage_memory() -> list[str]:
     old_recent = max(old.overlap(s, now[0]) for s in recent).total_seconds()
     new_recent = max(windows.overlap(s, now[0]) for s in recent).total_seconds()
     return [
-        f"windows kept: before {len(old.closed):,}, now {len(windows):,}",
+        f"windows kept: before {len(old.closed):,}, now {len(windows):,}"
+        f" (and {probes:,} probes sent between the requests)",
         f"1,000 decisions: before {old_time:.2f} s, now {new_time * 1000:.1f} ms",
         f"largest discount over 28 h: before {old_max}, now {new_max}",
         f"discount for a step idle 3-10 s: before up to {old_recent:.1f} s,"
