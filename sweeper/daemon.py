@@ -49,6 +49,8 @@ RESTART_ONLY = ("server.listen", "leader")
 PROBE_BEFORE = datetime(1970, 1, 1, tzinfo=UTC)
 #: Precise marking ends an interval this long (at most) before the next listing.
 LISTING_MARGIN = timedelta(milliseconds=250)
+#: Probes in flight at most (more hang only while the platform does not answer).
+MAX_PROBES = 4
 #: While the token is refused, how often its file is checked for a replacement.
 TOKEN_WATCH_SECONDS = 5.0
 
@@ -184,30 +186,45 @@ class Daemon:
 
     async def _keep_watching(self) -> None:
         """Sample the platform when nothing else did for half the outage gap: a silence
-        longer than the gap counts as an outage (unwatched), which only delays marks."""
-        while not self.stop.is_set():
-            self._rewatch.clear()
-            due = self.outages.probe_due()
-            wait = None if due is None else (due - self.outages.now()).total_seconds()
-            if wait is None or wait > 0:
-                await _first_of(self.stop, self._rewatch, seconds=wait)
-                continue
-            assert self.generation is not None and self.outages.gap is not None
-            try:
-                await self._probe(self.generation.sweeper.client)
-            except SweeperError as exc:
-                log.debug("outage.probe_failed", error=str(exc))
-            except Exception as exc:  # never the end of watching; the listings go on
-                log.error("outage.probe_failed", error=f"{type(exc).__name__}: {exc}")
-            # A probe that sent nothing (a refused token, a stop) is no sample: wait all
-            # the same, or this loop would spin.
-            await _first_of(self.stop, self._rewatch, seconds=self.outages.gap.total_seconds() / 2)
+        longer than the gap counts as an outage (unwatched), which only delays marks.
+
+        A probe is waited for half a gap at most: one that hangs is late (a failure to
+        outage memory) and the next goes out all the same, so that one hung request
+        among answers is a single failure, not a silence (at most MAX_PROBES at once)."""
+        probes: set[asyncio.Task[None]] = set()
+        try:
+            while not self.stop.is_set():
+                self._rewatch.clear()
+                due = self.outages.probe_due()
+                wait = None if due is None else (due - self.outages.now()).total_seconds()
+                if wait is None or wait > 0:
+                    await _first_of(self.stop, self._rewatch, seconds=wait)
+                    continue
+                assert self.generation is not None and self.outages.gap is not None
+                half = self.outages.gap.total_seconds() / 2
+                if len(probes) < MAX_PROBES:
+                    probe = asyncio.create_task(self._probe(self.generation.sweeper.client))
+                    probes.add(probe)
+                    probe.add_done_callback(probes.discard)
+                    await asyncio.wait({probe}, timeout=half)
+                # A probe that sent nothing (a refused token, a stop) is no sample: wait
+                # all the same, or this loop would spin.
+                await _first_of(self.stop, self._rewatch, seconds=half)
+        finally:
+            for probe in probes:
+                probe.cancel()  # only reads
+            await asyncio.gather(*probes, return_exceptions=True)
 
     @staticmethod
     async def _probe(client: PlatformClient) -> None:
         """One listing page of steps that started before 1970: a cheap answer."""
-        async for _ in client.list_running(PROBE_BEFORE, 1):
-            return
+        try:
+            async for _ in client.list_running(PROBE_BEFORE, 1):
+                return
+        except SweeperError as exc:
+            log.debug("outage.probe_failed", error=str(exc))
+        except Exception as exc:  # never the end of watching; the listings go on
+            log.error("outage.probe_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _platform_now(self) -> datetime:
         generation = self.generation

@@ -162,7 +162,10 @@ class OutageLog:
         self._failing_since: datetime | None = None
         self._last_failure: datetime | None = None
         self._failures = 0
-        self._in_flight = 0
+        #: Requests sent and not answered: watching until half a gap after their
+        #: sending, then late (a failure then, and no longer watching).
+        self._waiting: list[datetime] = []
+        self._late: list[datetime] = []
         self._closed: list[Window] = []
         self._snapshot = NO_OUTAGES
         #: The platform's clock less ours at the last answer, and its forward steps.
@@ -178,28 +181,51 @@ class OutageLog:
     # -- samples ---------------------------------------------------------------
 
     def sent(self) -> datetime:
-        """A request goes out: until its answer, the platform is watched (a request in
-        flight is no silence, however long it takes). Returns its stamp for `answered`."""
+        """A request goes out: it is a sample, and the platform is watched while it is
+        in flight, up to half a gap; unanswered by then it is late, which counts as a
+        failure at that moment (`_expire`). Returns its stamp for `answered`."""
         now = self._clock()
+        self._expire(now)
         if self._first_success is not None and self._silent(now):
             self._close((self._last_sample, now))  # nobody watched: it may have been away
-        self._in_flight += 1
+        self._waiting.append(now)
         self._last_sample = max(self._last_sample, now)
         return now
 
     def answered(self, sent_at: datetime, reachable: bool) -> None:
         """The request sent at `sent_at` ended: with the platform's own answer
-        (`reachable`), or with none (a failure, a timeout, a gateway's page)."""
-        self._in_flight = max(0, self._in_flight - 1)
-        self._sample(self._clock(), sent_at, reachable)
+        (`reachable`), or with none (a failure, a timeout, a gateway's page). A late
+        request's failure was counted when it became late; its answer still counts."""
+        now = self._clock()
+        self._expire(now)
+        if sent_at in self._waiting:
+            self._waiting.remove(sent_at)
+            self._sample(now, sent_at, reachable, self._platform() - now)
+        elif sent_at in self._late:
+            self._late.remove(sent_at)
+            if reachable:  # watched again from its answer on: a silence before it counts
+                self._sample(now, now, reachable, self._platform() - now)
 
     def observe(self, method: str, status: str) -> None:
         """A request sent and answered at once, by status (UNREACHABLE: a failure)."""
         now = self._clock()
-        self._sample(now, now, status not in UNREACHABLE)
+        self._expire(now)
+        self._sample(now, now, status not in UNREACHABLE, self._platform() - now)
 
-    def _sample(self, now: datetime, sent_at: datetime, reachable: bool) -> None:
-        offset = self._platform() - now
+    def _expire(self, now: datetime) -> None:
+        """Requests unanswered half a gap after their sending are late: a failure at
+        that moment, in order with every other sample. A platform that does not answer
+        is not there, as far as anyone can tell; a request that hangs watches nothing."""
+        if self.gap is None:
+            return
+        while self._waiting and self._waiting[0] + self.gap / 2 <= now:
+            sent_at = self._waiting.pop(0)
+            self._late.append(sent_at)
+            self._sample(sent_at + self.gap / 2, sent_at, False, None)
+
+    def _sample(
+        self, now: datetime, sent_at: datetime, reachable: bool, offset: timedelta | None
+    ) -> None:
         if self._first_success is None:
             # Nothing is known before the first answer: forgive all of it but the last
             # half limit (below). A failure meanwhile only says it is not over yet.
@@ -209,7 +235,8 @@ class OutageLog:
                 self._close((EARLIEST, now - self._head_start()))
             self._last_sample = max(self._last_sample, now)
             return
-        self._learn_offset(now, offset)
+        if offset is not None:
+            self._learn_offset(now, offset)
         if self._silent(sent_at):
             self._close((self._last_sample, sent_at))  # nobody watched: it may have been away
         if not reachable:
@@ -247,7 +274,7 @@ class OutageLog:
         return self.gap * GAP_FRACTION / 2 if self.gap is not None else timedelta(0)
 
     def _silent(self, now: datetime) -> bool:
-        return self.gap is not None and not self._in_flight and now - self._last_sample > self.gap
+        return self.gap is not None and not self._waiting and now - self._last_sample > self.gap
 
     def _close(self, window: Window) -> None:
         if window[1] <= window[0]:
@@ -282,6 +309,7 @@ class OutageLog:
         was stamped on the clock before those steps. The time each step skipped is a
         window of its own."""
         now = self._clock()
+        self._expire(now)
         offset = self._platform() - now
         snapshot = self._snapshot
         if self._first_success is None:
@@ -339,6 +367,7 @@ class OutageLog:
         before: half a gap after the last sample (None: no gap, no need)."""
         if self.gap is None:
             return None
+        self._expire(self._clock())
         last = self._started if self._last_sample == EARLIEST else self._last_sample
         return last + self.gap / 2
 

@@ -400,29 +400,47 @@ def test_forward_steps_are_forgotten_with_the_windows(clock: FakeClock) -> None:
 # -- requests as samples from when they are sent (G) -------------------------------------
 
 
-def test_a_request_in_flight_is_watching(clock: FakeClock) -> None:
-    """A request that takes longer than the gap to answer is no silence."""
+def test_a_request_in_flight_watches_for_half_a_gap_then_is_late(clock: FakeClock) -> None:
+    """In flight, a request watches the platform for half a gap; unanswered by then it is
+    late: a failure at that moment, and from then on it watches nothing."""
     log = OutageLog(clock, gap=S)
     log.observe("GET", "200")
-    sent = log.sent()
-    clock.advance(5 * S)
-    assert not pairs(log.windows())  # still in flight: watched
-    log.answered(sent, reachable=True)
-    clock.advance(S / 2)
+    quick = log.sent()
+    clock.advance(S / 3)
+    log.answered(quick, reachable=True)  # a slow answer, within half a gap: no failure
     assert not pairs(log.windows())
-    clock.advance(S)
-    assert pairs(log.windows()) == [(clock() - 3 * S / 2, clock())]  # now quiet: unwatched
+    hung = log.sent()
+    clock.advance(S / 2)
+    assert pairs(log.windows()) == [(hung, clock())]  # late: a failure, a run still open
+    log.observe("GET", "200")
+    assert not pairs(log.windows())  # a single failure between answers: nothing
+    hung = log.sent()
+    clock.advance(5 * S)  # late at S/2, then nobody watched for longer than the gap
+    assert pairs(log.windows()) == [(hung, clock())]
+    log.answered(hung, reachable=False)  # its failure was counted when it became late
+    log.observe("GET", "200")
+    assert pairs(log.windows()) == [(hung + S / 2, clock())]
 
 
 def test_a_single_timeout_between_answers_forgives_nothing(clock: FakeClock) -> None:
-    """G: one request times out after 10 s (more than a tenth of the 1 min limit) between
-    answers: nothing is forgiven."""
+    """G: one request hangs 10 s (more than a tenth of the 1 min limit) while the daemon's
+    probes keep answering: nothing is forgiven. A late answer that does come counts."""
     log = OutageLog(clock, gap=M / 8)
     log.observe("GET", "200")
     start = clock()
-    sent = log.sent()
-    clock.advance(10 * S)
-    log.answered(sent, reachable=False)
+    hung = log.sent()
+    for _ in range(4):  # the prober does not wait for it
+        clock.advance(M / 16)
+        probe = log.sent()
+        log.answered(probe, reachable=True)
+    clock.advance(10 * S - 4 * M / 16)
+    log.answered(hung, reachable=False)
+    clock.advance(S)
+    log.observe("GET", "200")
+    assert log.windows().overlap(start, clock()) == timedelta(0)
+    slow = log.sent()
+    clock.advance(M / 16 + S)
+    log.answered(slow, reachable=True)  # late, but answered: a single failure
     clock.advance(S)
     log.observe("GET", "200")
     assert log.windows().overlap(start, clock()) == timedelta(0)
