@@ -43,6 +43,13 @@ class Scenario:
     requests: tuple[int, ...]  # the daemon's own requests besides its probes
     failing: frozenset[int] = frozenset()  # requests that fail though the platform is up
     end: int = END
+    #: The platform's clock less ours at the start, and a step of it (at, by), in units.
+    skew: int = 0
+    jump: tuple[int, int] = (0, 0)
+
+    def offset(self, t: float) -> int:
+        """The platform's clock less ours at moment t, in units."""
+        return self.skew + (self.jump[1] if self.jump[1] and t >= self.jump[0] else 0)
 
     def down(self, t: float) -> bool:
         return any(a <= t < b for a, b in self.outages)
@@ -107,7 +114,13 @@ def outage_scenarios(draw: st.DrawFn) -> Scenario:
     # Decisions are the daemon's successful requests: many right after each recovery,
     # when live workers have not beaten yet, make the tightest moments likely.
     requests |= {b + k * UNITS // 64 for _, b in outages for k in range(1, 33) if b >= start}
-    return Scenario(start, tuple(outages), live, tuple(dead), tuple(sorted(requests)))
+    # The platform's clock off ours by up to 1.3 limits either way (max_clock_skew of
+    # 2 min at a 90 s limit), and stepping once either way (NTP): on its clock.
+    skew = draw(st.integers(-1300, 1300))
+    jump = (draw(st.integers(0, END)), draw(st.sampled_from([0, -500, -30, 30, 500])))
+    return Scenario(
+        start, tuple(outages), live, tuple(dead), tuple(sorted(requests)), skew=skew, jump=jump
+    )
 
 
 @st.composite
@@ -144,7 +157,16 @@ def simulate(scenario: Scenario, limit: timedelta) -> list[Judged]:
 
     moment = [at(8 * scenario.start)]
     rules = Rules((), Rule("default", limit, StepStatus.FAILED, "Z", "{idle}"))
-    log = OutageLog(lambda: moment[0], gap=watch_gap(limit), keep=2 * limit)
+    # What the daemon knows of the platform's clock: nothing until its first answer,
+    # then what each answer's Date showed (to a unit: the Date's second, scaled).
+    known = [0]
+    log = OutageLog(
+        lambda: moment[0],
+        gap=watch_gap(limit),
+        keep=2 * limit,
+        platform=lambda: moment[0] + tick * 8 * known[0],
+        resolution=tick * 8,
+    )
     workers = {f"live-{i}": b for i, b in enumerate(scenario.live)}
     workers |= {f"dead-{i}": b for i, b in enumerate(scenario.dead)}
     judged: list[Judged] = []
@@ -162,18 +184,24 @@ def simulate(scenario: Scenario, limit: timedelta) -> list[Judged]:
         if t > 8 * scenario.end:
             return judged
         moment[0] = at(t)
+        if not failed:
+            known[0] = scenario.offset(t / 8)  # the Date is checked before the sample
         log.observe("GET", "503" if failed else "200")
         if failed:
             continue
         windows = log.windows()
+        platform_now = moment[0] + tick * 8 * known[0]
         for name, beats in workers.items():
             seen = bisect_right(beats, t / 8)
             if not seen:
                 continue
-            last = at(8 * beats[seen - 1])
-            step = Step("s-" + name, "org", "RUNNING", at(0), last_heartbeat_at=last)
-            verdict = decide(step, moment[0], rules, windows)
-            discount = windows.overlap(last, moment[0])
+            # Stamped on the platform's clock as it was then.
+            beat = beats[seen - 1]
+            last = at(8 * (beat + scenario.offset(beat)))
+            started = at(-8 * 2 * UNITS)
+            step = Step("s-" + name, "org", "RUNNING", started, last_heartbeat_at=last)
+            verdict = decide(step, platform_now, rules, windows)
+            discount = windows.overlap(last, platform_now)
             assert discount % tick == timedelta(0)
             judged.append(Judged(t, name, isinstance(verdict, Decision), discount // tick))
 
