@@ -27,7 +27,7 @@ from sweeper.model import StepStatus, format_timestamp
 from sweeper.outages import OutageLog, watch_gap
 from sweeper.policy import Decision, Rule, Rules, decide
 from sweeper.timers import due_at
-from tests.helpers import NOW, TOKEN
+from tests.fakes import NOW, TOKEN
 
 Z = timedelta(0)
 TICK = timedelta(milliseconds=1)

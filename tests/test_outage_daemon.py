@@ -37,7 +37,7 @@ def test_a_quiet_daemon_probes_the_platform(stand_in: Platform, tmp_path: Path) 
     assert set(probes) == {"1"}
 
 
-def test_a_hung_probe_does_not_stop_the_watch(platform: Platform, tmp_path: Path) -> None:
+def test_a_hung_probe_does_not_stop_the_watch(stand_in: Platform, tmp_path: Path) -> None:
     """The first probe gets no answer for 40 s (api.timeout 60 s, a limit of 2 s): the
     daemon does not wait for it; the next probes go out half a gap later all the same
     (a daemon that waited would send none within the 35 s this waits), so one hung
@@ -53,9 +53,9 @@ def test_a_hung_probe_does_not_stop_the_watch(platform: Platform, tmp_path: Path
                 await asyncio.sleep(40)
         return None
 
-    platform.hooks.append(hang_the_first)
+    stand_in.hooks.append(hang_the_first)
     extra = 'timeout = "60s"\n[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "2s"\n'
-    proc = start_sweeper("--config", str(write_config(tmp_path, platform.base_url, extra)), "run")
+    proc = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     try:
         wait_for(lambda: len(probes) >= 6, timeout=35)  # while the first still hangs (40 s)
     finally:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sweeper.model import Step, StepStatus
 from sweeper.outages import OutageLog, watch_gap
 from sweeper.policy import Decision, Rule, Rules, decide
-from tests.helpers import NOW
+from tests.fakes import NOW
 
 SCALES = (
     timedelta(seconds=1),

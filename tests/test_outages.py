@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweeper.outages import EARLIEST, MAX_WINDOWS, OutageLog, OutageWindows, watch_gap
-from tests.helpers import NOW, FakeClock
+from tests.fakes import NOW, FakeClock
 
 S = timedelta(seconds=1)
 M = timedelta(minutes=1)

@@ -19,7 +19,7 @@ from sweeper.api import build_http_client
 from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
 from sweeper.transport import no_proxy_names, proxy_for
-from tests.helpers import TOKEN
+from tests.fakes import TOKEN
 
 PROXY_VARIABLES = (
     "HTTP_PROXY",
