@@ -115,9 +115,16 @@ def outage_scenarios(draw: st.DrawFn) -> Scenario:
     # when live workers have not beaten yet, make the tightest moments likely.
     requests |= {b + k * UNITS // 64 for _, b in outages for k in range(1, 33) if b >= start}
     # The platform's clock off ours by up to 1.3 limits either way (max_clock_skew of
-    # 2 min at a 90 s limit), and stepping once either way (NTP): on its clock.
+    # 2 min at a 90 s limit), and stepping once either way (NTP): on its clock. The step
+    # comes after the daemon's first answer (its first probe, unless the platform is
+    # down then): a step before it is the skew the daemon found, and heartbeats stamped
+    # before a step nobody saw cannot be told from older ones.
     skew = draw(st.integers(-1300, 1300))
-    jump = (draw(st.integers(0, END)), draw(st.sampled_from([0, -500, -30, 30, 500])))
+    first = start + UNITS // 16 + 1
+    for a, b in outages:
+        if a <= first < b:
+            first = b + UNITS // 16 + 1
+    jump = (draw(st.integers(first, END + first)), draw(st.sampled_from([0, -500, -30, 30, 500])))
     return Scenario(
         start, tuple(outages), live, tuple(dead), tuple(sorted(requests)), skew=skew, jump=jump
     )
