@@ -287,8 +287,15 @@ class OutageLog:
                 horizon = window[1] - self.keep
             except OverflowError:
                 horizon = EARLIEST
+            # A window is forgotten once `keep` of time NOT forgiven has passed since its
+            # end (any step silent since before it is a zombie without it), never by the
+            # clock alone: a long outage after a short up-time must not erase the one
+            # before it, which a worker silent since then still needs.
+            latest, kept = window[1], snapshot
             pairs = zip(snapshot.starts, snapshot.ends, strict=True)
-            snapshot = OutageWindows.of(w for w in pairs if w[1] >= horizon)
+            snapshot = OutageWindows.of(
+                w for w in pairs if latest - w[1] - kept.overlap(w[1], latest) <= self.keep
+            )
             # A clock step is kept while it may still move a window kept, or is recent.
             first = snapshot.starts[0] if snapshot else horizon
             self._jumps = [j for j in self._jumps if j[0] >= min(horizon, first)]

@@ -250,7 +250,8 @@ def outage(log: OutageLog, clock: FakeClock, length: timedelta) -> None:
 
 
 def test_a_window_ending_exactly_at_the_horizon_is_kept(clock: FakeClock) -> None:
-    """`keep` is inclusive: a window that ended exactly `keep` before the new one's end stays."""
+    """`keep` is inclusive: a window that ended exactly `keep` of unforgiven time before
+    the new one's end stays."""
     log = OutageLog(clock, keep=timedelta(days=1))
     outage(log, clock, S)
     old_end = clock()
@@ -260,7 +261,11 @@ def test_a_window_ending_exactly_at_the_horizon_is_kept(clock: FakeClock) -> Non
     assert len(log.windows()) == 2
     clock.advance(S)
     outage(log, clock, S)
-    assert len(log.windows()) == 2  # the first one is now past the horizon
+    # Measured in time not forgiven since its end: still exactly `keep` (adv15b).
+    assert len(log.windows()) == 3
+    clock.advance(S)
+    outage(log, clock, S)
+    assert len(log.windows()) == 3  # the first one is now past the horizon
 
 
 def test_extending_with_an_earlier_window_keeps_everything(clock: FakeClock) -> None:
@@ -474,3 +479,17 @@ def test_a_run_counts_from_its_first_send_but_never_before_the_last_answer(
     log.observe("GET", "503")
     log.observe("GET", "200")
     assert pairs(log.windows())[-1] == (third, clock())
+
+
+def test_a_long_outage_after_a_short_up_time_keeps_the_one_before(clock: FakeClock) -> None:
+    """adv15b: an outage, 9 s up, then an outage longer than `keep`: a worker silent since
+    before the first still needs it. `keep` counts time not forgiven, never the clock."""
+    log = OutageLog(clock, keep=2 * M)
+    log.observe("GET", "200")
+    clock.advance(S)
+    outage(log, clock, M)
+    first_end = clock()
+    clock.advance(9 * S)
+    outage(log, clock, 3 * M)
+    assert len(log.windows()) == 3  # before the first answer, and both outages
+    assert log.windows().overlap(first_end - M, clock()) == 4 * M
