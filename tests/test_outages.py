@@ -493,3 +493,23 @@ def test_a_long_outage_after_a_short_up_time_keeps_the_one_before(clock: FakeClo
     outage(log, clock, 3 * M)
     assert len(log.windows()) == 3  # before the first answer, and both outages
     assert log.windows().overlap(first_end - M, clock()) == 4 * M
+
+
+def test_an_answer_to_a_request_sent_before_forget_is_no_sample(clock: FakeClock) -> None:
+    """adv15b: a reload to another base_url forgets while a probe to the old one is in
+    flight; its success is the old platform's, not the new one's first answer (which
+    would end the new one's forgiven start half a limit after it, mid-outage)."""
+    log = OutageLog(clock, gap=M / 8)
+    log.observe("GET", "200")
+    sent = log.sent()
+    clock.advance(S)
+    log.forget()
+    clock.advance(S)
+    log.answered(sent, reachable=True)
+    clock.advance(5 * M)
+    assert log.windows().overlap(clock() - 5 * M, clock()) == 5 * M  # still nothing known
+    new = log.sent()  # the in-flight count was not spent by the old answer
+    clock.advance(M)
+    assert log.windows().overlap(clock() - M, clock()) == M
+    log.answered(new, reachable=True)
+    assert log.windows().overlap(clock() - M, clock()) == M / 2  # the head start
