@@ -160,6 +160,7 @@ class Copy:
         self.proc: subprocess.Popen[str] | None = None
         self._read = 0  # bytes of the log parsed so far (it only grows)
         self._events: list[dict[str, Any]] = []
+        self._named: dict[str, list[dict[str, Any]]] = {}
 
     def start(self) -> Copy:
         with self.log.open("a") as handle:  # the child keeps its own descriptor
@@ -191,8 +192,10 @@ class Copy:
         self._read += len(complete)
         for line in complete.decode().splitlines():
             if line.startswith("{"):
-                self._events.append(json.loads(line))
-        return [e for e in self._events if name is None or e["event"] == name]
+                event = json.loads(line)
+                self._events.append(event)
+                self._named.setdefault(str(event["event"]), []).append(event)
+        return list(self._events if name is None else self._named.get(name, []))
 
     def times(self, name: str, **fields: Any) -> list[float]:
         return [

@@ -225,6 +225,24 @@ def test_a_write_refused_at_the_last_look_is_not_attempted_in_a_sweep() -> None:
     assert state.steps["z1"]["status"] == "RUNNING"
 
 
+def test_without_a_lease_debug_alone_stamps_every_request(
+    server: tuple[RunningServer, list[tuple[str, str]]], debug_logs: list[dict[str, Any]]
+) -> None:
+    """No [leader]: at debug level the hook only says when each request left."""
+    running, seen = server
+
+    async def scenario() -> None:
+        async with build_http_client(
+            running.base_url, TOKEN, timeout=timedelta(seconds=5), max_connections=1,
+            before_write=before_write(None, debug=True),
+        ) as http:  # fmt: skip
+            await PlatformClient(http, max_attempts=1).patch_step("z1", UPDATE)
+
+    asyncio.run(scenario())
+    stamps = [(e["method"], e["path"]) for e in debug_logs if e["event"] == "request.sent"]
+    assert stamps == seen == [("PATCH", STEPS_PATH + "/z1")]
+
+
 def test_without_a_gate_or_debug_no_trace_hook_runs() -> None:
     """The hooks cost nothing where nothing asks for them."""
     assert before_write(None, debug=False) is None
