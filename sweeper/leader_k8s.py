@@ -188,10 +188,13 @@ class KubernetesEngine:
 
     async def campaign(self, on_follow: Callable[[str | None], None]) -> tuple[float, float]:
         while True:
+            # One try every renew_every from the start of the last one (as the holder
+            # renews): a slow answer does not stretch the time to see a release.
+            started = self.monotonic()
             won = await self._try_acquire(on_follow)
             if won is not None:
                 return won
-            await asyncio.sleep(self.renew_every)
+            await asyncio.sleep(max(0.0, started + self.renew_every - self.monotonic()))
 
     async def _try_acquire(
         self, on_follow: Callable[[str | None], None]

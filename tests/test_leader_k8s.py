@@ -4,6 +4,7 @@ fake's own faithfulness (the answers the API server gives)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -320,3 +321,52 @@ def test_service_account_defaults(tmp_path: Path) -> None:
             renew_every=2,
             environ={},
         )
+
+
+def test_a_follower_tries_every_renew_every_however_slow_the_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each GET answers 0.4 s late (an injected monotonic clock): the follower waits the
+    rest of renew_every (0.6 s), not renew_every after the answer, so a released Lease
+    is seen within renew_every of its release however loaded the API server is."""
+    now = [0.0]
+    naps: list[float] = []
+    gets = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        now[0] += 0.4  # the answer comes 0.4 s after the request
+        if request.method == "PUT":
+            return httpx.Response(200, json=json.loads(request.content))
+        gets[0] += 1
+        holder = "other" if gets[0] < 3 else ""  # released before the third try
+        spec = {"holderIdentity": holder, "leaseDurationSeconds": 4, "renewTime": "x"}
+        return httpx.Response(
+            200, json={"metadata": {"resourceVersion": str(gets[0])}, "spec": spec}
+        )
+
+    async def nap(seconds: float) -> None:
+        naps.append(round(seconds, 6))
+        now[0] += seconds
+
+    monkeypatch.setattr("sweeper.leader_k8s.asyncio.sleep", nap)
+    e = KubernetesEngine(
+        api_url="https://k8s.test",
+        namespace="ns",
+        token_file=Path("/dev/null"),
+        name="n",
+        identity="me",
+        lease_seconds=4,
+        renew_every=1,
+        monotonic=lambda: now[0],
+        transport=httpx.MockTransport(handler),
+    )
+
+    async def scenario() -> tuple[float, float]:
+        try:
+            return await e.campaign(lambda holder: None)
+        finally:
+            await e.close()
+
+    sent_at, ttl = asyncio.run(scenario())
+    assert naps == [0.6, 0.6]  # renew_every less the 0.4 s the answer took
+    assert (sent_at, ttl) == (2.4, 4.0)  # tries at 0, 1 and 2 s; its PUT sent at 2.4 s
