@@ -21,7 +21,7 @@ import copy
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class KubernetesEngine:
         monotonic: Monotonic = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.url = (
             f"{api_url.rstrip('/')}/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
@@ -68,6 +69,7 @@ class KubernetesEngine:
         self.renew_every = renew_every
         self.monotonic = monotonic
         self.wall = wall
+        self.sleep = sleep
         self.http = httpx.AsyncClient(
             verify=verify,
             # A renewal is bounded by the lease left (the elector's own timeout).
@@ -194,7 +196,7 @@ class KubernetesEngine:
             won = await self._try_acquire(on_follow)
             if won is not None:
                 return won
-            await asyncio.sleep(max(0.0, started + self.renew_every - self.monotonic()))
+            await self.sleep(max(0.0, started + self.renew_every - self.monotonic()))
 
     async def _try_acquire(
         self, on_follow: Callable[[str | None], None]

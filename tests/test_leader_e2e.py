@@ -191,8 +191,9 @@ def test_etcd_down_stops_the_leader_by_its_lease_and_nobody_leads_until_back(
             f"sent while etcd was down (leader {leader.name}, lost at {lost_at}):"
             f" {during[:3]}; events: {story}; lag of the stand-in: {observer_lag(fresh, copies)}"
         )
-        etcd.start()
+        # Taken before the start: a copy may take the lease before start() returns.
         back = time.time()
+        etcd.start()
         leader_of(copies, after=back)
         # The new leader's listing finds the steps that died during the outage.
         wait_all_marked(fresh, ids)

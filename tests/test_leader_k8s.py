@@ -323,9 +323,7 @@ def test_service_account_defaults(tmp_path: Path) -> None:
         )
 
 
-def test_a_follower_tries_every_renew_every_however_slow_the_answers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_follower_tries_every_renew_every_however_slow_the_answers() -> None:
     """Each GET answers 0.4 s late (an injected monotonic clock): the follower waits the
     rest of renew_every (0.6 s), not renew_every after the answer, so a released Lease
     is seen within renew_every of its release however loaded the API server is."""
@@ -348,7 +346,6 @@ def test_a_follower_tries_every_renew_every_however_slow_the_answers(
         naps.append(round(seconds, 6))
         now[0] += seconds
 
-    monkeypatch.setattr("sweeper.leader_k8s.asyncio.sleep", nap)
     e = KubernetesEngine(
         api_url="https://k8s.test",
         namespace="ns",
@@ -359,6 +356,7 @@ def test_a_follower_tries_every_renew_every_however_slow_the_answers(
         renew_every=1,
         monotonic=lambda: now[0],
         transport=httpx.MockTransport(handler),
+        sleep=nap,
     )
 
     async def scenario() -> tuple[float, float]:
