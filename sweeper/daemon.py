@@ -30,6 +30,8 @@ from sweeper.app import build_sweeper, http_client
 from sweeper.election import Leadership, build_leadership
 from sweeper.errors import ConfigError, Result, SweeperError
 from sweeper.leader import EngineError, LeaderEvents
+from sweeper.listings import LISTING_MARGIN as LISTING_MARGIN
+from sweeper.listings import Cadence, cadence_of
 from sweeper.logs import Redactor, configure_logging
 from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
@@ -47,35 +49,15 @@ log = structlog.get_logger("sweeper.daemon")
 RESTART_ONLY = ("server.listen", "leader")
 #: The probe lists the steps that started before this: none, a cheap answer.
 PROBE_BEFORE = datetime(1970, 1, 1, tzinfo=UTC)
-#: Precise marking ends an interval this long (at most) before the next listing.
-LISTING_MARGIN = timedelta(milliseconds=250)
 #: Probes in flight at most (more hang only while the platform does not answer).
 MAX_PROBES = 4
 #: While the token is refused, how often its file is checked for a replacement.
 TOKEN_WATCH_SECONDS = 5.0
 
 
-def schedule_of(
-    settings: Settings, now: datetime | None = None
-) -> tuple[Any, timedelta, timedelta]:
+def schedule_of(settings: Settings, now: datetime | None = None) -> Cadence:
     """The schedule's trigger, its misfire grace, and the gap between two listings."""
-    from sweeper.cron import cron_trigger
-
-    schedule = settings.schedule
-    if schedule.cron:
-        trigger = cron_trigger(schedule.cron, schedule.timezone, schedule.jitter)
-        first = trigger.get_next_fire_time(None, now or datetime.now(UTC))
-        second = trigger.get_next_fire_time(first, first + timedelta(seconds=1))
-        return trigger, schedule.jitter + timedelta(minutes=5), second - first
-    from apscheduler.triggers.interval import IntervalTrigger
-
-    interval = schedule.effective_interval
-    trigger = IntervalTrigger(
-        seconds=interval.total_seconds(),
-        timezone="UTC",
-        jitter=int(schedule.jitter.total_seconds()) or None,
-    )
-    return trigger, interval, interval
+    return cadence_of(settings.schedule, now)
 
 
 def steady_clock() -> Callable[[], datetime]:
@@ -246,7 +228,7 @@ class Daemon:
         return _Generation(settings, http, sweeper)
 
     async def run(self) -> int:
-        trigger, misfire, gap = schedule_of(self.settings)
+        cadence = schedule_of(self.settings)
 
         def hangup() -> None:
             self.reload("SIGHUP")
@@ -265,7 +247,7 @@ class Daemon:
             self.health = Health(
                 lambda: self.state.running,
                 lambda: self.state.last_success_at,
-                3 * gap,
+                3 * cadence.gap,
                 blocked=lambda: (
                     None if self.state.blocked_by is None else self.state.blocked_by.value
                 ),
@@ -290,8 +272,8 @@ class Daemon:
             await run_daemon(
                 self.new_sweep,
                 stop=self.stop,
-                trigger=trigger,
-                misfire_grace=misfire,
+                trigger=cadence.trigger,
+                misfire_grace=cadence.misfire,
                 state=self.state,
                 notifier=self.notifier,
                 may_list=self._may_list,
@@ -327,10 +309,9 @@ class Daemon:
 
     def _sweep_now(self) -> None:
         """List at once (a new token after a refusal), unless a sweep is running."""
-        scheduler = self.state.scheduler
-        if scheduler is None or (self.state.current is not None and not self.state.current.done()):
+        if self.state.current is not None and not self.state.current.done():
             return
-        scheduler.modify_job("sweep", next_run_time=datetime.now(UTC))
+        self.state.schedule.bring_forward()
 
     # -- the election ([leader]) --------------------------------------------------
 
@@ -382,18 +363,12 @@ class Daemon:
 
     def _interval(self) -> Interval | None:
         """Precise marking: timers run until just before the next listing."""
-        scheduler = self.state.scheduler
-        job = scheduler.get_job("sweep") if scheduler is not None else None
-        if not self.settings.schedule.precise or job is None or job.next_run_time is None:
+        until = self.state.schedule.interval_end(LISTING_MARGIN)
+        if not self.settings.schedule.precise or until is None:
             return None
-        now = datetime.now(UTC)
-        following: datetime = job.next_run_time
-        # End a little early, so that this run has ended when the next listing is due
-        # (one listing at a time); steps due in that margin are the next listing's.
-        margin = min(LISTING_MARGIN, (following - now) / 10)
         self.timers.max_steps = self.settings.sweep.max_steps
         self.current_interval = Interval(
-            until=following - margin,
+            until=until,
             timers=self.timers,
             on_armed=self.metrics.set_timers_armed,
             holding=self._may_list,
@@ -429,17 +404,11 @@ class Daemon:
             closing = asyncio.ensure_future(old.http.aclose())
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
-        trigger, misfire, gap = schedule_of(settings)
+        cadence = schedule_of(settings)
         if old is None or old.settings.schedule != settings.schedule:
-            self._reschedule(trigger, misfire)
+            self.state.schedule.reschedule(cadence.trigger, cadence.misfire)
         if self.health is not None:
-            self.health.ready_within = 3 * gap
-
-    def _reschedule(self, trigger: Any, misfire: timedelta) -> None:
-        scheduler = self.state.scheduler
-        if scheduler is not None:
-            scheduler.reschedule_job("sweep", trigger=trigger)
-            scheduler.modify_job("sweep", misfire_grace_time=max(1, int(misfire.total_seconds())))
+            self.health.ready_within = 3 * cadence.gap
 
     # -- reload ------------------------------------------------------------------
 

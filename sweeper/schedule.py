@@ -1,4 +1,5 @@
-"""The daemon: APScheduler 3 wiring, the stop signal, and draining writes in flight."""
+"""The daemon's loop: a sweep at each listing (sweeper/listings.py says when), the stop
+signal, and draining writes in flight."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sweeper import __version__
 from sweeper.cron import cron_trigger as cron_trigger
 from sweeper.cron import crontab_weekdays as crontab_weekdays
 from sweeper.errors import Crashed, Result
+from sweeper.listings import ListingSchedule, Trigger
 from sweeper.notify import SystemdNotifier
 from sweeper.report import SweepReport
 
@@ -81,33 +83,86 @@ class DaemonState:
     last_success_at: datetime | None = None
     #: A sweep whose token was refused or that crashed: not ready until one succeeds.
     blocked_by: Result | None = None
-    #: The APScheduler scheduler while the daemon runs (a reload reschedules its job).
-    scheduler: Any = None
-    #: The job running the latest sweep (it counts the sweep when the sweep ends).
-    job: asyncio.Task[Any] | None = None
-    #: A listing is wanted at once (`list_now`), and none has started since.
-    relist: bool = False
+    #: When the daemon lists (a reload reschedules it, a lease taken back lists now).
+    schedule: ListingSchedule = field(default_factory=ListingSchedule)
     listeners: list[Callable[[SweepReport], None]] = field(default_factory=list)
+
+    @property
+    def job(self) -> asyncio.Task[Any] | None:
+        """The job running the latest sweep (it counts the sweep when the sweep ends)."""
+        return self.schedule.job
+
+    @property
+    def relist(self) -> bool:
+        """A listing is wanted at once (`list_now`), and none has started since."""
+        return self.schedule.relist
 
 
 def list_now(state: DaemonState) -> None:
-    """List at once: now when no job runs, else as soon as the running one has ended.
+    """List at once: now when no job runs, else as soon as the running one has ended."""
+    state.schedule.list_now()
 
-    One listing at a time: the scheduler skips a run while the job still runs (a sweep
-    finishing its writes after the lease was lost, then taken back), and would list
-    only an interval later. So the wish is kept (`relist`) and each job's end, once the
-    scheduler has counted it ended, schedules the listing if no job has served it.
-    """
-    state.relist = True
-    if state.scheduler is not None and (state.job is None or state.job.done()):
-        state.scheduler.modify_job("sweep", next_run_time=datetime.now(UTC))
+
+@dataclass
+class _Listing:
+    """The listing job: one sweep, then its count in the daemon's state."""
+
+    new_sweep: Callable[[], tuple[SweepReport, Awaitable[SweepReport]]]
+    state: DaemonState
+    stop: asyncio.Event
+    clock: Callable[[], datetime]
+    may_list: Callable[[], bool]
+
+    async def __call__(self) -> None:
+        if self.stop.is_set() or not self.may_list():
+            return
+        schedule = self.state.schedule
+        schedule.listing_begins()  # this listing is the one wished for
+        report, work = self.new_sweep()
+        # Read after new_sweep: a reload it applied may have rescheduled the listings, and
+        # the old next listing time would make a lengthened interval look overrun.
+        next_listing = schedule.next_listing_at()
+        self.state.last_report = report
+        self.state.current = asyncio.ensure_future(work)
+        try:
+            # Shielded: the scheduler's shutdown must not cancel writes in flight.
+            await asyncio.shield(self.state.current)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # one failed sweep never kills the daemon
+            crashed = Crashed(exc)
+            report.end(crashed)
+            log.error("sweep.aborted", sweep_id=report.sweep_id, **crashed.log_fields())
+        finally:
+            self.count(report)
+            self.check_overrun(next_listing)
+
+    def count(self, report: SweepReport) -> None:
+        """The sweep has ended: readiness, the last success, and the listeners."""
+        state = self.state
+        state.sweeps += 1
+        if report.succeeded:
+            state.last_success_at = self.clock()
+            state.blocked_by = None
+        elif report.result in NOT_READY_AT_ONCE:
+            state.blocked_by = report.result
+        for listener in state.listeners:
+            listener(report)
+
+    def check_overrun(self, next_listing: datetime | None) -> None:
+        if next_listing is not None and not self.stop.is_set() and self.clock() >= next_listing:
+            # This sweep ran past the next listing's time, which the scheduler then
+            # skipped (one at a time): list now rather than an interval later, once
+            # this job has ended.
+            log.info("sweep.overran", next_listing=next_listing.isoformat())
+            self.state.schedule.list_now()
 
 
 async def run_daemon(
     new_sweep: Callable[[], tuple[SweepReport, Awaitable[SweepReport]]],
     *,
     stop: asyncio.Event,
-    trigger: Any,
+    trigger: Trigger,
     misfire_grace: timedelta,
     state: DaemonState | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -118,85 +173,17 @@ async def run_daemon(
 
     `may_list` ([leader]): a copy that does not hold the lease lists nothing.
     """
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-    from apscheduler.triggers.interval import IntervalTrigger
-
     state = state or DaemonState()
     notifier = notifier or SystemdNotifier({})
-
-    def after_job(_: object) -> None:
-        # A done-callback of the job's task, added after the scheduler's own: the
-        # scheduler has counted the job ended, so a run now is not skipped.
-        if state.relist and not stop.is_set() and state.scheduler is not None:
-            state.scheduler.modify_job("sweep", next_run_time=clock())
-
-    async def sweep_job() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        state.job = task
-        task.add_done_callback(after_job)
-        if stop.is_set() or not may_list():
-            return
-        state.relist = False  # this listing is the one wished for
-        report, work = new_sweep()
-        # Read after new_sweep: a reload it applied may have rescheduled the job, and the
-        # old next listing time would make a lengthened interval look overrun.
-        job = state.scheduler.get_job("sweep") if state.scheduler is not None else None
-        next_listing = job.next_run_time if job is not None else None
-        state.last_report = report
-        state.current = asyncio.ensure_future(work)
-        try:
-            # Shielded: the scheduler's shutdown must not cancel writes in flight.
-            await asyncio.shield(state.current)
-        except asyncio.CancelledError:
-            return
-        except Exception as exc:  # one failed sweep never kills the daemon
-            crashed = Crashed(exc)
-            report.end(crashed)
-            log.error("sweep.aborted", sweep_id=report.sweep_id, **crashed.log_fields())
-        finally:
-            state.sweeps += 1
-            if report.succeeded:
-                state.last_success_at = clock()
-                state.blocked_by = None
-            elif report.result in NOT_READY_AT_ONCE:
-                state.blocked_by = report.result
-            for listener in state.listeners:
-                listener(report)
-            if next_listing is not None and not stop.is_set() and clock() >= next_listing:
-                # This sweep ran past the next listing's time, which the scheduler then
-                # skipped (one at a time): list now rather than an interval later, once
-                # this job has ended (after_job).
-                log.info("sweep.overran", next_listing=next_listing.isoformat())
-                state.relist = True
-
-    scheduler = AsyncIOScheduler(timezone=UTC)
-    scheduler.add_job(
-        sweep_job,
+    every = notifier.watchdog_interval
+    state.schedule.start(
+        _Listing(new_sweep, state, stop, clock, may_list),
         trigger,
-        id="sweep",
-        name="sweep",
-        max_instances=1,
-        coalesce=True,
-        misfire_grace_time=max(1, int(misfire_grace.total_seconds())),
-        next_run_time=clock(),
+        misfire_grace,
+        clock=clock,
+        stopping=stop.is_set,
+        watchdog=None if every is None else (every, notifier.watchdog),
     )
-    if notifier.watchdog_interval is not None:
-
-        async def watchdog() -> None:
-            # Runs on the scheduler's own loop: a wedged loop stops the pings.
-            notifier.watchdog()
-
-        scheduler.add_job(
-            watchdog,
-            IntervalTrigger(seconds=notifier.watchdog_interval.total_seconds(), timezone=UTC),
-            id="watchdog",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
-    scheduler.start()
-    state.scheduler = scheduler
     state.running = True
     notifier.ready()
     log.info(
@@ -206,14 +193,20 @@ async def run_daemon(
         await stop.wait()
     finally:
         notifier.stopping()
-        state.running = False
-        scheduler.pause()
-        if state.current is not None and not state.current.done():
-            await drain(state.current, stop, SHUTDOWN_GRACE_SECONDS)
-        if state.job is not None and not state.job.done():
-            # Its sweep has ended: let it count it (listeners, readiness) before we stop.
-            await asyncio.wait({state.job}, timeout=1)
-        scheduler.shutdown(wait=False)
-        last = state.last_report.summary() if state.last_report else None
-        log.info("daemon.stopped", sweeps=state.sweeps, last_sweep=last)
+        await _wind_down(state, stop)
     return state
+
+
+async def _wind_down(state: DaemonState, stop: asyncio.Event) -> None:
+    """No new listing; writes in flight get their grace; the last sweep is counted."""
+    state.running = False
+    state.schedule.pause()
+    if state.current is not None and not state.current.done():
+        await drain(state.current, stop, SHUTDOWN_GRACE_SECONDS)
+    job = state.schedule.job
+    if job is not None and not job.done():
+        # Its sweep has ended: let it count it (listeners, readiness) before we stop.
+        await asyncio.wait({job}, timeout=1)
+    state.schedule.shutdown()
+    last = state.last_report.summary() if state.last_report else None
+    log.info("daemon.stopped", sweeps=state.sweeps, last_sweep=last)

@@ -240,8 +240,8 @@ def test_a_reload_that_lengthens_the_interval_is_no_overrun() -> None:
         stop = asyncio.Event()
 
         def new_sweep() -> tuple[SweepReport, Any]:
-            state.scheduler.reschedule_job(
-                "sweep", trigger=IntervalTrigger(hours=2, timezone="UTC")
+            state.schedule.reschedule(
+                IntervalTrigger(hours=2, timezone="UTC"), timedelta(minutes=5)
             )
             report = SweepReport("id", now[0], dry_run=False)
 
