@@ -17,7 +17,8 @@ import structlog
 
 from sweeper import __version__
 from sweeper.errors import ConfigError, os_reason
-from sweeper.model import StepStatus
+from sweeper.logs import LOG_FORMATS, LOG_LEVELS
+from sweeper.model import ERROR_CODE_MAX_LENGTH, FINAL_STATUSES, StepStatus
 from sweeper.outputs import EXIT_PIPE_CLOSED, StdoutClosed, emit, unwritable_reason
 from sweeper.report import ExitCode, SweepReport, write_report
 
@@ -74,14 +75,14 @@ def _global_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     parser.add_argument(
         "--log-format",
-        choices=("json", "console", "auto"),
+        choices=LOG_FORMATS,
         default=default,
         help="log lines as JSON or for a person (default: log.format, auto: console on a "
         "terminal, JSON otherwise)",
     )
     parser.add_argument(
         "--log-level",
-        choices=("debug", "info", "warning", "error"),
+        choices=LOG_LEVELS,
         type=_level,
         default=default,
         help="the least severe events logged; warn is warning (default: log.level, info)",
@@ -114,14 +115,14 @@ def _gateway(text: str) -> str:
 
 def _final_status(text: str) -> str:
     # Not argparse's `choices`: its error would repeat the value (a stray token, say).
-    if text.upper() not in ("FAILED", "CANCELLED"):
-        raise argparse.ArgumentTypeError("must be FAILED or CANCELLED")
+    if text.upper() not in FINAL_STATUSES:
+        raise argparse.ArgumentTypeError(f"must be {' or '.join(FINAL_STATUSES)}")
     return text.upper()
 
 
 def _error_code(text: str) -> str:
-    if not 1 <= len(text) <= 64:
-        raise argparse.ArgumentTypeError("must be 1 to 64 characters")
+    if not 1 <= len(text) <= ERROR_CODE_MAX_LENGTH:
+        raise argparse.ArgumentTypeError(f"must be 1 to {ERROR_CODE_MAX_LENGTH} characters")
     return text
 
 
@@ -211,14 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     mark.add_argument(
         "--status",
         type=_final_status,
-        metavar="{FAILED,CANCELLED}",
+        metavar="{" + ",".join(FINAL_STATUSES) + "}",
         help="what the step becomes (default: sweep.status, FAILED)",
     )
     mark.add_argument(
         "--error-code",
         type=_error_code,
         metavar="C",
-        help="at most 64 characters (default: MARKED_BY_HAND)",
+        help=f"at most {ERROR_CODE_MAX_LENGTH} characters (default: MARKED_BY_HAND)",
     )
     mark.add_argument(
         "--message",

@@ -14,17 +14,20 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO, get_args
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
+
+#: The log formats and levels: [log] format/level and --log-format/--log-level accept these.
+LogFormat = Literal["json", "console", "auto"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+_LEVELS: dict[str, int] = {
+    name: logging.getLevelNamesMapping()[name.upper()] for name in LOG_LEVELS
 }
 
 

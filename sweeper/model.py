@@ -19,6 +19,12 @@ class StepStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+#: What a sweep may make of a step: the only statuses the configuration and `mark` accept.
+FINAL_STATUSES = (StepStatus.FAILED, StepStatus.CANCELLED)
+#: The PATCH body's errorCode is at most this long (patch-step-body.schema.json).
+ERROR_CODE_MAX_LENGTH = 64
+
+
 #: Step fields a rule may match on, by their wire name.
 MATCHABLE_FIELDS = (
     "stepId",

@@ -12,6 +12,7 @@ from typing import Any
 
 from sweeper.durations import humanize
 from sweeper.errors import Outcome, SkipReason
+from sweeper.model import FINAL_STATUSES
 from sweeper.report import StepEntry, SweepReport
 
 #: Steps listed one by one at most; the rest are counted (the report has them all).
@@ -68,7 +69,7 @@ def sweep_summary(report: SweepReport, duration: timedelta | None = None) -> str
         [(label, str(counts[key])) for key, label in _LISTING if counts[key]] or [("listed", "0")]
     )
     outcomes: list[tuple[str, str]] = []
-    for status in ("FAILED", "CANCELLED"):
+    for status in FINAL_STATUSES:
         for outcome, verb in ((Outcome.MARKED, "marked"), (Outcome.WOULD_MARK, "would mark")):
             n = sum(1 for e in report.entries if e.outcome is outcome and e.status == status)
             if n:
