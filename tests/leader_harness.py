@@ -38,7 +38,7 @@ from sweeper.api import STEPS_PATH
 from sweeper.devserver.server import RunningServer, serve_in_thread
 from sweeper.devserver.state import PlatformState
 from tests.e2e import environment, wait_for
-from tests.helpers import TOKEN, record
+from tests.fakes import TOKEN, record
 
 #: The issue's test timing: lease 4 s, renew 1 s; api.timeout 1 s.
 LEASE, RENEW = 4.0, 1.0

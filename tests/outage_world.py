@@ -226,3 +226,19 @@ def run(world: World, end: timedelta, listing_every: timedelta | None = None) ->
 
 def marked(verdicts: list[Verdict], prefix: str) -> list[Verdict]:
     return [v for v in verdicts if v.marked and v.worker.startswith(prefix)]
+
+
+def populate(world: World, end: timedelta, dead_at: timedelta) -> None:
+    """Six promise-keeping workers at every phase of their beat, and one that dies."""
+    for phase in range(6):
+        world.workers[f"live-{phase}"] = promised_beats(world.outages, world.limit, end, phase / 6)
+    world.workers["dead"] = [
+        b for b in promised_beats(world.outages, world.limit, end) if b < dead_at
+    ]
+
+
+def check(world: World, end: timedelta, dead_at: timedelta) -> None:
+    """No live worker is marked; the dead one is."""
+    verdicts = run(world, end)
+    assert not marked(verdicts, "live"), marked(verdicts, "live")[:3]
+    assert marked(verdicts, "dead"), "the dead worker was never marked"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -13,53 +12,7 @@ import pytest
 from sweeper.http11 import EAGER_BYTES, MAX_HEAD_BYTES, Framing, parse_head
 from sweeper.stepset import StepSet
 from sweeper.transport import Transport
-
-Answer = bytes | Callable[[asyncio.StreamWriter], Awaitable[None]]
-
-
-class Scripted:
-    """A loopback server giving the scripted answers in order, one per request."""
-
-    def __init__(self, answers: list[Answer]) -> None:
-        self.answers = list(answers)
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> Scripted:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while self.answers:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                self.requests.append(head + await reader.readexactly(length))
-                answer = self.answers.pop(0)
-                if isinstance(answer, bytes):
-                    writer.write(answer)
-                    await writer.drain()
-                else:
-                    await answer(writer)
-                    return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+from tests.scripted_server import Answer, Scripted
 
 
 def ok(body: bytes, *extra: bytes) -> bytes:

@@ -25,68 +25,40 @@ from sweeper import api
 from sweeper.api import PlatformClient, build_http_client
 from sweeper.errors import InvalidAnswer, PlatformUnavailable
 from sweeper.transport import Transport
+from tests.scripted_server import Answer, Scripted
 
 TOKEN = "s3cret-token-abcdef"
 
 
-class Split:
+class Split(Scripted):
     """A loopback server answering request i with answers[i], written in the given
-    pieces (drained one by one), all on whatever connection the request came on."""
+    pieces (drained one by one), all on whatever connection the request came on.
+    An empty answer hangs up; b"RST" resets the connection."""
 
     def __init__(
         self, answers: Sequence[bytes], cuts: Sequence[int] = (), pause: float = 0
     ) -> None:
-        self.answers = list(answers)
+        super().__init__(answers)
         self.pause = pause
         self.cuts = sorted(set(cuts))
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self.server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> Split:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while self.answers:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                self.requests.append(head + await reader.readexactly(length))
-                answer = self.answers.pop(0)
-                if not answer:  # hang up: the kept-alive connection closed under a request
-                    return
-                if answer == b"RST":  # reset after the request arrived, before any answer
-                    sock = writer.get_extra_info("socket")
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    writer.transport.abort()
-                    return
-                start = 0
-                for cut in [c for c in self.cuts if 0 < c < len(answer)] + [len(answer)]:
-                    writer.write(answer[start:cut])
-                    await writer.drain()
-                    if self.pause:
-                        await asyncio.sleep(self.pause)
-                    start = cut
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except asyncio.CancelledError:  # the test's loop ends while this one trickles
-            return
-        finally:
-            writer.close()
+    async def answer(self, answer: Answer, writer: asyncio.StreamWriter) -> bool:
+        assert isinstance(answer, bytes)
+        if not answer:  # hang up: the kept-alive connection closed under a request
+            return False
+        if answer == b"RST":  # reset after the request arrived, before any answer
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return False
+        start = 0
+        for cut in [c for c in self.cuts if 0 < c < len(answer)] + [len(answer)]:
+            writer.write(answer[start:cut])
+            await writer.drain()
+            if self.pause:
+                await asyncio.sleep(self.pause)
+            start = cut
+        return True
 
 
 def client(url: str, **timeouts: float) -> httpx.AsyncClient:

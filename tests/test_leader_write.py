@@ -30,7 +30,7 @@ from sweeper.policy import StepUpdate
 from sweeper.report import Outcome
 from sweeper.settings import load_settings
 from sweeper.transport import Transport
-from tests.helpers import TOKEN, record
+from tests.fakes import TOKEN, record
 
 UPDATE = StepUpdate(
     organization_id="org-a",

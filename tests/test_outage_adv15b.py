@@ -10,7 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from tests.outage_world import World, marked, promised_beats, run
+from tests.outage_world import World, check, populate
 
 S = timedelta(seconds=1)
 Z = timedelta(0)
@@ -33,20 +33,6 @@ class GatewayWorld(World):
         if self.gateway_body is not None:
             return httpx.Response(200, json=self.gateway_body, headers={"Date": date})
         return httpx.Response(503, headers={"Date": date})
-
-
-def populate(world: World, end: timedelta, dead_at: timedelta) -> None:
-    for phase in range(6):
-        world.workers[f"live-{phase}"] = promised_beats(world.outages, world.limit, end, phase / 6)
-    world.workers["dead"] = [
-        b for b in promised_beats(world.outages, world.limit, end) if b < dead_at
-    ]
-
-
-def check(world: World, end: timedelta, dead_at: timedelta) -> None:
-    verdicts = run(world, end)
-    assert not marked(verdicts, "live"), marked(verdicts, "live")[:3]
-    assert marked(verdicts, "dead"), "the dead worker was never marked"
 
 
 L90 = timedelta(seconds=90)

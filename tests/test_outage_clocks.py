@@ -16,25 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.outage_world import DOWN_ANSWERS, World, marked, promised_beats, run
+from tests.outage_world import DOWN_ANSWERS, World, check, marked, populate, run
 
 S = timedelta(seconds=1)
 Z = timedelta(0)
-
-
-def populate(world: World, end: timedelta, dead_at: timedelta) -> None:
-    """Six promise-keeping workers at every phase of their beat, and one that dies."""
-    for phase in range(6):
-        world.workers[f"live-{phase}"] = promised_beats(world.outages, world.limit, end, phase / 6)
-    world.workers["dead"] = [
-        b for b in promised_beats(world.outages, world.limit, end) if b < dead_at
-    ]
-
-
-def check(world: World, end: timedelta, dead_at: timedelta) -> None:
-    verdicts = run(world, end)
-    assert not marked(verdicts, "live"), marked(verdicts, "live")[:3]
-    assert marked(verdicts, "dead"), "the dead worker was never marked"
 
 
 def step(at: timedelta, before: timedelta, after: timedelta):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from sweeper.devserver.app import Faults
 from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
 from sweeper.errors import PlatformRefused, PlatformUnavailable
-from tests.helpers import TOKEN
+from tests.fakes import TOKEN
 
 
 def client(base_url: str, timeout: float = 5.0) -> httpx.AsyncClient:
