@@ -307,12 +307,6 @@ class Daemon:
             if self.state.blocked_by is Result.TOKEN_REFUSED and self._files_now() != self._seen:
                 self.reload("file changed")
 
-    def _sweep_now(self) -> None:
-        """List at once (a new token after a refusal), unless a sweep is running."""
-        if self.state.current is not None and not self.state.current.done():
-            return
-        self.state.schedule.bring_forward()
-
     # -- the election ([leader]) --------------------------------------------------
 
     def _leadership(self) -> Leadership:
@@ -453,7 +447,9 @@ class Daemon:
         self._seen = _fingerprint([self.config_path, settings.token_path])
         refused_pair = {"api.token", "api.base_url"}  # a refusal belongs to the pair
         if refused_pair & set(changed) and self.state.blocked_by is Result.TOKEN_REFUSED:
-            self._sweep_now()  # the refused pair changed: no need to wait an interval
+            # The refused pair changed: no need to wait an interval. At once, or when a
+            # listing still running has ended.
+            list_now(self.state)
         return True
 
 

@@ -259,6 +259,66 @@ def test_a_reload_back_to_a_refused_pair_keeps_it_refused(
     assert asyncio.run(scenario()) == [False, back_refused]
 
 
+def test_a_new_token_during_a_listing_lists_again_when_that_listing_ends(
+    tmp_path: Path,
+) -> None:
+    """After a refusal, a new token read while a listing still runs (a sweep finishing
+    its writes) is listed with as soon as that listing ends, not an interval later, and
+    never while it runs (one listing at a time)."""
+    from apscheduler.triggers.base import BaseTrigger
+
+    from sweeper.daemon import Daemon
+    from sweeper.errors import Result
+    from sweeper.listings import ListingSchedule
+    from sweeper.logs import Redactor
+
+    later = datetime(2100, 1, 1, tzinfo=UTC)  # APScheduler never runs a job due then
+    ended = later + timedelta(hours=7)
+    moments = [datetime.now(UTC)]  # the first listing runs at once
+
+    class Then(BaseTrigger):  # type: ignore[misc]
+        def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime:
+            return later
+
+    config = tmp_path / "c.toml"
+    body = '[api]\nbase_url = "https://p.test"\ntoken = "{token}"\n'
+    config.write_text(body.format(token="refused-secret"))
+    settings, _ = load_settings(config, environ={})
+
+    async def scenario() -> tuple[datetime | None, datetime | None]:
+        daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
+        running, finish = asyncio.Event(), asyncio.Event()
+
+        async def listing() -> None:
+            daemon.state.current = asyncio.ensure_future(finish.wait())
+            running.set()
+            await daemon.state.current
+
+        schedule = ListingSchedule(lambda: moments[-1])
+        daemon.state.schedule = schedule
+        schedule.start(listing, Then(), timedelta(minutes=5))
+        try:
+            async with asyncio.timeout(30):  # an upper bound on events, not a measure
+                await running.wait()
+                daemon.state.blocked_by = Result.TOKEN_REFUSED
+                config.write_text(body.format(token="new-secret"))
+                assert daemon.reload("file changed")
+                during = schedule.next_listing_at()
+                moments.append(ended)
+                finish.set()
+                assert schedule.job is not None
+                await asyncio.wait({schedule.job})
+                for _ in range(3):  # done-callbacks run on the next loop turns
+                    await asyncio.sleep(0)
+            return during, schedule.next_listing_at()
+        finally:
+            schedule.shutdown()
+
+    during, after = asyncio.run(scenario())
+    assert during == later  # not while the listing runs
+    assert after == ended  # at once when it has ended
+
+
 def test_reload_to_an_unusable_token_is_refused_and_the_old_one_kept(
     stand_in: Platform, tmp_path: Path
 ) -> None:
