@@ -11,19 +11,7 @@ import pytest
 
 from sweeper.listings import LISTING_MARGIN, ListingSchedule, cadence_of, grace_seconds
 from sweeper.settings import ScheduleSettings
-
-#: Far enough ahead that APScheduler (on its own wall clock) never runs a job due then.
-LATER = datetime(2100, 1, 1, tzinfo=UTC)
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
+from tests.listing_clock import LATER, Clock, job_ended, then
 
 
 def hourly() -> object:
@@ -36,17 +24,6 @@ def at(moment: datetime) -> object:
     from apscheduler.triggers.date import DateTrigger
 
     return DateTrigger(run_date=moment, timezone="UTC")
-
-
-def then(moment: datetime) -> object:
-    """A trigger whose every next fire time is `moment` (until it has passed)."""
-    from apscheduler.triggers.base import BaseTrigger
-
-    class Then(BaseTrigger):  # type: ignore[misc]
-        def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime | None:
-            return moment if previous is None or previous < moment else None
-
-    return Then()
 
 
 async def idle() -> None:
@@ -216,10 +193,7 @@ def test_list_now_during_a_listing_lists_when_it_ends(stopping: bool) -> None:
                 during = schedule.next_listing_at()
                 clock.now = ended
                 finish.set()
-                assert schedule.job is not None
-                await asyncio.wait({schedule.job})
-                for _ in range(3):  # done-callbacks run on the next loop turns
-                    await asyncio.sleep(0)
+                await job_ended(schedule)
             return during, schedule.next_listing_at()
         finally:
             schedule.shutdown()

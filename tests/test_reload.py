@@ -24,6 +24,7 @@ from tests.e2e import (
     write_config,
 )
 from tests.fakes import TOKEN, record
+from tests.listing_clock import LATER, Clock, job_ended, then
 
 
 def zombies(stand_in: Platform, n: int, hours: float = 5) -> None:
@@ -265,20 +266,13 @@ def test_a_new_token_during_a_listing_lists_again_when_that_listing_ends(
     """After a refusal, a new token read while a listing still runs (a sweep finishing
     its writes) is listed with as soon as that listing ends, not an interval later, and
     never while it runs (one listing at a time)."""
-    from apscheduler.triggers.base import BaseTrigger
-
     from sweeper.daemon import Daemon
     from sweeper.errors import Result
     from sweeper.listings import ListingSchedule
     from sweeper.logs import Redactor
 
-    later = datetime(2100, 1, 1, tzinfo=UTC)  # APScheduler never runs a job due then
-    ended = later + timedelta(hours=7)
-    moments = [datetime.now(UTC)]  # the first listing runs at once
-
-    class Then(BaseTrigger):  # type: ignore[misc]
-        def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime:
-            return later
+    clock = Clock(datetime.now(UTC))  # the first listing runs at once
+    ended = LATER + timedelta(hours=7)
 
     config = tmp_path / "c.toml"
     body = '[api]\nbase_url = "https://p.test"\ntoken = "{token}"\n'
@@ -294,9 +288,9 @@ def test_a_new_token_during_a_listing_lists_again_when_that_listing_ends(
             running.set()
             await daemon.state.current
 
-        schedule = ListingSchedule(lambda: moments[-1])
+        schedule = ListingSchedule(clock)
         daemon.state.schedule = schedule
-        schedule.start(listing, Then(), timedelta(minutes=5))
+        schedule.start(listing, then(LATER), timedelta(minutes=5))
         try:
             async with asyncio.timeout(30):  # an upper bound on events, not a measure
                 await running.wait()
@@ -304,18 +298,15 @@ def test_a_new_token_during_a_listing_lists_again_when_that_listing_ends(
                 config.write_text(body.format(token="new-secret"))
                 assert daemon.reload("file changed")
                 during = schedule.next_listing_at()
-                moments.append(ended)
+                clock.now = ended
                 finish.set()
-                assert schedule.job is not None
-                await asyncio.wait({schedule.job})
-                for _ in range(3):  # done-callbacks run on the next loop turns
-                    await asyncio.sleep(0)
+                await job_ended(schedule)
             return during, schedule.next_listing_at()
         finally:
             schedule.shutdown()
 
     during, after = asyncio.run(scenario())
-    assert during == later  # not while the listing runs
+    assert during == LATER  # not while the listing runs
     assert after == ended  # at once when it has ended
 
 
