@@ -4,7 +4,8 @@ ahead, and waiting for a listing job to have ended (its done-callbacks run)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from sweeper.listings import ListingSchedule
 
@@ -39,3 +40,33 @@ async def job_ended(schedule: ListingSchedule) -> None:
     await asyncio.wait({schedule.job})
     for _ in range(3):  # done-callbacks run on the next loop turns
         await asyncio.sleep(0)
+
+
+async def wish_during_a_listing(
+    schedule: ListingSchedule,
+    clock: Clock,
+    ended: datetime,
+    wish: Callable[[], object],
+    stopping: Callable[[], bool] = lambda: False,
+) -> tuple[datetime | None, datetime | None]:
+    """Start `schedule` (its first listing runs at once, the next at LATER), call `wish`
+    while that listing runs, end it at `ended`: the next listing during, and after."""
+    running, finish = asyncio.Event(), asyncio.Event()
+
+    async def listing() -> None:
+        running.set()
+        await finish.wait()
+
+    schedule.start(listing, then(LATER), timedelta(minutes=5), stopping=stopping)
+    try:
+        async with asyncio.timeout(30):  # an upper bound on events, not a measure
+            await running.wait()
+            assert schedule.job_running()
+            wish()
+            during = schedule.next_listing_at()
+            clock.now = ended
+            finish.set()
+            await job_ended(schedule)
+        return during, schedule.next_listing_at()
+    finally:
+        schedule.shutdown()

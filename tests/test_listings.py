@@ -11,7 +11,7 @@ import pytest
 
 from sweeper.listings import LISTING_MARGIN, ListingSchedule, cadence_of, grace_seconds
 from sweeper.settings import ScheduleSettings
-from tests.listing_clock import LATER, Clock, job_ended, then
+from tests.listing_clock import LATER, Clock, wish_during_a_listing
 
 
 def hourly() -> object:
@@ -177,26 +177,10 @@ def test_list_now_during_a_listing_lists_when_it_ends(stopping: bool) -> None:
     ended = LATER + timedelta(hours=7)
 
     async def main() -> tuple[datetime | None, datetime | None]:
-        running, finish = asyncio.Event(), asyncio.Event()
-
-        async def listing() -> None:
-            running.set()
-            await finish.wait()
-
         schedule = ListingSchedule(clock)
-        schedule.start(listing, then(LATER), timedelta(minutes=5), stopping=lambda: stopping)
-        try:
-            async with asyncio.timeout(30):  # an upper bound on events, not a measure
-                await running.wait()
-                assert schedule.job_running()
-                schedule.list_now()
-                during = schedule.next_listing_at()
-                clock.now = ended
-                finish.set()
-                await job_ended(schedule)
-            return during, schedule.next_listing_at()
-        finally:
-            schedule.shutdown()
+        return await wish_during_a_listing(
+            schedule, clock, ended, schedule.list_now, stopping=lambda: stopping
+        )
 
     during, after = asyncio.run(main())
     assert during == LATER

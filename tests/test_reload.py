@@ -24,7 +24,7 @@ from tests.e2e import (
     write_config,
 )
 from tests.fakes import TOKEN, record
-from tests.listing_clock import LATER, Clock, job_ended, then
+from tests.listing_clock import LATER, Clock, wish_during_a_listing
 
 
 def zombies(stand_in: Platform, n: int, hours: float = 5) -> None:
@@ -281,29 +281,15 @@ def test_a_new_token_during_a_listing_lists_again_when_that_listing_ends(
 
     async def scenario() -> tuple[datetime | None, datetime | None]:
         daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
-        running, finish = asyncio.Event(), asyncio.Event()
+        daemon.state.schedule = ListingSchedule(clock)
 
-        async def listing() -> None:
-            daemon.state.current = asyncio.ensure_future(finish.wait())
-            running.set()
-            await daemon.state.current
+        def new_token() -> None:
+            daemon.state.current = asyncio.get_running_loop().create_future()  # a sweep runs
+            daemon.state.blocked_by = Result.TOKEN_REFUSED
+            config.write_text(body.format(token="new-secret"))
+            assert daemon.reload("file changed")
 
-        schedule = ListingSchedule(clock)
-        daemon.state.schedule = schedule
-        schedule.start(listing, then(LATER), timedelta(minutes=5))
-        try:
-            async with asyncio.timeout(30):  # an upper bound on events, not a measure
-                await running.wait()
-                daemon.state.blocked_by = Result.TOKEN_REFUSED
-                config.write_text(body.format(token="new-secret"))
-                assert daemon.reload("file changed")
-                during = schedule.next_listing_at()
-                clock.now = ended
-                finish.set()
-                await job_ended(schedule)
-            return during, schedule.next_listing_at()
-        finally:
-            schedule.shutdown()
+        return await wish_during_a_listing(daemon.state.schedule, clock, ended, new_token)
 
     during, after = asyncio.run(scenario())
     assert during == LATER  # not while the listing runs
