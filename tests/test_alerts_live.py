@@ -69,6 +69,9 @@ def _watched(
         'timeout = "1s"\n[schedule]\ninterval = "3s"\n[sweep]\ndeadline = "2s"\n'
         f'[server]\nlisten = "127.0.0.1:{daemon_port}"\n'
     )
+    # Found before the daemon starts: a missing Prometheus then leaves no daemon running
+    # (nor its pipes to warn in a later test).
+    binary = prometheus_tool("prometheus", "PROMETHEUS")
     daemon = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     rules = tmp_path / "sweeper.rules.yaml"
     rules.write_text(daemon_rules())
@@ -82,7 +85,7 @@ def _watched(
     log = (tmp_path / "prometheus.log").open("w")
     server = subprocess.Popen(
         [
-            prometheus_tool("prometheus", "PROMETHEUS"),
+            binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{web_port}",
