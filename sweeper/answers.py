@@ -31,6 +31,8 @@ TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Of those, the answers that say a write was not processed at all (the platform
 #: refused to look at it); after any other failed attempt it may have been applied.
 NOT_PROCESSED = frozenset({408, 429, 503})
+#: The platform's refusal of the token (in its own words: `platform_refusal`).
+TOKEN_STATUSES = frozenset({401, 403})
 #: How much of the platform's own error text is kept for the log.
 MESSAGE_LIMIT = 300
 
@@ -150,6 +152,10 @@ def classify(
                 attempts=attempt,
             )
         return answer
+    if status in TOKEN_STATUSES and not platform_refusal(status, content):
+        # A firewall's or gateway's page, not the platform's word on the token: the
+        # platform was not reached, as with any other gateway page (try again).
+        raise Transient(f"HTTP {status} not in the platform's words (a gateway's?)", status, None)
     if status in TRANSIENT_STATUSES:
         retry_after = retry_after_seconds(headers.get("retry-after"), now)
         if retry_after is not None and retry_after > max_retry_after:
@@ -163,7 +169,7 @@ def classify(
         raise Transient(f"HTTP {status}", status, retry_after)
     message = f"{where}: HTTP {status}{platform_message(content)}"
     refusal: type[PlatformRefused] = PlatformRefused  # redirects and the rest: not done
-    if status in (401, 403):
+    if status in TOKEN_STATUSES:
         refusal = TokenRefused
     elif status == 404:
         refusal = StepNotFound

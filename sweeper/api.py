@@ -31,7 +31,7 @@ from tenacity import (
 )
 
 from sweeper import __version__
-from sweeper.answers import DEEP, classify, platform_refusal
+from sweeper.answers import DEEP, TOKEN_STATUSES, classify, platform_refusal
 from sweeper.encodings import Decoded, EncodingError
 from sweeper.errors import (
     ClockSkewRefused,
@@ -553,7 +553,7 @@ class PlatformClient:
             ) from None
         date = response_headers.get("date")
         problem = self.clock_check.check(date) if self.clock_check is not None else None
-        if status in (401, 403) or any_date:
+        if any_date or (status in TOKEN_STATUSES and platform_refusal(status, content)):
             problem = None  # a refused token is the answer that matters: stop everything
         if problem is not None and not (method == "PATCH" and 200 <= status < 300):
             raise problem

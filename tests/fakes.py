@@ -103,6 +103,12 @@ Handler = Callable[[httpx.Request], httpx.Response | None]
 Answer = Callable[[], httpx.Response]
 
 
+def refusal(status: int = 401, **headers: str) -> httpx.Response:
+    """The platform's own refusal of the token: 401/403 in its envelope."""
+    body = {"success": False, "error": {"code": "UNAUTHORIZED", "message": "bad token"}}
+    return httpx.Response(status, headers=headers, json=body)
+
+
 def is_listing(request: httpx.Request) -> bool:
     return request.url.path == STEPS_PATH
 
@@ -235,7 +241,7 @@ class FakePlatform:
 
     def _route(self, request: httpx.Request) -> httpx.Response:
         if request.headers.get("authorization") != f"Bearer {self.token}":
-            return httpx.Response(401, json={"success": False})
+            return refusal()
         for hook in self.before:
             answer = hook(request)
             if answer is not None:

@@ -312,3 +312,17 @@ def test_only_the_platforms_own_refusal_counts_as_the_platform(
     """Outage memory counts a 4xx as the platform up only when it comes in the platform's
     envelope: a gateway's page, an empty body or another JSON shape is the platform away."""
     assert platform_refusal(status, body) is own
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>403 Forbidden</html>", b'{"message": "Forbidden"}', b"", b'[{"success": false}]'],
+)
+def test_a_401_or_403_not_in_the_platforms_envelope_is_transient(status: int, body: bytes) -> None:
+    """A 401/403 the platform did not write (a firewall's page, another JSON shape, no body)
+    is a failed try worth repeating, not a refused token."""
+    with pytest.raises(Transient) as caught:
+        answer(status, body)
+    assert type(caught.value) is Transient
+    assert (caught.value.http_status, caught.value.retry_after) == (status, None)

@@ -34,7 +34,7 @@ from sweeper.errors import (
 from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
 from sweeper.policy import StepUpdate
-from tests.fakes import NOW, TOKEN, FakeClock, FakePlatform, record
+from tests.fakes import NOW, TOKEN, FakeClock, FakePlatform, record, refusal
 
 T = TypeVar("T")
 UPDATE = StepUpdate(
@@ -293,7 +293,7 @@ def test_2xx_without_success_true_is_not_a_success(response: httpx.Response) -> 
 
 def test_token_refusal_stops_every_later_call() -> None:
     """After a 401 the client sends nothing more with that token."""
-    handler = answers(httpx.Response(401), OK)
+    handler = answers(refusal(), OK)
     client, _ = client_for(handler)
     with pytest.raises(TokenRefused):
         run(client.patch_step("s1", UPDATE))
@@ -627,7 +627,7 @@ def test_unicode_digits_in_retry_after_are_not_a_number(value: str) -> None:
 
 def test_a_401_with_an_unreadable_date_still_stops_the_token(clock: FakeClock) -> None:
     """The refused token is what matters: latched, exit 77, whatever the Date says."""
-    handler = answers(httpx.Response(401, headers={"Date": "garbage"}), read_ok())
+    handler = answers(refusal(Date="garbage"), read_ok())
     client, _ = client_for(handler, clock, clock_check=ClockCheck(timedelta(minutes=2), clock))
     with pytest.raises(TokenRefused):
         run(client.get_step("s1", "org-a"))
@@ -650,3 +650,77 @@ def test_the_rate_limit_never_waits_past_the_callers_deadline(clock: FakeClock) 
     run(client.get_step("s1", "org-a"))  # takes the first slot
     with pytest.raises(PlatformUnavailable, match="rate limit"):
         run(client.get_step("s1", "org-a", give_up_at=clock.monotonic() + 5))
+
+
+#: A 401/403 the platform did not write: a firewall's or gateway's page, an answer in
+#: another JSON shape, or none at all.
+NOT_THE_PLATFORMS = [
+    pytest.param(403, "text/html", b"<html><body><h1>403 Forbidden</h1></body></html>", id="html"),
+    pytest.param(403, "application/json", b'{"message": "Forbidden"}', id="gateway-json"),
+    pytest.param(401, "application/json", b'{"error": "unauthorized"}', id="other-json-401"),
+    pytest.param(403, "text/plain", b"", id="empty"),
+]
+
+
+class Watch:
+    """Outage memory's view of each request: was it the platform that answered?"""
+
+    def __init__(self) -> None:
+        self.samples: list[bool] = []
+
+    def sent(self) -> Any:
+        return NOW
+
+    def answered(self, sent_at: Any, reachable: bool) -> None:
+        self.samples.append(reachable)
+
+
+@pytest.mark.parametrize(("status", "kind", "body"), NOT_THE_PLATFORMS)
+def test_a_401_or_403_not_in_the_platforms_words_is_the_platform_away(
+    status: int, kind: str, body: bytes
+) -> None:
+    """A 401/403 that is not the platform's own refusal is a failed try (retried, counted
+    as the platform away), not a token refusal: nothing is latched, the next call goes out."""
+    page = httpx.Response(status, headers={"Content-Type": kind}, content=body)
+    handler = answers(page, page, read_ok())
+    watch = Watch()
+    client, sleep = client_for(handler, max_attempts=2, watch=watch)
+    with pytest.raises(PlatformUnavailable) as caught:
+        run(client.get_step("s1", "org-a"))
+    assert caught.value.http_status == status
+    assert len(handler.seen) == 2 and len(sleep.waits) == 1  # type: ignore[attr-defined]
+    assert watch.samples == [False, False]
+    assert not client.token_refused
+    assert run(client.get_step("s1", "org-a")) is not None  # sent: the token is not latched
+    assert watch.samples == [False, False, True]
+
+
+@pytest.mark.parametrize(("status", "kind", "body"), NOT_THE_PLATFORMS)
+def test_a_write_answered_401_or_403_by_a_gateway_is_unanswered(
+    status: int, kind: str, body: bytes
+) -> None:
+    """A write whose answer is a gateway's 401/403 page is unanswered (the writer re-reads
+    before any new attempt), never a token refusal."""
+    handler = answers(httpx.Response(status, headers={"Content-Type": kind}, content=body), OK)
+    client, _ = client_for(handler)
+    with pytest.raises(WriteUnanswered) as caught:
+        run(client.patch_step("s1", UPDATE))
+    assert caught.value.http_status == status
+    assert not client.token_refused
+    run(client.patch_step("s1", UPDATE))  # sent again
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_the_platforms_own_401_or_403_latches_the_token(status: int) -> None:
+    """The platform's own refusal (its envelope, success: false) stops the token at once."""
+    refusal = httpx.Response(
+        status, json={"success": False, "error": {"code": "FORBIDDEN", "message": "no"}}
+    )
+    handler = answers(refusal, OK)
+    client, sleep = client_for(handler)
+    with pytest.raises(TokenRefused):
+        run(client.get_step("s1", "org-a"))
+    assert client.token_refused and sleep.waits == []
+    with pytest.raises(TokenRefused):
+        run(client.patch_step("s1", UPDATE))
+    assert len(handler.seen) == 1  # type: ignore[attr-defined]

@@ -244,6 +244,27 @@ def test_exit_77_when_the_token_is_refused(stand_in: Platform, tmp_path: Path) -
     assert stand_in.counters.requests == 1
 
 
+def test_a_gateways_403_page_is_the_platform_away_not_a_refused_token(
+    stand_in: Platform, tmp_path: Path
+) -> None:
+    """A 403 HTML page from a firewall in front of the platform is no token refusal: the
+    listing is tried again (api.max_attempts) and the run ends unavailable (75), not 77."""
+    seed_zombies(stand_in, 3)
+
+    async def firewall(request: Request) -> Response | None:
+        page = "<html><body><h1>403 Forbidden</h1>blocked by policy</body></html>"
+        return Response(page, status_code=403, media_type="text/html")
+
+    stand_in.hooks.append(firewall)
+    extra = "max_attempts = 3\nretry_backoff = 0.01\nretry_backoff_max = 0.01\n"
+    config = write_config(tmp_path, stand_in.base_url, extra)
+    result = sweeper("--config", str(config), "run", "--once", "--report", str(tmp_path / "r.json"))
+    assert result.code == 75
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["result"] == "unavailable"
+    assert stand_in.counters.by_method.get("GET", 0) == 3  # tried again: nothing latched
+    assert stand_in.counters.by_method.get("PATCH", 0) == 0
+
+
 @pytest.mark.parametrize(
     ("extra", "key"),
     [

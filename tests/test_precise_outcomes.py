@@ -16,7 +16,7 @@ from sweeper.api import STEPS_PATH
 from sweeper.model import format_timestamp
 from sweeper.report import Result
 from tests.builders import H, M, S, build_sweeper, patient_sweeper, precise, rules_with, run
-from tests.fakes import NOW, FakeClock, FakePlatform, record
+from tests.fakes import NOW, FakeClock, FakePlatform, record, refusal
 
 
 def test_a_timer_whose_reread_fails_is_unchecked_not_a_zombie(
@@ -57,7 +57,7 @@ def test_a_timer_refused_its_token_halts_the_interval_without_a_zombie(
 ) -> None:
     """401 on a timer's re-read: the run ends token_refused; the step is no zombie."""
     platform.add(record("soon", started=2 * H - 90 * S))
-    platform.answer_rereads(httpx.Response(401))
+    platform.answer_rereads(refusal())
     sweeper = build_sweeper(platform, clock)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     assert report.result is Result.TOKEN_REFUSED

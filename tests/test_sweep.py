@@ -16,7 +16,7 @@ from sweeper.model import StepStatus
 from sweeper.outages import OutageWindows
 from sweeper.report import ExitCode, Result
 from tests.builders import H, build_sweeper, events, patient_sweeper, run, sweep
-from tests.fakes import NOW, FakeClock, FakePlatform, is_listing, record
+from tests.fakes import NOW, FakeClock, FakePlatform, is_listing, record, refusal
 
 
 def test_zombies_are_marked_and_live_steps_left(
@@ -236,7 +236,7 @@ def test_failed_step_event_has_reason_status_and_attempts(
 def test_token_refused_mid_sweep_stops_everything(platform: FakePlatform, clock: FakeClock) -> None:
     """A 401 on a write: no further request at all, exit 77."""
     platform.add(*(record(f"z{n}", started=5 * H) for n in range(6)))
-    platform.before.append(lambda r: httpx.Response(401) if r.method == "PATCH" else None)
+    platform.before.append(lambda r: refusal() if r.method == "PATCH" else None)
     report = sweep(platform, clock, max_concurrency=1)
     assert len(platform.patches) == 1
     assert report.exit_code is ExitCode.TOKEN_REFUSED

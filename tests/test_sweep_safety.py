@@ -15,7 +15,7 @@ from sweeper.api import STEPS_PATH, TOKEN_RETRY_SECONDS, PlatformClient, RateLim
 from sweeper.errors import TokenRefused
 from sweeper.report import ExitCode, Outcome, Result
 from tests.builders import H, build_sweeper, patient_sweeper, run, sweep
-from tests.fakes import NOW, FakeClock, FakePlatform, record
+from tests.fakes import NOW, FakeClock, FakePlatform, record, refusal
 
 M = timedelta(minutes=1)
 
@@ -77,7 +77,7 @@ def test_writes_in_flight_that_meet_the_token_latch_are_not_attempted(
 ) -> None:
     """Only the write answered 401 failed; the ones the latch held back were never sent."""
     platform.add(*(record(f"z{n}", started=5 * H) for n in range(6)))
-    platform.before.append(lambda r: httpx.Response(401) if r.method == "PATCH" else None)
+    platform.before.append(lambda r: refusal() if r.method == "PATCH" else None)
     report = sweep(platform, clock, max_concurrency=3)
     assert len(platform.patches) == 1
     assert report.counts["failed"] == 1
@@ -110,7 +110,7 @@ def test_the_latch_is_the_clients_not_one_calls() -> None:
     """After a 401 every call raises TokenRefused with attempts=0: not sent."""
     client = PlatformClient(
         httpx.AsyncClient(
-            base_url="https://p.test", transport=httpx.MockTransport(lambda r: httpx.Response(401))
+            base_url="https://p.test", transport=httpx.MockTransport(lambda r: refusal())
         )
     )
 
