@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from sweeper.api import PlatformClient, build_http_client
 from sweeper.errors import SweeperError
+from sweeper.retries import RetryPolicy
 
 MIB = 1024 * 1024
 
@@ -68,7 +69,7 @@ async def read(base_url: str) -> str:
     async with build_http_client(
         base_url, "bench-token", timeout=timedelta(seconds=60), max_connections=1
     ) as http:
-        client = PlatformClient(http, max_attempts=1)
+        client = PlatformClient(http, retry=RetryPolicy(max_attempts=1))
         try:
             async for _ in client.list_running(started_before=datetime.now(UTC), page_size=1):
                 return "read as a page"

@@ -47,6 +47,11 @@ LAYERS = [
     ("prometheus", "metrics"),
     ("sweeper/ops.py", "metrics"),
     ("sweeper/api.py", "api.py (URL, JSON encode, caps, gate, pacing, timeout)"),
+    ("sweeper/exchange.py", "api.py (URL, JSON encode, caps, gate, pacing, timeout)"),
+    ("sweeper/pages.py", "api.py (URL, JSON encode, caps, gate, pacing, timeout)"),
+    ("sweeper/pacing.py", "api.py (URL, JSON encode, caps, gate, pacing, timeout)"),
+    ("sweeper/retries.py", "api.py (URL, JSON encode, caps, gate, pacing, timeout)"),
+    ("sweeper/refusals.py", "api.py (URL, JSON encode, caps, gate, pacing, timeout)"),
     ("sweeper/", "sweep, writes, policy, report (deciding, settling)"),
 ]
 _FRAME = re.compile(r"(.*) \((.*?)(?::\d+)?\)$")

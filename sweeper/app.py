@@ -11,20 +11,14 @@ from collections.abc import Callable
 import httpx
 import structlog
 
-from sweeper.api import (
-    Clock,
-    PlatformClient,
-    RateLimiter,
-    RequestObserver,
-    RequestWatch,
-    RetryObserver,
-    build_http_client,
-    sleep_until_stopped,
-    utc_now,
-)
+from sweeper.api import Clock, PlatformClient, build_http_client, utc_now
+from sweeper.exchange import Observers, RequestObserver, RequestWatch, RetryObserver
 from sweeper.gate import LeaseGate
 from sweeper.guards import ClockCheck
 from sweeper.outages import NO_OUTAGES, OutageWindows
+from sweeper.pacing import Pacing, RateLimiter, sleep_until_stopped
+from sweeper.refusals import TokenRefusals
+from sweeper.retries import RetryPolicy
 from sweeper.settings import Settings
 from sweeper.sweep import SweepConfig, Sweeper
 
@@ -102,22 +96,40 @@ def build_sweeper(
     outages: Callable[[], OutageWindows] = lambda: NO_OUTAGES,
     gate: LeaseGate | None = None,
     watch: RequestWatch | None = None,
+    refusals: TokenRefusals | None = None,
 ) -> Sweeper:
+    """The client and the sweeper of one configuration. `refusals`: the tokens refused so
+    far (the daemon keeps one across reloads; a one-shot run starts with none)."""
     api = settings.api
+    clock_check = ClockCheck(settings.sweep.max_clock_skew, clock)
+    refusals = refusals or TokenRefusals()
     client = PlatformClient(
         http,
-        max_attempts=api.max_attempts,
-        max_retry_after=api.max_retry_after,
-        backoff_initial=api.retry_backoff.total_seconds(),
-        backoff_max=api.retry_backoff_max.total_seconds(),
+        retry=retry_policy(settings),
+        pacing=Pacing(RateLimiter(api.max_rate, sleep=sleep_until_stopped(stop)), stop),
         request_timeout=api.timeout,
-        limiter=RateLimiter(api.max_rate, sleep=sleep_until_stopped(stop)),
-        clock_check=ClockCheck(settings.sweep.max_clock_skew, clock),
+        gate=gate,
+        clock_check=clock_check,
+        refusals=refusals,
+        observers=Observers(observer, on_retry, watch),
+        clock=clock,
+    )
+    return Sweeper(
+        client,
+        sweep_config(settings),
         clock=clock,
         stop=stop,
-        observer=observer,
-        on_retry=on_retry,
-        gate=gate,
-        watch=watch,
+        outages=outages,
+        clock_check=clock_check,
+        refusals=refusals,
     )
-    return Sweeper(client, sweep_config(settings), clock=clock, stop=stop, outages=outages)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    api = settings.api
+    return RetryPolicy(
+        max_attempts=api.max_attempts,
+        max_retry_after=api.max_retry_after.total_seconds(),
+        backoff_initial=api.retry_backoff.total_seconds(),
+        backoff_max=api.retry_backoff_max.total_seconds(),
+    )

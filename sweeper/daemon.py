@@ -37,6 +37,7 @@ from sweeper.notify import SystemdNotifier
 from sweeper.ops import Health, Metrics, OpsServer, wsgi_app
 from sweeper.outages import OutageLog, watch_gap
 from sweeper.precise import Interval
+from sweeper.refusals import TokenRefusals
 from sweeper.report import ExitCode, SweepReport
 from sweeper.schedule import DaemonState, install_stop_handlers, list_now, run_daemon
 from sweeper.settings import Settings, config_path_of, load_settings
@@ -146,6 +147,9 @@ class Daemon:
         #: Set when the limits change, so that the prober looks at its cadence again.
         self._rewatch = asyncio.Event()
         self.pending: Settings | None = None
+        #: The (base URL, token) pairs the platform refused, kept across reloads: a
+        #: reload to another pair gets its chance, a reload back finds it refused.
+        self.refusals = TokenRefusals()
         self.health: Health | None = None
         self.timers = TimerHeap(settings.sweep.max_steps)
         self._closing: set[asyncio.Future[None]] = set()
@@ -212,7 +216,8 @@ class Daemon:
         generation = self.generation
         return generation.sweeper.platform_now() if generation else datetime.now(UTC)
 
-    def _build(self, settings: Settings) -> _Generation:
+    def build_generation(self, settings: Settings) -> _Generation:
+        """The HTTP client and the sweeper of one configuration (nothing sent)."""
         gate = self.leadership.gate if self.leadership is not None else None
         http = http_client(settings, gate=gate)
         sweeper = build_sweeper(
@@ -224,6 +229,7 @@ class Daemon:
             outages=self.outages.windows,
             gate=gate,
             watch=self.outages,
+            refusals=self.refusals,
         )
         return _Generation(settings, http, sweeper)
 
@@ -262,7 +268,7 @@ class Daemon:
                 return ExitCode.UNAVAILABLE
             shown = f"[{host}]" if ":" in host else host
             log.info("server.listening", listen=f"{shown}:{ops.port}")
-        self.generation = self._build(self.settings)
+        self.generation = self.build_generation(self.settings)
         watcher = asyncio.ensure_future(self._watch_token(TOKEN_WATCH_SECONDS))
         electing = None
         if self.leadership is not None:
@@ -374,16 +380,16 @@ class Daemon:
         old = self.generation
         self.pending = None
         try:
-            generation = self._build(settings)
+            generation = self.build_generation(settings)
         except Exception as exc:  # e.g. a CA bundle that changed since it was validated
             log.error("config.reload_failed", trigger="apply", error=f"{type(exc).__name__}: {exc}")
             self.metrics.observe_reload(False, datetime.now(UTC))
             return  # the one in force stays, whole
         self.settings = settings
         self.generation = generation
-        new_check, old_check = generation.sweeper.client.clock_check, None
+        new_check, old_check = generation.sweeper.clock_check, None
         if old is not None and old.settings.api.base_url == settings.api.base_url:
-            old_check = old.sweeper.client.clock_check
+            old_check = old.sweeper.clock_check
         if new_check is not None and old_check is not None:
             new_check.offset = old_check.offset  # the same platform's clock, until it answers
         if old is not None and old.settings.api.base_url != settings.api.base_url:
@@ -393,7 +399,9 @@ class Daemon:
         self._watch_outages(settings)
         self._rewatch.set()
         if old is not None:
-            generation.sweeper.client.carry_refusal(old.sweeper.client)
+            # A refusal belongs to its (base URL, token) pair: the new pair is asked
+            # about before each request; one old enough is tried again (as a sweep's start).
+            self.refusals.expire()
             # The previous sweep has ended (one listing at a time): nothing uses it now.
             closing = asyncio.ensure_future(old.http.aclose())
             self._closing.add(closing)

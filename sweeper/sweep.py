@@ -21,13 +21,14 @@ from datetime import datetime, timedelta
 import structlog
 
 from sweeper import __version__
-from sweeper.api import Clock, InvalidRecord, PlatformClient
+from sweeper.api import Clock, PlatformClient
 from sweeper.durations import format_duration, humanize
 from sweeper.errors import Interrupted, ListingOverran, SkipReason, as_error
-from sweeper.guards import check_blast_radius
+from sweeper.guards import ClockCheck, check_blast_radius
 from sweeper.ledger import Ledger, fill
 from sweeper.model import Step, StepStatus
 from sweeper.outages import NO_OUTAGES, OutageWindows
+from sweeper.pages import InvalidRecord
 from sweeper.policy import (
     Decision,
     NotStale,
@@ -40,6 +41,7 @@ from sweeper.policy import (
     within_limit,
 )
 from sweeper.precise import Interval, Nap, Watch
+from sweeper.refusals import TokenRefusals
 from sweeper.report import StepEntry, StepKey, SweepReport
 from sweeper.stepset import StepSet
 from sweeper.writer import Clocks, Writer
@@ -88,8 +90,16 @@ class Sweeper:
         monotonic: Callable[[], float] = time.monotonic,
         outages: Callable[[], OutageWindows] = lambda: NO_OUTAGES,
         nap: Nap | None = None,
+        clock_check: ClockCheck | None = None,
+        refusals: TokenRefusals | None = None,
     ) -> None:
         self.client = client
+        #: The platform's clock as its answers show it (the client checks each answer
+        #: with it): the sweeps' state, carried across reloads by the daemon.
+        self.clock_check = clock_check
+        #: The tokens refused (the client asks before each request); a refusal is
+        #: tried again once old enough, when a sweep begins.
+        self.refusals = refusals
         self.config = config
         self.clock = clock
         self.stop = stop or asyncio.Event()
@@ -99,8 +109,16 @@ class Sweeper:
         self.clocks = Clocks(clock, monotonic, self._offset)
 
     def _offset(self) -> timedelta:
-        check = self.client.clock_check
+        check = self.clock_check
         return check.offset if check is not None else timedelta(0)
+
+    def begin_sweep(self) -> None:
+        """Each sweep warns afresh about a missing Date, and tries again a token refused
+        long enough ago (refusals.TOKEN_RETRY_SECONDS); never in the middle of one."""
+        if self.refusals is not None:
+            self.refusals.expire()
+        if self.clock_check is not None:
+            self.clock_check.begin_sweep()
 
     def on_platform(self, moment: datetime) -> datetime:
         """A moment of our clock on the platform's (writer.Clocks.on_platform)."""
@@ -190,6 +208,7 @@ class _Sweep:
     def __init__(
         self, sweeper: Sweeper, report: SweepReport, interval: Interval | None = None
     ) -> None:
+        self.sweeper = sweeper
         self.stop = sweeper.stop
         self.outages = sweeper.outages
         self.client = sweeper.client
@@ -209,7 +228,7 @@ class _Sweep:
     async def execute(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run the work; whatever ends it, end the sweep through `Ledger.finish`."""
         started = self.clocks.monotonic()
-        self.client.begin_sweep()
+        self.sweeper.begin_sweep()
         self.log_started()
         try:
             await work()

@@ -206,7 +206,7 @@ class Writer:
                 if exc.http_status not in NOT_PROCESSED:
                     entry.unconfirmed = True  # it may have been applied: never "skipped"
                 unsettled = decision
-                if attempts >= client.max_attempts or not await self.wait_to_retry(
+                if attempts >= client.retry.max_attempts or not await self.wait_to_retry(
                     entry, exc, attempts, give_up_at
                 ):
                     if await self.settled_by_reread(entry, decision):

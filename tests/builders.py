@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 import weakref
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,13 +18,18 @@ from typing import Any
 
 import httpx
 
-from sweeper.api import PlatformClient, Sleep, build_http_client
+from sweeper.api import Clock, PlatformClient, build_http_client, utc_now
+from sweeper.exchange import Observers, RequestObserver, RequestWatch, RetryObserver
+from sweeper.gate import LeaseGate
 from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
 from sweeper.outages import OutageWindows
+from sweeper.pacing import Pacing, RateLimiter, Sleep
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules
 from sweeper.precise import Interval, Nap
+from sweeper.refusals import TokenRefusals
 from sweeper.report import StepEntry, SweepReport
+from sweeper.retries import RetryPolicy
 from sweeper.sweep import SweepConfig, Sweeper
 from sweeper.timers import TimerHeap
 from tests.fakes import TOKEN, FakeClock, FakePlatform, no_sleep
@@ -52,6 +58,44 @@ def rules_with(limit: timedelta, code: str = "Z", message: str = DEFAULT_ERROR_M
     return Rules((), Rule("default", limit, StepStatus.FAILED, code, message))
 
 
+def client_of(
+    http: httpx.AsyncClient,
+    *,
+    max_attempts: int = 5,
+    max_retry_after: timedelta = timedelta(seconds=60),
+    backoff_initial: float = 0.5,
+    backoff_max: float = 30.0,
+    request_timeout: timedelta | None = None,
+    limiter: RateLimiter | None = None,
+    stop: asyncio.Event | None = None,
+    sleep: Sleep | None = None,
+    gate: LeaseGate | None = None,
+    clock_check: ClockCheck | None = None,
+    refusals: TokenRefusals | None = None,
+    observer: RequestObserver | None = None,
+    on_retry: RetryObserver | None = None,
+    watch: RequestWatch | None = None,
+    clock: Clock = utc_now,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> PlatformClient:
+    """The real PlatformClient over `http`, from one flat list of settings (each group of
+    the client's: retry policy, pacing, observers, built here)."""
+    return PlatformClient(
+        http,
+        retry=RetryPolicy(
+            max_attempts, max_retry_after.total_seconds(), backoff_initial, backoff_max
+        ),
+        pacing=Pacing(limiter or RateLimiter(0), stop, sleep),
+        request_timeout=request_timeout,
+        gate=gate,
+        clock_check=clock_check,
+        refusals=refusals or TokenRefusals(monotonic),
+        observers=Observers(observer, on_retry, watch),
+        clock=clock,
+        monotonic=monotonic,
+    )
+
+
 def build_client(
     platform: FakePlatform | Callable[[httpx.Request], Any],
     clock: FakeClock,
@@ -64,7 +108,7 @@ def build_client(
 ) -> PlatformClient:
     """The real PlatformClient over MockTransport, on the fake clock (wall and monotonic).
 
-    `client` goes to PlatformClient as is (limiter, stop, gate, observer, ...)."""
+    `client` goes to `client_of` as is (limiter, stop, gate, observer, ...)."""
     if isinstance(platform, FakePlatform):
         transport = platform.transport()
     else:
@@ -77,7 +121,7 @@ def build_client(
         transport=transport,
     )
     client.setdefault("clock_check", ClockCheck(timedelta(minutes=2), clock))
-    built = PlatformClient(
+    built = client_of(
         http,
         max_attempts=max_attempts,
         clock=clock,
@@ -99,11 +143,14 @@ def build_sweeper(
     **settings: Any,
 ) -> Sweeper:
     """A Sweeper on `build_client`: the keyword arguments that `build_client` or
-    PlatformClient take (sleep, max_attempts, limiter, ...) go to the client, the rest
+    `client_of` take (sleep, max_attempts, limiter, ...) go to the client, the rest
     to the SweepConfig (rules default to RULES)."""
     taken = set(inspect.signature(build_client).parameters)
-    taken |= set(inspect.signature(PlatformClient).parameters)
+    taken |= set(inspect.signature(client_of).parameters)
     client = {k: v for k, v in settings.items() if k in taken}
+    # The sweeps' state, shared by the client (which consults it) and the sweeper.
+    client.setdefault("clock_check", ClockCheck(timedelta(minutes=2), clock))
+    client.setdefault("refusals", TokenRefusals(clock.monotonic))
     config = {k: v for k, v in settings.items() if k not in taken}
     config.setdefault("rules", RULES)
     config.setdefault("host", "test-host")
@@ -119,6 +166,8 @@ def build_sweeper(
         clock=clock,
         stop=stop,
         monotonic=clock.monotonic,
+        clock_check=client["clock_check"],
+        refusals=client["refusals"],
         **extra,
     )
 

@@ -21,12 +21,13 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from sweeper.api import PlatformClient, build_http_client
+from sweeper.api import build_http_client
 from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus, format_timestamp
 from sweeper.outages import OutageLog, watch_gap
 from sweeper.policy import Decision, Rule, Rules, decide
 from sweeper.timers import due_at
+from tests.builders import client_of
 from tests.fakes import NOW, TOKEN
 
 Z = timedelta(0)
@@ -173,7 +174,7 @@ async def _run(world: World, end: timedelta, listing_every: timedelta) -> list[V
     async def no_sleep(seconds: float) -> None:
         return None
 
-    client = PlatformClient(
+    client = client_of(
         http, clock=world.ours, sleep=no_sleep, clock_check=check, watch=log, max_attempts=1
     )
     verdicts: list[Verdict] = []

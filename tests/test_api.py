@@ -12,13 +12,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from sweeper.api import (
-    MAX_ANSWER_BYTES,
-    PlatformClient,
-    RateLimiter,
-    build_http_client,
-    step_url,
-)
+from sweeper.api import PlatformClient, build_http_client, step_url
 from sweeper.errors import (
     BodyRejected,
     ClockSkewRefused,
@@ -31,9 +25,12 @@ from sweeper.errors import (
     TokenRefused,
     WriteUnanswered,
 )
+from sweeper.exchange import MAX_ANSWER_BYTES
 from sweeper.guards import ClockCheck
 from sweeper.model import StepStatus
+from sweeper.pacing import RateLimiter
 from sweeper.policy import StepUpdate
+from tests.builders import client_of
 from tests.fakes import NOW, TOKEN, FakeClock, FakePlatform, record, refusal
 
 T = TypeVar("T")
@@ -76,7 +73,7 @@ def client_for(
         transport=httpx.MockTransport(handler),
     )
     kwargs.setdefault("max_attempts", 4)
-    return PlatformClient(http, clock=clock, sleep=sleep, **kwargs), sleep
+    return client_of(http, clock=clock, sleep=sleep, **kwargs), sleep
 
 
 def answers(*responses: httpx.Response | Exception) -> Callable[[httpx.Request], httpx.Response]:
@@ -442,12 +439,11 @@ def test_missing_date_is_warned_once_per_sweep(
     """Without a Date header skew cannot be checked: one warning per sweep."""
     platform.add(record("s1"))
     platform.send_date = False
-    client, _ = client_for(
-        platform.handle, clock, clock_check=ClockCheck(timedelta(minutes=2), clock)
-    )
+    check = ClockCheck(timedelta(minutes=2), clock)
+    client, _ = client_for(platform.handle, clock, clock_check=check)
     for _ in range(3):
         run(client.get_step("s1", "org-a"))
-    client.begin_sweep()
+    check.begin_sweep()  # a new sweep (Sweeper.begin_sweep)
     run(client.get_step("s1", "org-a"))
     assert [e["event"] for e in logs] == ["platform.date_missing", "platform.date_missing"]
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sweeper import api
+from sweeper import api, exchange, pages
 from sweeper.api import PlatformClient, build_http_client
 from sweeper.encodings import MAX_LAYERS, PIECE, Decoded, EncodingError
 from sweeper.errors import InvalidAnswer
+from sweeper.retries import RetryPolicy
 from tests.fakes import TOKEN
 
 BENCH = Path(__file__).parent.parent / "bench" / "answer_bomb.py"
@@ -169,7 +170,7 @@ def list_once(handler: httpx.MockTransport) -> object:
             max_connections=1,
             transport=handler,
         ) as http:
-            client = PlatformClient(http, max_attempts=1)
+            client = PlatformClient(http, retry=RetryPolicy(max_attempts=1))
             try:
                 async for page in client.list_running(api.utc_now(), 10):
                     return page
@@ -191,7 +192,7 @@ def test_a_compressed_listing_is_read(encoding: str) -> None:
             )
         )
     )
-    assert isinstance(page, api.Page)
+    assert isinstance(page, pages.Page)
 
 
 @pytest.mark.parametrize(
@@ -208,7 +209,7 @@ def test_a_listing_bomb_or_unknown_encoding_is_an_invalid_answer(
 ) -> None:
     """Through PlatformClient: past the cap (8 MiB of zeros, cap 1 MiB) or not decodable,
     the listing is an invalid answer, never a page and never a retry."""
-    monkeypatch.setattr(api, "MAX_ANSWER_BYTES", 1 << 20)
+    monkeypatch.setattr(exchange, "MAX_ANSWER_BYTES", 1 << 20)
     known = encoding if "zstd" not in encoding and encoding != "br" else "gzip"
     body = zeros_bomb(known, 8 * 1024 * 1024)
     calls: list[int] = []
@@ -225,7 +226,7 @@ def test_a_listing_bomb_or_unknown_encoding_is_an_invalid_answer(
 
 def test_a_compressed_answer_is_capped_on_the_wire_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """More compressed bytes than the cap, with no Content-Length: refused as they come."""
-    monkeypatch.setattr(api, "MAX_ANSWER_BYTES", 1 << 16)
+    monkeypatch.setattr(exchange, "MAX_ANSWER_BYTES", 1 << 16)
     noise = bytes(range(256)) * 1024  # barely compressible
     body = gzip.compress(noise, compresslevel=0)
     refused = list_once(

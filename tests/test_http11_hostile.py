@@ -21,9 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sweeper import api
+from sweeper import api, exchange
 from sweeper.api import PlatformClient, build_http_client
 from sweeper.errors import InvalidAnswer, PlatformUnavailable
+from sweeper.retries import RetryPolicy
 from sweeper.transport import Transport
 from tests.scripted_server import Answer, Scripted
 
@@ -281,7 +282,9 @@ def list_once(url: str, request_timeout: float = 5.0) -> object:
             url, TOKEN, timeout=timedelta(seconds=5), max_connections=1
         ) as http:
             client = PlatformClient(
-                http, max_attempts=1, request_timeout=timedelta(seconds=request_timeout)
+                http,
+                retry=RetryPolicy(max_attempts=1),
+                request_timeout=timedelta(seconds=request_timeout),
             )
             try:
                 async for page in client.list_running(api.utc_now(), 10):
@@ -302,7 +305,7 @@ def chunked(body: bytes, piece: int, *extra: bytes) -> bytes:
 
 def test_a_chunked_bomb_over_the_socket_stops_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """gzip, gzip of 8 MiB of zeros, chunked without a length: refused past the cap."""
-    monkeypatch.setattr(api, "MAX_ANSWER_BYTES", 1 << 20)
+    monkeypatch.setattr(exchange, "MAX_ANSWER_BYTES", 1 << 20)
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)
     inner = b"".join(packer.compress(bytes(1 << 20)) for _ in range(8)) + packer.flush()
     bomb = chunked(gzip.compress(inner), 1000, b"Content-Encoding: gzip, gzip\r\n")
@@ -318,7 +321,7 @@ def test_a_chunked_bomb_over_the_socket_stops_at_the_cap(monkeypatch: pytest.Mon
 
 def test_a_chunked_answer_over_the_cap_on_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
     """No Content-Length, chunk after chunk past the cap: refused as the bytes come."""
-    monkeypatch.setattr(api, "MAX_ANSWER_BYTES", 1 << 16)
+    monkeypatch.setattr(exchange, "MAX_ANSWER_BYTES", 1 << 16)
     endless = chunked(b"x" * (1 << 18), 4096)
 
     async def serve() -> object:

@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.api import STEPS_PATH, RateLimiter, sleep_until_stopped
+from sweeper.api import STEPS_PATH
 from sweeper.errors import LeaseLost
 from sweeper.leader import Gate, LeaseClock
+from sweeper.pacing import RateLimiter, sleep_until_stopped
 from sweeper.precise import Interval
 from sweeper.report import ExitCode, Outcome, Result
 from sweeper.timers import TimerHeap

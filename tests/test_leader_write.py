@@ -28,6 +28,7 @@ from sweeper.leader import Gate, LeaseClock
 from sweeper.model import StepStatus
 from sweeper.policy import StepUpdate
 from sweeper.report import Outcome
+from sweeper.retries import RetryPolicy
 from sweeper.settings import load_settings
 from sweeper.transport import Transport
 from tests.fakes import TOKEN, record
@@ -106,7 +107,7 @@ def client_of(base_url: str, gate: Gate, *, debug: bool = False) -> tuple[Any, P
         max_connections=2,
         before_write=before_write(gate, debug=debug),
     )
-    return http, PlatformClient(http, max_attempts=1, gate=gate)
+    return http, PlatformClient(http, retry=RetryPolicy(max_attempts=1), gate=gate)
 
 
 async def _listing(client: PlatformClient) -> None:
@@ -236,7 +237,7 @@ def test_without_a_lease_debug_alone_stamps_every_request(
             running.base_url, TOKEN, timeout=timedelta(seconds=5), max_connections=1,
             before_write=before_write(None, debug=True),
         ) as http:  # fmt: skip
-            await PlatformClient(http, max_attempts=1).patch_step("z1", UPDATE)
+            await PlatformClient(http, retry=RetryPolicy(max_attempts=1)).patch_step("z1", UPDATE)
 
     asyncio.run(scenario())
     stamps = [(e["method"], e["path"]) for e in debug_logs if e["event"] == "request.sent"]

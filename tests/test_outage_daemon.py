@@ -129,7 +129,7 @@ def test_a_reload_to_another_base_url_starts_a_fresh_outage_memory(
 
     async def scenario() -> timedelta:
         daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
-        daemon.generation = daemon._build(settings)
+        daemon.generation = daemon.build_generation(settings)
         for status in ("200", "503", "503", "200"):  # known: up, then a run of failures
             daemon.outages.observe("GET", status)
         config.write_text(body.format(url=base_url, limit="9h"))

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.api import RateLimiter
 from sweeper.model import StepStatus
+from sweeper.pacing import RateLimiter
 from sweeper.policy import DEFAULT_ERROR_MESSAGE, Rule, Rules, manual_rule
 from sweeper.report import ExitCode, Outcome
 from sweeper.sweep import Sweeper

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from sweeper.api import TOKEN_RETRY_SECONDS
 from sweeper.daemon import changed_keys
+from sweeper.refusals import TOKEN_RETRY_SECONDS
 from sweeper.settings import load_settings
 from tests.e2e import (
     Platform,
@@ -204,9 +205,9 @@ def test_a_reload_keeps_a_refusal_only_for_the_same_url_and_token(
 
     async def scenario() -> bool:
         daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
-        daemon.generation = daemon._build(settings)
+        daemon.generation = daemon.build_generation(settings)
         client = daemon.generation.sweeper.client
-        client._token_refused_at = client._monotonic()  # a 401 was seen just now
+        daemon.refusals.refuse(client.credentials)  # a 401 was seen just now
         config.write_text(body.format(url=url, token=token) + "[sweep]\npage_size = 7\n")
         assert daemon.reload("SIGHUP")
         _, work = daemon.new_sweep()
@@ -244,10 +245,10 @@ def test_a_reload_back_to_a_refused_pair_keeps_it_refused(
 
     async def scenario() -> list[bool]:
         daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
-        daemon.generation = daemon._build(settings)
+        daemon.generation = daemon.build_generation(settings)
         client = daemon.generation.sweeper.client
         assert ago in (0.0, TOKEN_RETRY_SECONDS)
-        client._token_refused_at = client._monotonic() - ago  # a 401 was seen then
+        daemon.refusals.refuse(client.credentials, at=time.monotonic() - ago)  # a 401 then
         seen = []
         for size, (u, t) in enumerate([(url, token), ("https://p.test", "same-secret")], 6):
             config.write_text(body.format(url=u, token=t, size=size))
@@ -363,7 +364,7 @@ def test_a_reload_whose_apply_fails_keeps_the_old_one_whole(tmp_path: Path) -> N
 
     async def scenario() -> tuple[Daemon, list[str]]:
         daemon = Daemon(settings, Redactor(), config_path=config, overrides={}, environ={})
-        daemon.generation = daemon._build(settings)
+        daemon.generation = daemon.build_generation(settings)
         config.write_text(body.format(ca=ca) + '[sweep]\nstale_after = "1h"\n')
         assert daemon.reload("SIGHUP")
         ca.write_text("not a certificate\n")  # rotation in progress at the listing

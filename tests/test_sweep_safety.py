@@ -11,8 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.api import STEPS_PATH, TOKEN_RETRY_SECONDS, PlatformClient, RateLimiter
+from sweeper.api import STEPS_PATH, PlatformClient
 from sweeper.errors import TokenRefused
+from sweeper.pacing import RateLimiter
+from sweeper.refusals import TOKEN_RETRY_SECONDS
 from sweeper.report import ExitCode, Outcome, Result
 from tests.builders import H, build_sweeper, patient_sweeper, run, sweep
 from tests.fakes import NOW, FakeClock, FakePlatform, record, refusal

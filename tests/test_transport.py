@@ -21,7 +21,10 @@ from sweeper.devserver.app import Faults
 from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
 from sweeper.errors import PlatformRefused, PlatformUnavailable
+from sweeper.retries import RetryPolicy
 from tests.fakes import TOKEN
+
+ONE_TRY = RetryPolicy(max_attempts=1)
 
 
 def client(base_url: str, timeout: float = 5.0) -> httpx.AsyncClient:
@@ -52,7 +55,7 @@ def test_step_ids_reach_the_server_exactly_as_encoded(
 
     async def go() -> None:
         async with client(base_url) as http:
-            await PlatformClient(http, max_attempts=1).get_step(step_id, "org")
+            await PlatformClient(http, retry=ONE_TRY).get_step(step_id, "org")
 
     asyncio.run(go())
     assert seen == [b"/api/data-platform/workflow-run-steps/" + raw]
@@ -73,7 +76,7 @@ def test_connection_refused_is_a_connect_error() -> None:
             with pytest.raises(httpx.ConnectError):
                 await http.get("/x")
             with pytest.raises(PlatformUnavailable, match=r"connection refused.*127\.0\.0\.1:\d+"):
-                await PlatformClient(http, max_attempts=1).get_step("s", "o")
+                await PlatformClient(http, retry=ONE_TRY).get_step("s", "o")
 
     asyncio.run(go())
 
@@ -104,7 +107,7 @@ def test_redirects_are_answers_not_followed() -> None:
         async def go() -> None:
             async with client(server.base_url) as http:
                 with pytest.raises(PlatformRefused):
-                    await PlatformClient(http, max_attempts=1).get_step("s", "o")
+                    await PlatformClient(http, retry=ONE_TRY).get_step("s", "o")
 
         asyncio.run(go())
     assert hits == ["/api/data-platform/workflow-run-steps/s"]
@@ -145,7 +148,7 @@ def test_cut_or_broken_answers_are_transport_errors(
     async def go() -> None:
         async with client(url) as http:
             with pytest.raises(PlatformUnavailable):
-                await PlatformClient(http, max_attempts=1).get_step("s", "o")
+                await PlatformClient(http, retry=ONE_TRY).get_step("s", "o")
 
     asyncio.run(go())
     thread.join(timeout=5)
@@ -246,7 +249,7 @@ def reraised(exc: BaseException) -> httpx.TransportError:
 def test_aiohttp_errors_quoting_the_answer_never_carry_the_token(exc: BaseException) -> None:
     """aiohttp's parser quotes the answer's bytes; a peer reflecting the Authorization
     header would put the token there: the error, its chain and its description omit it."""
-    from sweeper.api import describe_transport_error
+    from sweeper.exchange import describe_transport_error
 
     error = reraised(exc)
     assert TOKEN not in describe_transport_error(error)
@@ -256,7 +259,7 @@ def test_aiohttp_errors_quoting_the_answer_never_carry_the_token(exc: BaseExcept
 
 def test_the_cause_of_a_connect_error_is_still_described() -> None:
     """A refused connection keeps its cause: the operator sees why."""
-    from sweeper.api import describe_transport_error
+    from sweeper.exchange import describe_transport_error
 
     key = aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None)
     error = reraised(aiohttp.ClientConnectorError(key, OSError(111, "Connection refused")))
