@@ -307,7 +307,7 @@ def test_lost_write_then_deadline_is_failed_not_skipped(
     """A write the platform applied but whose answer was lost, with the deadline passing
     during the backoff before its retry, is reported `failed` (or `marked` once a re-read
     shows it), never skipped: a write sent whose fate no answer told is `failed`."""
-    random.seed(1)  # tenacity's full jitter: any backoff above 1 ms crosses the deadline
+    random.seed(1)  # RetryPolicy's full jitter: any backoff above 1 ms crosses the deadline
     platform.add(record("z1"))
 
     def lost_late() -> httpx.Response:
