@@ -1,8 +1,9 @@
 """The platform API: listing, re-read and PATCH, with retries, limits and error translation.
 
-This is the only module that knows the platform's URLs, and everything leaving it is
-a Step, a plain dict or a `sweeper.errors` exception. The client holds configuration
-and the pool; the rest is split as httpx splits its client, transports and exceptions:
+With the modules below it, the only place that knows the platform's URLs and answer
+shapes; everything leaving it is a Step, a plain dict or a `sweeper.errors` exception.
+The client holds configuration and the pool; the rest is split as httpx splits its
+client, transports and exceptions:
 
     api        PlatformClient: listing, re-read, write; reads retried here
      |-- exchange   one request and its answer, mapped once (the only httpx errors)
