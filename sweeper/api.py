@@ -30,6 +30,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import structlog
+from tenacity import RetryCallState
 
 from sweeper import __version__
 from sweeper.errors import (
@@ -260,24 +261,23 @@ class PlatformClient:
         give_up_at: float | None = None,
     ) -> dict[str, Any]:
         """A read, tried again after each transient failure as the retry policy says."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            if give_up_at is not None and self._monotonic() + wait >= give_up_at:
+                raise OutOfTime(f"the next try would wait past the deadline ({wait:.1f}s)")
+            exc = state.outcome.exception() if state.outcome is not None else None
+            status = exc.http_status if isinstance(exc, Transient) else None
+            self._retried(method, path, status, str(exc), state.attempt_number, wait)
+
         attempt = 0
         try:
-            while True:
-                attempt += 1
-                try:
+            async for tried in self.retry.retrying(self._pacing.wait, before_sleep):
+                with tried:
+                    attempt = tried.retry_state.attempt_number
                     return await self._try_once(
                         method, path, params, None, attempt, slots=slots, give_up_at=give_up_at
                     )
-                except Transient as exc:
-                    if attempt >= self.retry.max_attempts:
-                        raise
-                    wait = self.retry.wait(attempt, exc.retry_after)
-                    if give_up_at is not None and self._monotonic() + wait >= give_up_at:
-                        raise OutOfTime(
-                            f"the next try would wait past the deadline ({wait:.1f}s)"
-                        ) from None
-                    self._retried(method, path, exc.http_status, str(exc), attempt, wait)
-                    await self._pacing.wait(wait)
         except Transient as exc:
             raise PlatformUnavailable(
                 f"{method} {self._base}{path}: {exc} (after {attempt} tries)",
@@ -289,6 +289,7 @@ class PlatformClient:
                 f"{method} {self._base}{path}: given up, {exc} (after {attempt} tries)",
                 attempts=attempt,
             ) from None
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def _retried(
         self,

@@ -1,14 +1,24 @@
 """How long to wait before trying a failed request again: a frozen policy, no state.
 
-Reads retry inside the client; a write's next attempt is the writer's call (after its
-own re-read), and waits what this policy says too.
+tenacity does the retrying: reads run in the `AsyncRetrying` this policy builds, and
+a write's next attempt (the writer's call, after its own re-read) waits what this
+policy's backoff says, drawn by the same tenacity strategy.
 """
 
 from __future__ import annotations
 
-import math
-import random
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from sweeper.errors import Transient
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,22 +30,41 @@ class RetryPolicy:
     max_retry_after: float = 60.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # Full jitter: uniform in [0, initial * 2^(attempt-1)], capped (too large: the cap).
+    _backoff: wait_random_exponential = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        strategy = wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max)
+        object.__setattr__(self, "_backoff", strategy)
+
+    def retrying(
+        self,
+        sleep: Callable[[float], Awaitable[None]],
+        before_sleep: Callable[[RetryCallState], None],
+    ) -> AsyncRetrying:
+        """The retry loop of one read: a Transient failure is tried again, up to
+        max_attempts tries, after `wait` (`before_sleep` may still refuse the wait)."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(Transient),
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
 
     def backoff(self, attempt: int) -> float:
-        """Full jitter: uniform between 0 and `initial * 2^(attempt-1)`, capped at the max
-        (the same draw as tenacity's wait_random_exponential)."""
-        return random.uniform(0, self._ceiling(attempt))
+        """The backoff after failed try number `attempt` (a write's, outside a loop)."""
+        state = RetryCallState(AsyncRetrying(), None, (), {})
+        state.attempt_number = attempt
+        return float(self._backoff(state))
 
     def wait(self, attempt: int, retry_after: float | None) -> float:
         """The wait after failed try number `attempt`: Retry-After when given, else backoff."""
         return retry_after if retry_after is not None else self.backoff(attempt)
 
-    def _ceiling(self, attempt: int) -> float:
-        initial, cap, exponent = self.backoff_initial, self.backoff_max, attempt - 1
-        finite = initial > 0 and cap > 0 and math.isfinite(cap)
-        if finite and exponent > math.log(cap, 2) - math.log(initial, 2):
-            return cap  # 2^exponent would only be capped (and may not fit a float)
-        try:
-            return max(0.0, min(initial * 2.0**exponent, cap))
-        except OverflowError:
-            return cap
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, Transient) and exc.retry_after is not None:
+            return exc.retry_after
+        return float(self._backoff(state))

@@ -13,7 +13,7 @@ from sweeper.retries import RetryPolicy
 @pytest.fixture(name="highest")
 def _highest(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every jitter draw gives its upper bound: the ceiling shows."""
-    monkeypatch.setattr("sweeper.retries.random.uniform", lambda low, high: high)
+    monkeypatch.setattr("tenacity.wait.random.uniform", lambda low, high: high)
 
 
 @pytest.mark.parametrize(
