@@ -99,6 +99,47 @@ def test_an_answer_arriving_a_byte_at_a_time_decodes_whole(
     assert decode(encodings, encode(PAGE * 3, header), step=1) == PAGE * 3
 
 
+def test_an_empty_raw_deflate_body_decodes_to_nothing() -> None:
+    """The shortest raw deflate stream is two bytes (one empty final block): both are
+    enough to tell it from zlib-wrapped deflate, and it ends the stream."""
+    empty = encode(b"", "raw-deflate")
+    assert len(empty) == 2
+    assert decode(["deflate"], empty) == b""
+    assert decode(["deflate"], empty, step=1) == b""
+
+
+@pytest.mark.parametrize("header", ["raw-deflate", "deflate", "gzip"])
+def test_an_answer_cut_in_two_anywhere_decodes_whole(header: str) -> None:
+    """Output a layer still holds when its input runs out is given on, not left in zlib
+    until more input comes: the stream must end with the answer, wherever it was cut."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = bytes(2 * PIECE)
+    if header == "raw-deflate":
+        body = packer.compress(data) + packer.flush()
+    else:
+        body = encode(data, header)
+    for cut in range(len(body) + 1):
+        decoded = Decoded([header.removeprefix("raw-")], 1 << 20)
+        out = b"".join([*decoded.feed(body[:cut]), *decoded.feed(body[cut:])])
+        decoded.finish()
+        assert out == data, cut
+
+
+def test_the_cap_is_the_most_a_layer_may_produce() -> None:
+    """An answer that decodes to exactly the cap is read; one byte more is refused, on
+    every layer of a stack."""
+    for encodings, header in ((["gzip"], "gzip"), (["deflate", "gzip"], "deflate, gzip")):
+        exact = bytes(1000)
+        assert decode(encodings, encode(exact, header), cap=1000) == exact
+        with pytest.raises(EncodingError, match="decodes to more than 1000 bytes"):
+            decode(encodings, encode(exact + b"\0", header), cap=1000)
+
+
+def test_as_many_stacked_encodings_as_allowed_decode() -> None:
+    header = ", ".join(["gzip"] * MAX_LAYERS)
+    assert decode(["gzip"] * MAX_LAYERS, encode(PAGE, header)) == PAGE
+
+
 def test_gzip_members_one_after_another_decode_whole() -> None:
     """Two gzip members back to back (RFC 1952) are one answer."""
     assert decode(["gzip"], gzip.compress(PAGE) + gzip.compress(PAGE)) == PAGE * 2
@@ -126,6 +167,17 @@ def test_an_unknown_encoding_is_refused(encoding: str) -> None:
     """Nothing is guessed: an encoding we cannot undo makes the answer invalid."""
     with pytest.raises(EncodingError, match="unknown Content-Encoding"):
         Decoded([e.strip() for e in encoding.split(",")], 1 << 20)
+
+
+def test_an_unknown_encoding_is_named_and_its_name_cut_short() -> None:
+    """The refusal names every unknown encoding (sorted, once each), and a hostile
+    header cannot make the message, which is logged, longer than 64 characters of it."""
+    with pytest.raises(EncodingError) as named:
+        Decoded(["zstd", "br", "gzip", "br"], 1 << 20)
+    assert str(named.value) == "unknown Content-Encoding 'br, zstd'"
+    with pytest.raises(EncodingError) as cut:
+        Decoded(["x" * 1000], 1 << 20)
+    assert str(cut.value) == f"unknown Content-Encoding {'x' * 64!r}"
 
 
 def test_more_stacked_encodings_than_a_server_sends_are_refused() -> None:
