@@ -7,8 +7,12 @@ the Authorization header of every request it gets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -298,6 +302,18 @@ def test_a_proxy_that_would_see_the_token_or_be_bypassed_is_refused(
         ("other.example, 10.0.0.0/8 api.example.com", "api.example.com", 443, True),
         ("not/a/cidr, :, [, ]:1", "api.example.com", 443, False),
         ("", "api.example.com", 443, False),
+        # The host as a URL may spell it: a trailing dot (a rooted name), any case.
+        ("example.com", "api.example.com.", 443, True),
+        ("xray.example.box", "XRAY.EXAMPLE.BOX", 443, True),
+        # An entry that does not name the host (another port, another address, a
+        # malformed block or port) does not stop the entries after it from naming it.
+        ("example.com:8443, example.com", "api.example.com", 443, True),
+        ("10.1.2.4, example.com", "example.com", 443, True),
+        ("not/a/cidr api.example.com", "api.example.com", 443, True),
+        ("[fd00::1]:x1", "fd00::1", 443, False),
+        # A block written with host bits set, as operators do; an address in any spelling.
+        ("10.1.2.3/8", "10.200.0.1", 443, True),
+        ("fd00:0:0::1", "fd00::1", 443, True),
     ],
 )
 def test_no_proxy_forms(no_proxy: str, host: str, port: int, named: bool) -> None:
@@ -323,3 +339,125 @@ def test_no_proxy_forms_send_directly(
     monkeypatch.setenv("NO_PROXY", no_proxy)
     assert proxy_for("https", host, None) is None
     assert proxy_for("https", "elsewhere.example", None) == "http://p:3128"
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for platform.invalid (the name the client asks for)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=platform.invalid", "-addext", "subjectAltName=DNS:platform.invalid",
+         "-keyout", "key.pem", "-out", "cert.pem"],
+        cwd=folder, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return folder / "cert.pem", folder / "key.pem"
+
+
+class Servers:
+    """Loopback servers whose every connection and handler is closed and awaited on
+    `close` (nothing leaks into the next test)."""
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.Server] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def track(self, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.append(task)
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for writer in self.writers:
+            writer.close()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for writer in self.writers:
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+
+
+async def tunnelling_proxy(servers: Servers, target_port: int, connects: list[bytes]) -> str:
+    """A loopback proxy that opens every CONNECT tunnel to one TLS server on loopback,
+    whatever host was asked for, and keeps the CONNECT lines."""
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        servers.track(writer)
+        head = await reader.readuntil(b"\r\n\r\n")
+        connects.append(head.split(b"\r\n", 1)[0])
+        far_reader, far_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        servers.writers.append(far_writer)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(pipe(reader, far_writer), pipe(far_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    servers.servers.append(server)
+    return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def tls_platform(servers: Servers, cert: Path, key: Path, seen: list[bytes]) -> int:
+    """A TLS server on loopback answering every request 200, keeping each request head;
+    its port."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        servers.track(writer)
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, ssl.SSLError):
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    servers.servers.append(server)
+    return int(server.sockets[0].getsockname()[1])
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_through_a_proxy_tls_is_verified_and_the_last_look_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trusted: bool
+) -> None:
+    """Through a CONNECT tunnel the platform's certificate is verified as on a direct
+    connection (the CA given, else the system's), and `before_write` (the lease's last
+    look) runs before the request leaves, as it does without a proxy."""
+    cert, key = make_certificate(tmp_path)
+    seen: list[bytes] = []
+    looks: list[tuple[str, str]] = []
+    connects: list[bytes] = []
+
+    async def go() -> int | str:
+        servers = Servers()
+        try:
+            port = await tls_platform(servers, cert, key, seen)
+            monkeypatch.setenv("HTTPS_PROXY", await tunnelling_proxy(servers, port, connects))
+            verify = ssl.create_default_context(cafile=str(cert)) if trusted else True
+            async with build_http_client(
+                "https://platform.invalid:8443", TOKEN, timeout=timedelta(seconds=10),
+                max_connections=1, verify=verify,
+                before_write=lambda method, path: looks.append((method, path)),
+            ) as http:  # fmt: skip
+                try:
+                    return (await http.get("/api/data-platform/workflow-run-steps")).status_code
+                except httpx.HTTPError as exc:
+                    return f"{type(exc).__name__}: {exc}"
+        finally:
+            await servers.close()
+
+    outcome = asyncio.run(go())
+    assert connects == [b"CONNECT platform.invalid:8443 HTTP/1.1"]
+    if trusted:
+        assert outcome == 200
+        assert looks == [("GET", "/api/data-platform/workflow-run-steps")]
+        assert len(seen) == 1 and f"Bearer {TOKEN}".encode() in seen[0]
+    else:
+        assert isinstance(outcome, str) and "CERTIFICATE_VERIFY_FAILED" in outcome, outcome
+        assert looks == [] and seen == []

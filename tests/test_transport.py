@@ -182,6 +182,10 @@ def test_tls_is_verified_by_default_and_a_ca_bundle_can_be_added(tmp_path: objec
     assert default.check_hostname is True
     custom = ssl.create_default_context()
     assert Transport(max_connections=1, verify=custom).tls_context() is custom
+    # verify=False (only ever a test's choice) turns both checks off, and only then.
+    off = Transport(max_connections=1, verify=False).tls_context()
+    assert off.verify_mode is ssl.CERT_NONE
+    assert off.check_hostname is False
 
 
 def test_the_sweeper_does_not_import_the_stand_in_server() -> None:
