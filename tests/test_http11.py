@@ -9,7 +9,7 @@ import struct
 import httpx
 import pytest
 
-from sweeper.http11 import EAGER_BYTES, MAX_HEAD_BYTES, Framing, parse_head
+from sweeper.http11 import EAGER_BYTES, MAX_HEAD_BYTES, Framing, Pool, parse_head, read_answer
 from sweeper.stepset import StepSet
 from sweeper.transport import Transport
 from tests.scripted_server import Answer, Scripted
@@ -374,6 +374,121 @@ def test_framing_rules() -> None:
         b"HTTP/1.1",
         [(b"A", b"b")],
     )
+
+
+def test_list_forms_of_the_framing_headers() -> None:
+    """A Content-Length list of one value repeated is that value (RFC 9110 8.6); the
+    transfer codings are a comma list, spaces optional, chunked last wins (RFC 9112 6.3)."""
+    repeated = Framing(200, b"HTTP/1.1", [(b"Content-Length", b"5, 5,5")], "GET")
+    assert repeated.length == 5 and repeated.keep_alive
+    for value in (b"gzip,chunked", b"gzip, chunked", b"gzip ,  Chunked"):
+        coded = Framing(200, b"HTTP/1.1", [(b"Transfer-Encoding", value)], "GET")
+        assert coded.chunked and coded.keep_alive, value
+    last = Framing(200, b"HTTP/1.1", [(b"Transfer-Encoding", b"chunked,gzip")], "GET")
+    assert not last.chunked and not last.keep_alive
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "reason"),
+    [
+        (b"5\x0c\r\nhello\r\n0\r\n\r\n", "a chunk size that is not hex digits"),
+        (b"5X\r\nhello\r\n0\r\n\r\n", "a chunk size that is not hex digits"),
+        (b"\r\nhello\r\n0\r\n\r\n", "a chunk size that is not hex digits"),
+        (b"5\r\nhello!\r\n0\r\n\r\n", "a chunk not followed by CRLF"),
+    ],
+    ids=["form-feed", "letter", "empty", "no-crlf"],
+)
+def test_a_broken_chunk_says_what_is_wrong(chunks: bytes, reason: str) -> None:
+    """Only hex digits (and spaces, tabs) make a chunk size; the error names the fault
+    (never the answer's bytes)."""
+
+    async def go() -> None:
+        async with Scripted([CHUNKED_HEAD + chunks]) as server, client(server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError) as error:
+                await get(http)
+            assert str(error.value) == f"malformed answer: {reason}"
+
+    asyncio.run(go())
+
+
+def test_extensions_and_trailers_up_to_their_budget_are_read_and_the_connection_kept() -> None:
+    """Exactly MAX_HEAD_BYTES of extensions, then as much of trailers: the answer is
+    read, every trailer line to the last CRLF, and the connection serves the next one."""
+    half = MAX_HEAD_BYTES // 2
+    extension = b"1;" + b"e" * (half - 2) + b"\r\nx\r\n"  # counted after the ";"
+    trailer = b"T: " + b"t" * (half - 5) + b"\r\n"
+    assert len(trailer) == half
+    answers: list[Answer] = [
+        CHUNKED_HEAD + extension * 2 + b"0\r\n\r\n",
+        CHUNKED_HEAD + b"1\r\nx\r\n0\r\n" + trailer * 2 + b"\r\n",
+        ok(b"next"),
+    ]
+
+    async def go() -> None:
+        async with Scripted(answers) as server, client(server.url) as http:
+            assert (await get(http)).content == b"xx"
+            assert (await get(http)).content == b"x"
+            assert (await get(http)).content == b"next"
+            assert server.connections == 1
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"5\r\nhel", b"5\r\nhello", b"5\r\nhello\r\n0\r\nT: 1\r\n"],
+    ids=["size", "data", "crlf", "trailers"],
+)
+def test_a_chunked_answer_stalling_anywhere_is_a_read_timeout(sent: bytes) -> None:
+    """The read timeout bounds every wait inside a chunked body, not only the head."""
+
+    async def stall(writer: asyncio.StreamWriter) -> None:
+        writer.write(CHUNKED_HEAD + sent)
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def go() -> None:
+        async with Scripted([stall]) as server, client(server.url, read=0.05) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await get(http)
+
+    asyncio.run(go())
+
+
+def test_a_pooled_connection_the_peer_closed_is_never_handed_out() -> None:
+    """The peer closed a kept-alive connection while it sat idle: the pool opens a new
+    one, so that a PATCH (never resent) does not fail on a connection known dead."""
+
+    async def answer_then_close(writer: asyncio.StreamWriter) -> None:
+        writer.write(ok(b"first"))
+        await writer.drain()
+
+    async def go() -> None:
+        async with Scripted([answer_then_close, ok(b"second")]) as server:
+            port = int(server.url.rsplit(":", 1)[1])
+            origin = ("http", "127.0.0.1", port)
+            pool = Pool(1, lambda: None)
+            timeouts: dict[str, float | None] = {"connect": 5, "pool": 5}
+            first = await pool.acquire(origin, timeouts)
+            first.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_answer(first, "GET", 5)).body == b"first"
+            async with asyncio.timeout(5):  # the close reaching this side: an event
+                assert await first.reader.read(1) == b""
+            assert first.reader.at_eof()
+            assert not first.writer.is_closing()  # half-closed by the peer only
+            pool.release(origin, first)
+            second = await pool.acquire(origin, timeouts)
+            assert second is not first
+            second.writer.write(b"PATCH / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_answer(second, "PATCH", 5)).body == b"second"
+            assert server.connections == 2
+            pool.release(origin, second)
+            await pool.aclose()
+
+    asyncio.run(go())
 
 
 def test_step_set_is_exact_per_organization() -> None:
