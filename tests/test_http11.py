@@ -386,6 +386,32 @@ def test_list_forms_of_the_framing_headers() -> None:
         assert coded.chunked and coded.keep_alive, value
     last = Framing(200, b"HTTP/1.1", [(b"Transfer-Encoding", b"chunked,gzip")], "GET")
     assert not last.chunked and not last.keep_alive
+    for value in (b"te,close", b"Keep-Alive , Close"):
+        closing = Framing(
+            200, b"HTTP/1.1", [(b"Connection", value), (b"Content-Length", b"0")], "GET"
+        )
+        assert not closing.keep_alive, value
+
+
+def test_framing_refusals_and_interim_answers() -> None:
+    """A 1xx answer has no body whatever it declares; an unasked-for 101 and a
+    Content-Length that is not one number are refused, saying which."""
+    for status in (100, 102, 103, 199):
+        assert Framing(status, b"HTTP/1.1", [(b"Content-Length", b"5")], "GET").length == 0
+    with pytest.raises(httpx.RemoteProtocolError) as upgrade:
+        Framing(101, b"HTTP/1.1", [], "GET")
+    assert str(upgrade.value) == "malformed answer: 101 Switching Protocols, not asked for"
+    with pytest.raises(httpx.RemoteProtocolError) as lengths:
+        Framing(200, b"HTTP/1.1", [(b"Content-Length", b"1, 2")], "GET")
+    assert str(lengths.value) == "malformed answer: Content-Length is not one number"
+
+
+def test_a_status_line_without_a_reason_phrase_is_read() -> None:
+    """`HTTP/1.1 200` with nothing after the code (servers send it): a status, not an error;
+    a lone CR in the reason is refused."""
+    assert parse_head(b"HTTP/1.1 204\r\n\r\n") == (204, b"HTTP/1.1", [])
+    with pytest.raises(httpx.RemoteProtocolError, match="the status line"):
+        parse_head(b"HTTP/1.1 200 O\rK\r\n\r\n")
 
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
