@@ -410,8 +410,21 @@ def test_a_status_line_without_a_reason_phrase_is_read() -> None:
     """`HTTP/1.1 200` with nothing after the code (servers send it): a status, not an error;
     a lone CR in the reason is refused."""
     assert parse_head(b"HTTP/1.1 204\r\n\r\n") == (204, b"HTTP/1.1", [])
-    with pytest.raises(httpx.RemoteProtocolError, match="the status line"):
-        parse_head(b"HTTP/1.1 200 O\rK\r\n\r\n")
+    for reason in (b"O\rK", b"O\x00K"):
+        with pytest.raises(httpx.RemoteProtocolError, match="the status line"):
+            parse_head(b"HTTP/1.1 200 " + reason + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("headers", "number"),
+    [(b"no colon here", 1), (b"A: b\r\nX-Token", 2), (b"A: b\r\nC: d\r\n: empty name", 3)],
+)
+def test_a_header_line_that_is_not_name_colon_value_is_refused(headers: bytes, number: int) -> None:
+    """A line without a colon (even one that is all token characters) or without a name
+    is broken; the error gives its number, counted from 1, never its bytes."""
+    with pytest.raises(httpx.RemoteProtocolError) as error:
+        parse_head(b"HTTP/1.1 200 OK\r\n" + headers + b"\r\n\r\n")
+    assert str(error.value) == f"malformed answer: header line {number}"
 
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -465,14 +478,21 @@ def test_extensions_and_trailers_up_to_their_budget_are_read_and_the_connection_
 
 @pytest.mark.parametrize(
     "sent",
-    [b"", b"5\r\nhel", b"5\r\nhello", b"5\r\nhello\r\n0\r\nT: 1\r\n"],
-    ids=["size", "data", "crlf", "trailers"],
+    [
+        CHUNKED_HEAD,
+        CHUNKED_HEAD + b"5\r\nhel",
+        CHUNKED_HEAD + b"5\r\nhello",
+        CHUNKED_HEAD + b"5\r\nhello\r\n0\r\nT: 1\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nlong" % (EAGER_BYTES + 1),
+    ],
+    ids=["size", "data", "crlf", "trailers", "long-body"],
 )
-def test_a_chunked_answer_stalling_anywhere_is_a_read_timeout(sent: bytes) -> None:
-    """The read timeout bounds every wait inside a chunked body, not only the head."""
+def test_an_answer_stalling_anywhere_in_its_body_is_a_read_timeout(sent: bytes) -> None:
+    """The read timeout bounds every wait inside a body (chunked, or longer than what is
+    read with the head), not only the head."""
 
     async def stall(writer: asyncio.StreamWriter) -> None:
-        writer.write(CHUNKED_HEAD + sent)
+        writer.write(sent)
         await writer.drain()
         await asyncio.sleep(5)
 
