@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -403,17 +403,27 @@ async def tunnelling_proxy(servers: Servers, target_port: int, connects: list[by
     return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
-async def tls_platform(servers: Servers, cert: Path, key: Path, seen: list[bytes]) -> int:
-    """A TLS server on loopback answering every request 200, keeping each request head;
-    its port."""
+OK_CLOSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+
+
+async def tls_platform(
+    servers: Servers, cert: Path, key: Path, seen: list[bytes], answer: bytes = OK_CLOSE
+) -> int:
+    """A TLS server on loopback giving every request `answer`, keeping each request
+    (head and body); its port."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         servers.track(writer)
         with contextlib.suppress(OSError, asyncio.IncompleteReadError, ssl.SSLError):
-            seen.append(await reader.readuntil(b"\r\n\r\n"))
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            seen.append(head + await reader.readexactly(length))
+            writer.write(answer)
             await writer.drain()
         writer.close()
 
@@ -461,3 +471,94 @@ def test_through_a_proxy_tls_is_verified_and_the_last_look_runs(
     else:
         assert isinstance(outcome, str) and "CERTIFICATE_VERIFY_FAILED" in outcome, outcome
         assert looks == [] and seen == []
+
+
+STEP = "/api/data-platform/workflow-run-steps/z1"
+
+
+def through_tunnel(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    before_write: Callable[[str, str], None] | None,
+    requests: Callable[[httpx.AsyncClient], Awaitable[object]],
+    answer: bytes = OK_CLOSE,
+) -> tuple[object, list[bytes]]:
+    """`requests` run through a CONNECT tunnel to a trusted TLS platform: what they
+    returned or raised, and what the platform received."""
+    cert, key = make_certificate(tmp_path)
+    seen: list[bytes] = []
+
+    async def go() -> object:
+        servers = Servers()
+        try:
+            port = await tls_platform(servers, cert, key, seen, answer)
+            monkeypatch.setenv("HTTPS_PROXY", await tunnelling_proxy(servers, port, []))
+            async with build_http_client(
+                "https://platform.invalid:8443", TOKEN, timeout=timedelta(seconds=10),
+                max_connections=1, verify=ssl.create_default_context(cafile=str(cert)),
+                before_write=before_write,
+            ) as http:  # fmt: skip
+                try:
+                    return await requests(http)
+                except Exception as exc:  # what the caller sees, as raised
+                    return exc
+        finally:
+            await servers.close()
+
+    return asyncio.run(go()), seen
+
+
+def test_a_patch_through_a_proxy_gets_its_last_look_once_before_it_leaves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A request with a body through a proxy: `before_write` runs once (not per chunk),
+    with the method and path, and the body reaches the platform whole."""
+    looks: list[tuple[str, str]] = []
+
+    async def patch(http: httpx.AsyncClient) -> object:
+        return (await http.patch(STEP, content=b'{"status":"FAILED"}')).status_code
+
+    outcome, seen = through_tunnel(
+        monkeypatch, tmp_path, lambda method, path: looks.append((method, path)), patch
+    )
+    assert outcome == 200
+    assert looks == [("PATCH", STEP)]
+    assert len(seen) == 1 and seen[0].endswith(b'\r\n\r\n{"status":"FAILED"}')
+
+
+class Refused(Exception):
+    pass
+
+
+def refuse(method: str, path: str) -> None:
+    raise Refused(f"{method} {path}")
+
+
+@pytest.mark.parametrize("method", ["PATCH", "GET"])
+def test_a_last_look_refusing_through_a_proxy_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, method: str
+) -> None:
+    """What `before_write` raises leaves as raised (not wrapped by aiohttp), and the
+    platform receives nothing: with a body or without."""
+
+    async def send(http: httpx.AsyncClient) -> object:
+        content = b"{}" if method == "PATCH" else None
+        return await http.request(method, STEP, content=content)
+
+    outcome, seen = through_tunnel(monkeypatch, tmp_path, refuse, send)
+    assert isinstance(outcome, Refused) and str(outcome) == f"{method} {STEP}"
+    assert seen == []
+
+
+def test_a_body_cut_through_a_proxy_is_a_protocol_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An answer shorter than its Content-Length, through a proxy: the httpx error it
+    means, as on a direct connection."""
+
+    async def get(http: httpx.AsyncClient) -> object:
+        return (await http.get(STEP)).content
+
+    cut = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nab"
+    outcome, _ = through_tunnel(monkeypatch, tmp_path, None, get, cut)
+    assert isinstance(outcome, httpx.RemoteProtocolError), outcome

@@ -221,6 +221,10 @@ def test_aiohttp_failures_through_a_proxy_leave_as_httpx_errors() -> None:
     ]
     for exc, expected in cases:
         assert type(map_error(exc)) is expected, exc
+    # A timeout says which, or at least that it timed out (TimeoutError says nothing).
+    assert str(map_error(aiohttp.ConnectionTimeoutError("connect 5s"))) == "connect 5s"
+    assert str(map_error(aiohttp.ServerTimeoutError("read 5s"))) == "read 5s"
+    assert str(map_error(TimeoutError())) == "timed out"
 
 
 def reraised(exc: BaseException) -> httpx.TransportError:
