@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
@@ -372,6 +373,8 @@ class Servers:
             server.close()
         for writer in self.writers:
             writer.close()
+        for task in self.tasks:
+            task.cancel()  # a handler holding a stalled answer
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for writer in self.writers:
             with contextlib.suppress(OSError, ssl.SSLError):
@@ -407,7 +410,12 @@ OK_CLOSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok
 
 
 async def tls_platform(
-    servers: Servers, cert: Path, key: Path, seen: list[bytes], answer: bytes = OK_CLOSE
+    servers: Servers,
+    cert: Path,
+    key: Path,
+    seen: list[bytes],
+    answer: bytes = OK_CLOSE,
+    hold: float = 0,
 ) -> int:
     """A TLS server on loopback giving every request `answer`, keeping each request
     (head and body); its port."""
@@ -425,6 +433,7 @@ async def tls_platform(
             seen.append(head + await reader.readexactly(length))
             writer.write(answer)
             await writer.drain()
+            await asyncio.sleep(hold)  # a stalled answer: bounded, closed when the test ends
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
@@ -482,6 +491,7 @@ def through_tunnel(
     before_write: Callable[[str, str], None] | None,
     requests: Callable[[httpx.AsyncClient], Awaitable[object]],
     answer: bytes = OK_CLOSE,
+    hold: float = 0,
 ) -> tuple[object, list[bytes]]:
     """`requests` run through a CONNECT tunnel to a trusted TLS platform: what they
     returned or raised, and what the platform received."""
@@ -491,7 +501,7 @@ def through_tunnel(
     async def go() -> object:
         servers = Servers()
         try:
-            port = await tls_platform(servers, cert, key, seen, answer)
+            port = await tls_platform(servers, cert, key, seen, answer, hold)
             monkeypatch.setenv("HTTPS_PROXY", await tunnelling_proxy(servers, port, []))
             async with build_http_client(
                 "https://platform.invalid:8443", TOKEN, timeout=timedelta(seconds=10),
@@ -562,3 +572,49 @@ def test_a_body_cut_through_a_proxy_is_a_protocol_error(
     cut = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nab"
     outcome, _ = through_tunnel(monkeypatch, tmp_path, None, get, cut)
     assert isinstance(outcome, httpx.RemoteProtocolError), outcome
+
+
+def test_a_compressed_answer_through_a_proxy_is_decoded_once_under_the_caps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """aiohttp hands the body on as it came: httpx decodes Content-Encoding, under the
+    answer caps, as on a direct connection (decoded twice, it would be an error)."""
+    body = gzip.compress(b'{"ok": 1}')
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n" % len(body)
+    ) + body
+
+    async def get(http: httpx.AsyncClient) -> object:
+        return (await http.get(STEP)).content
+
+    outcome, _ = through_tunnel(monkeypatch, tmp_path, None, get, answer)
+    assert outcome == b'{"ok": 1}'
+
+
+def test_a_redirect_through_a_proxy_is_an_answer_not_followed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The token never follows a Location, through a proxy either."""
+
+    async def get(http: httpx.AsyncClient) -> object:
+        return (await http.get(STEP)).status_code
+
+    moved = b"HTTP/1.1 302 Found\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n"
+    outcome, seen = through_tunnel(monkeypatch, tmp_path, None, get, moved)
+    assert outcome == 302
+    assert len(seen) == 1
+
+
+def test_a_stalled_answer_through_a_proxy_is_a_read_timeout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The request's read timeout reaches aiohttp: a platform that answers the head
+    and then nothing is a ReadTimeout, not a wait until it hangs up."""
+
+    async def get(http: httpx.AsyncClient) -> object:
+        return (await http.get(STEP, timeout=httpx.Timeout(5.0, read=0.2))).content
+
+    stall = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nab"
+    outcome, _ = through_tunnel(monkeypatch, tmp_path, None, get, stall, hold=5.0)
+    assert isinstance(outcome, httpx.ReadTimeout), outcome

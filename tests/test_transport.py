@@ -225,6 +225,15 @@ def test_aiohttp_failures_through_a_proxy_leave_as_httpx_errors() -> None:
     assert str(map_error(aiohttp.ConnectionTimeoutError("connect 5s"))) == "connect 5s"
     assert str(map_error(aiohttp.ServerTimeoutError("read 5s"))) == "read 5s"
     assert str(map_error(TimeoutError())) == "timed out"
+    assert str(map_error(aiohttp.ServerDisconnectedError("gone"))) == "gone"
+    assert str(map_error(aiohttp.ClientPayloadError("x"))) == (
+        "the answer's body was cut off or malformed"
+    )
+    assert str(map_error(aiohttp.ClientResponseError(None, (), status=400))) == (  # type: ignore[arg-type]
+        "malformed answer (400)"
+    )
+    assert str(map_error(aiohttp.ClientOSError())) == "ClientOSError"
+    assert str(map_error(aiohttp.ClientOSError(104, "reset"))) == "[Errno 104] reset"
 
 
 def reraised(exc: BaseException) -> httpx.TransportError:
