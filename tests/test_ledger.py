@@ -3,6 +3,7 @@ and fields (operations.md "Log events"), and what each fate writes into the repo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -18,9 +19,9 @@ from sweeper.errors import (
     SkipReason,
     TokenRefused,
 )
-from sweeper.ledger import Ledger
+from sweeper.ledger import Ledger, fill
 from sweeper.model import StepStatus
-from sweeper.policy import Decision
+from sweeper.policy import Decision, Trigger
 from sweeper.report import SweepReport
 from tests.fakes import NOW, step
 
@@ -209,3 +210,35 @@ def test_only_a_token_refusal_says_where_the_token_came_from() -> None:
     ledger, log = book()
     ledger.halt(TokenRefused("401"))
     assert log.events[0][2]["token_source"] == "the token file"
+
+
+def test_a_runaway_says_how_long_it_ran_and_its_limit() -> None:
+    """A step marked for its runtime: `trigger` max_runtime, with the runtime and the
+    rule's limit in whole seconds, in the event and in the report entry."""
+    ledger, log = book()
+    runaway = replace(
+        decision(),
+        trigger=Trigger.MAX_RUNTIME,
+        runtime=timedelta(hours=5, seconds=0.9),
+        max_runtime=timedelta(hours=4),
+    )
+    entry = ledger.new_entry("s1", "org-a")
+    fill(entry, runaway)
+    assert (entry.trigger, entry.runtimeSeconds, entry.idleSeconds) == ("max_runtime", 18000, 400)
+    assert (entry.rule, entry.status, entry.errorCode) == ("etl", "FAILED", "ZOMBIE")
+    entry.attempts = 1
+    ledger.marked(entry, runaway, Outcome.MARKED, NOW)
+    assert log.events == [
+        (
+            "info",
+            "step.marked",
+            {
+                **MARKED_FIELDS,
+                "attempts": 1,
+                "trigger": "max_runtime",
+                "runtime_seconds": 18000,
+                "max_runtime_seconds": 14400,
+            },
+        )
+    ]
+    assert entry.lagSeconds == 3600.0  # crossed its limit an hour before now
