@@ -23,7 +23,7 @@ from starlette.responses import Response
 from sweeper.api import build_http_client
 from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
-from sweeper.transport import no_proxy_names, proxy_for
+from sweeper.transport import Transport, no_proxy_names, proxy_for
 from tests.fakes import TOKEN
 
 PROXY_VARIABLES = (
@@ -618,3 +618,47 @@ def test_a_stalled_answer_through_a_proxy_is_a_read_timeout(
     stall = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nab"
     outcome, _ = through_tunnel(monkeypatch, tmp_path, None, get, stall, hold=5.0)
     assert isinstance(outcome, httpx.ReadTimeout), outcome
+
+
+def test_through_a_proxy_the_request_goes_as_httpx_built_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """aiohttp adds no User-Agent or Accept-Encoding of its own and takes
+    nothing from the environment: a ~/.netrc naming the platform adds no credentials
+    (aiohttp would refuse to combine them with the bearer header)."""
+    cert, key = make_certificate(tmp_path)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine platform.invalid login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    seen: list[bytes] = []
+
+    async def go() -> list[int]:
+        servers = Servers()
+        try:
+            port = await tls_platform(servers, cert, key, seen)
+            monkeypatch.setenv("HTTPS_PROXY", await tunnelling_proxy(servers, port, []))
+            verify = ssl.create_default_context(cafile=str(cert))
+            transport = Transport(max_connections=1, verify=verify)
+            statuses = []
+            try:
+                for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+                    request = httpx.Request(
+                        "GET", "https://platform.invalid:8443/x", headers=headers
+                    )
+                    response = await transport.handle_async_request(request)
+                    await response.aread()
+                    statuses.append(response.status_code)
+            finally:
+                await transport.aclose()
+            return statuses
+        finally:
+            await servers.close()
+
+    assert asyncio.run(go()) == [200, 200]
+    bare, bearer = (head.lower().split(b"\r\n") for head in seen)
+    names = [line.split(b":")[0] for line in bare[1:] if line]
+    assert b"user-agent" not in names and b"accept-encoding" not in names, names
+    assert [line for line in bearer if line.startswith(b"authorization")] == [
+        f"authorization: Bearer {TOKEN}".lower().encode()
+    ]
