@@ -183,6 +183,7 @@ def test_the_sweep_ends_with_one_event_that_counts_every_outcome() -> None:
     sent.attempts = 1
     ledger.finish(stopped=True, finished_at=NOW, duration_ms=1234)
     assert ledger.report.result is Result.INTERRUPTED
+    assert ledger.report.finished_at == NOW
     assert (sent.outcome, sent.reason) == (Outcome.FAILED, Result.INTERRUPTED)
     assert (unsent.outcome, unsent.reason) == (Outcome.NOT_ATTEMPTED, Result.INTERRUPTED)
     (failed_level, failed, failed_fields), (level, finished, fields) = log.events
