@@ -548,3 +548,49 @@ def test_step_set_is_exact_per_organization() -> None:
     assert ("org-b", "s2") not in seen
     assert ("org-c", "s1") not in seen
     assert len(seen) == 3
+
+
+def test_header_values_lose_spaces_and_tabs_around_them_only() -> None:
+    """Optional whitespace is a space or a tab (RFC 9110 5.6.3); other bytes are the
+    value's. A CR, LF or NUL inside it is refused, naming the line."""
+    head = b"HTTP/1.1 200 OK\r\nA: \t\x0bXbX\x0c \t\r\n\r\n"
+    assert parse_head(head)[2] == [(b"A", b"\x0bXbX\x0c")]
+    with pytest.raises(httpx.RemoteProtocolError) as error:
+        parse_head(b"HTTP/1.1 200 OK\r\nA: b\x00c\r\n\r\n")
+    assert str(error.value) == "malformed answer: header line 1: CR, LF or NUL in its value"
+
+
+def test_read_failures_say_what_happened() -> None:
+    """A cut answer, a slow one, a kept connection closed under a PATCH: each error
+    says which, in words an operator searches for."""
+
+    async def cut(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\ncut")
+        await writer.drain()
+
+    async def silent(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async def go() -> list[str]:
+        said = []
+        async with Scripted([cut]) as server, client(server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError) as closed:
+                await get(http)
+            said.append(str(closed.value))
+        async with Scripted([silent]) as server, client(server.url, read=0.05) as http:
+            with pytest.raises(httpx.ReadTimeout) as slow:
+                await get(http)
+            said.append(str(slow.value))
+        answers: list[Answer] = [ok(b"first"), hang_up]
+        async with Scripted(answers) as server, client(server.url) as http:
+            await get(http)
+            with pytest.raises(httpx.RemoteProtocolError) as hung_up:
+                await get(http, method="PATCH", content=b"{}")
+            said.append(str(hung_up.value))
+        return said
+
+    assert asyncio.run(go()) == [
+        "the connection closed before the answer ended",
+        "timed out reading the answer",
+        "the kept-alive connection closed before any answer",
+    ]
