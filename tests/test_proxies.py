@@ -662,3 +662,17 @@ def test_through_a_proxy_the_request_goes_as_httpx_built_it(
     assert [line for line in bearer if line.startswith(b"authorization")] == [
         f"authorization: Bearer {TOKEN}".lower().encode()
     ]
+
+
+def test_an_encoded_step_id_goes_through_a_proxy_as_encoded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A step id of `..` (percent-encoded by the client) reaches the platform as
+    `%2E%2E`, never resolved into a real `..` that would write to another path."""
+
+    async def patch(http: httpx.AsyncClient) -> object:
+        return (await http.patch("/api/data-platform/workflow-run-steps/%2E%2E")).status_code
+
+    outcome, seen = through_tunnel(monkeypatch, tmp_path, None, patch)
+    assert outcome == 200
+    assert seen[0].startswith(b"PATCH /api/data-platform/workflow-run-steps/%2E%2E HTTP/1.1\r\n")
