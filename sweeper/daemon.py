@@ -391,7 +391,7 @@ class Daemon:
         if old is not None and old.settings.api.base_url == settings.api.base_url:
             old_check = old.sweeper.clock_check
         if new_check is not None and old_check is not None:
-            new_check.offset = old_check.offset  # the same platform's clock, until it answers
+            new_check.carry(old_check)  # the same platform's clock, until it answers
         if old is not None and old.settings.api.base_url != settings.api.base_url:
             # Another platform: nothing is known of its outages, as at a start (marks wait
             # half a limit after its first answer rather than trust the old one's record).

@@ -17,6 +17,12 @@ from sweeper.errors import ClockSkewRefused, Guard, GuardRefused, InvalidAnswer,
 
 #: The Date header has whole seconds: its truncation is not skew.
 DATE_RESOLUTION = timedelta(seconds=1)
+#: How fast an old Date bound loses precision (dimensionless: seconds per second), as
+#: NTP widens an old sample's error: twice the 0.1 % the tests drift by, four times
+#: NTP's 500 ppm tolerance for a sane clock. A platform clock drifting slower than this
+#: can never put our estimate ahead of it; the cost is that idle time may be counted
+#: this much slow (a zombie marked up to 0.2 % of its limit later).
+DRIFT = 2e-3
 
 log = structlog.get_logger("sweeper.guards")
 
@@ -67,15 +73,22 @@ def http_date(text: str) -> datetime | None:
 class ClockCheck:
     """Compares every answer's Date header with our clock, ahead or behind."""
 
-    def __init__(self, max_skew: timedelta, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        max_skew: timedelta,
+        clock: Callable[[], datetime],
+        *,
+        resolution: timedelta = DATE_RESOLUTION,
+        drift: float = DRIFT,
+    ) -> None:
         self.max_skew = max_skew
         self.clock = clock
+        self.resolution = resolution
+        self.drift = drift
         self.warned_missing = False
-        #: The platform's clock minus ours, at most: its Date is whole seconds, truncated,
-        #: and was stamped before we read it. Step timestamps are judged against our
-        #: clock plus this, so a skew the check accepts never adds to idle time.
-        self.offset = timedelta(0)
-        self._offset_seen = False
+        #: The best bound of the offset and when (our clock) it was seen; None: none yet.
+        self._bound = timedelta(0)
+        self._seen_at: datetime | None = None
 
     def begin_sweep(self) -> None:
         """Each sweep warns afresh about a missing Date header."""
@@ -104,14 +117,31 @@ class ClockCheck:
         self.learn_offset(skew)
         return None
 
+    @property
+    def offset(self) -> timedelta:
+        """The platform's clock minus ours, at most: its Date is whole seconds, truncated,
+        and was stamped before we read it. Step timestamps are judged against our clock
+        plus this, so a skew the check accepts never adds to idle time.
+
+        The best bound seen, less `drift` times its age: the platform's clock may run
+        slower than ours, and an old bound would then run ahead of it (NTP widens an
+        old sample's error the same way)."""
+        if self._seen_at is None:
+            return timedelta(0)
+        return self._bound - max(self.clock() - self._seen_at, timedelta(0)) * self.drift
+
+    def carry(self, other: ClockCheck) -> None:
+        """Know what `other` knows of the platform's clock (the same platform, reloaded)."""
+        self._bound, self._seen_at = other._bound, other._seen_at
+
     def learn_offset(self, bound: timedelta) -> None:
         """Keep the tightest lower bound of the offset: each answer gives one (its Date
-        less our clock). The highest seen is kept, so that our idea of the platform's
+        less our clock). The highest (aged) is kept, so that our idea of the platform's
         clock moves on with ours instead of standing still within a Date's second; one
         lower by more than the Date's resolution means the platform's clock went back."""
-        if not self._offset_seen or bound > self.offset or bound < self.offset - DATE_RESOLUTION:
-            self.offset = bound
-            self._offset_seen = True
+        offset = self.offset
+        if self._seen_at is None or bound > offset or bound < offset - self.resolution:
+            self._bound, self._seen_at = bound, self.clock()
 
     def observe(self, date_header: str | None) -> None:
         """Raise what `check` finds."""

@@ -46,8 +46,6 @@ MAX_WINDOWS = 1024
 GAP_FRACTION = 8
 #: Before the first sample: nothing is known, back to the beginning of time.
 EARLIEST = datetime.min.replace(tzinfo=UTC)
-#: How finely the platform's clock is known: its Date header has whole seconds.
-RESOLUTION = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +129,10 @@ class OutageLog:
     (None: any silence does; the one-shot run, which has no grace); `keep` is how
     long a closed window is remembered (it matters only while a step that went
     silent before its end can still be judged: the largest limit, and more).
-    `resolution` is how finely the platform's clock is known (the Date header's
-    second): a rise of its offset larger than that is its clock stepping forward.
+    Every forward move of the platform's clock less ours (as `platform` shows it at
+    each answer) is forgiven as time no worker lived through: a step of the platform's
+    clock within the Date's resolution cannot be told from our estimate of it getting
+    tighter, and safety comes first (a zombie is marked up to that much later).
     """
 
     def __init__(
@@ -143,14 +143,12 @@ class OutageLog:
         max_windows: int = MAX_WINDOWS,
         *,
         platform: Callable[[], datetime] | None = None,
-        resolution: timedelta = RESOLUTION,
     ) -> None:
         self._clock = clock
         self._platform = platform or clock
         self.gap = gap
         self.keep = keep
         self._max_windows = max_windows
-        self._resolution = resolution
         self.forget()
 
     def forget(self) -> None:
@@ -255,14 +253,19 @@ class OutageLog:
         self._last_sample = max(self._last_sample, now)
 
     def _learn_offset(self, now: datetime, offset: timedelta) -> None:
-        """A forward step of the platform's clock: the platform time it skipped never
-        passed for any worker, so it is forgiven like an outage (`windows`). A step back
-        needs nothing: everything is laid on the platform's clock as it is now, which
-        makes older heartbeats look more recent, never older."""
-        if self._offset is not None and offset - self._offset > self._resolution:
+        """A forward move of the platform's clock less ours: the platform time it skipped
+        never passed for any worker, so it is forgiven like an outage (`windows`). Every
+        move counts, however small: one within the Date's resolution may be a step of
+        the platform's clock as well as our estimate getting tighter, and nothing can
+        tell them apart. A move back needs nothing: everything is laid on the platform's
+        clock as it is now, which makes older heartbeats look more recent, never older."""
+        if self._offset is not None and offset > self._offset:
             self._jumps.append((now, offset - self._offset))
             if len(self._jumps) > self._max_windows:
-                del self._jumps[0]
+                # The two oldest become one, at the later moment: the steps between them
+                # are forgiven to heartbeats a little older too (more, never less).
+                (_, first), (moment, second) = self._jumps[:2]
+                self._jumps[:2] = [(moment, first + second)]
             self._version += 1
         self._offset = offset
 

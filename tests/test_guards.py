@@ -118,7 +118,7 @@ def test_the_clock_offset_is_the_tightest_lower_bound_and_follows_a_step_back() 
     by more than a Date's resolution is the platform's clock going back: taken."""
     from datetime import UTC, datetime, timedelta
 
-    from sweeper.guards import ClockCheck
+    from sweeper.guards import DRIFT, ClockCheck
 
     now = [datetime(2026, 5, 1, 12, 0, 0, 400_000, tzinfo=UTC)]
     check = ClockCheck(timedelta(minutes=2), lambda: now[0])
@@ -130,7 +130,41 @@ def test_the_clock_offset_is_the_tightest_lower_bound_and_follows_a_step_back() 
     assert check.offset == timedelta(seconds=-100.1)  # tighter
     now[0] += timedelta(seconds=0.5)
     check.check("Fri, 01 May 2026 11:58:21 GMT")  # same second, later: a looser bound
-    assert check.offset == timedelta(seconds=-100.1)  # kept
+    # Kept, less its age times the drift rate (the platform's clock may run slow).
+    assert check.offset == timedelta(seconds=-100.1) - timedelta(seconds=0.5) * DRIFT
     now[0] += timedelta(seconds=1)
     check.check("Fri, 01 May 2026 11:58:12 GMT")  # its clock went back 10 s
     assert check.offset == timedelta(seconds=-110.6)
+
+
+@pytest.mark.parametrize("rate", [-1e-3, 1e-3], ids=["slower", "faster"])
+@pytest.mark.parametrize("limit_s", [1, 4, 12, 60, 86_400])
+def test_a_drifting_platform_clock_never_puts_the_estimate_ahead(limit_s: int, rate: float) -> None:
+    """The platform's clock 0.1 % slow (or fast), an answer every sixteenth of a limit
+    (the prober's cadence) for 2,000 answers: an old Date bound loses precision with age
+    at ClockCheck's drift rate, so our idea of the platform's clock is never ahead of
+    it (idle time never overstated), and stays within a Date's second and the drift's
+    share of a cadence behind it."""
+    from datetime import UTC, datetime, timedelta
+
+    from sweeper.guards import DRIFT, ClockCheck, http_date
+
+    start = datetime(2026, 5, 1, 12, 0, 0, 10_000, tzinfo=UTC)
+    ours = [start]
+    check = ClockCheck(timedelta(minutes=2), lambda: ours[0])
+    every = timedelta(seconds=limit_s) / 16
+    skew = timedelta(seconds=-110 if rate > 0 else 110)
+    ahead = behind = timedelta(0)
+    for _ in range(2_000):
+        ours[0] += every
+        truth = ours[0] + skew + (ours[0] - start) * rate
+        if abs(truth - ours[0]) > timedelta(minutes=2):
+            break
+        date = email.utils.format_datetime(truth.replace(microsecond=0), usegmt=True)
+        assert http_date(date) is not None
+        check.observe(date)
+        estimate = ours[0] + check.offset
+        ahead = max(ahead, estimate - truth)
+        behind = max(behind, truth - estimate)
+    assert ahead <= timedelta(0)
+    assert behind <= timedelta(seconds=1) + every * DRIFT * 2

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sweeper.guards import DRIFT
 from tests.outage_world import DOWN_ANSWERS, World, check, marked, populate, run
 
 S = timedelta(seconds=1)
@@ -209,3 +210,58 @@ def test_an_outage_seen_by_one_hung_request_is_forgiven(limit: timedelta) -> Non
     world = World(limit, outages, down_answer="timeout", timeout=10 * S)
     populate(world, end, dead_at=7 * limit)
     check(world, end, 7 * limit)
+
+
+@pytest.mark.parametrize("at_ms", [0, 333, 777])
+@pytest.mark.parametrize("jump_ms", [300, 700, 1000, 1300, 1700])
+def test_a_forward_step_within_the_dates_second_at_a_1s_limit(jump_ms: int, at_ms: int) -> None:
+    """adv15b finding 1, through the real client and Date headers: at a limit of 1 s the
+    platform's clock steps forward 0.3 to 1.7 s, which the Date's whole seconds cannot
+    tell from our estimate getting tighter. Every forward move is forgiven: no live
+    worker is marked; the dead one still is, at most a second (the Date's resolution)
+    and the latency later than with an exact clock."""
+    limit = S
+    end = 30 * limit
+    at = 10 * limit + timedelta(milliseconds=at_ms)
+    jump = timedelta(milliseconds=jump_ms)
+    latency = timedelta(milliseconds=70)
+    world = World(
+        limit,
+        [(20 * limit, 23 * limit)],
+        platform_skew=step(at, Z, jump),
+        latency=latency,
+        timeout=limit / 4,
+    )
+    dead_at = 25 * limit
+    populate(world, end, dead_at=dead_at)
+    verdicts = run(world, end)
+    assert not marked(verdicts, "live"), marked(verdicts, "live")[:3]
+    first_mark = min(v.elapsed for v in marked(verdicts, "dead"))
+    assert first_mark - world.workers["dead"][-1] <= limit + S + limit / 8 + 2 * latency
+
+
+@pytest.mark.parametrize(
+    ("limit", "end"), [(S, 1200 * S), (timedelta(days=1), timedelta(days=2.5))], ids=["1s", "1day"]
+)
+@pytest.mark.parametrize("rate", [-1e-3, 1e-3], ids=["slower", "faster"])
+def test_a_drifting_platform_clock_over_a_long_run(
+    rate: float, limit: timedelta, end: timedelta
+) -> None:
+    """The platform's clock 0.1 % slow or fast over a long run: at 1 s, 1200 limits (1.2 s
+    of drift, more than the Date's second); at 1 day, from 119 s off to 119 s off the
+    other way (max_clock_skew's 2 min). An old Date bound loses precision with age
+    (ClockCheck's drift rate), so our estimate never runs ahead of the platform and no
+    live worker is marked; the dead one is marked, at most the drift rate's share of its
+    silence, the Date's second and the probe cadence late."""
+    start = -119 * S if rate > 0 else 119 * S
+    outages = [(end * n / 5, end * n / 5 + min(2 * limit, end / 20)) for n in (1, 3)]
+    world = World(limit, outages, platform_skew=lambda t: start + t * rate)
+    dead_at = end - 3 * limit / 2
+    populate(world, end, dead_at=dead_at)
+    verdicts = run(world, end)
+    assert not marked(verdicts, "live"), marked(verdicts, "live")[:3]
+    first_mark = min(v.elapsed for v in marked(verdicts, "dead"))
+    last = world.workers["dead"][-1]
+    forgiven = sum((max(Z, b - max(a, last)) for a, b in outages), Z)
+    silence = first_mark - last - forgiven
+    assert silence <= limit * (1 + 2 * DRIFT) + S + limit / 8

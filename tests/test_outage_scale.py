@@ -16,9 +16,11 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sweeper.guards import ClockCheck
 from sweeper.model import Step, StepStatus
 from sweeper.outages import OutageLog, watch_gap
 from sweeper.policy import Decision, Rule, Rules, decide
@@ -46,6 +48,9 @@ class Scenario:
     #: The platform's clock less ours at the start, and a step of it (at, by), in units.
     skew: int = 0
     jump: tuple[int, int] = (0, 0)
+    #: How finely its Date shows the platform's clock, in units: a thousandth of the
+    #: limit, or the whole limit (the Date's second at a limit of 1 s).
+    resolution: int = 1
 
     def offset(self, t: float) -> int:
         """The platform's clock less ours at moment t, in units."""
@@ -124,9 +129,20 @@ def outage_scenarios(draw: st.DrawFn) -> Scenario:
     for a, b in outages:
         if a <= first < b:
             first = b + UNITS // 16 + 1
-    jump = (draw(st.integers(first, END + first)), draw(st.sampled_from([0, -500, -30, 30, 500])))
+    # Steps forward of one to 1.7 limits: at a limit of 1 s, within the Date's second of
+    # the truth once its truncation is counted (adv15b, finding 1).
+    steps = [0, -500, -30, 30, 500, 1000, 1300, 1700]
+    jump = (draw(st.integers(first, END + first)), draw(st.sampled_from(steps)))
+    resolution = draw(st.sampled_from([1, UNITS]))
     return Scenario(
-        start, tuple(outages), live, tuple(dead), tuple(sorted(requests)), skew=skew, jump=jump
+        start,
+        tuple(outages),
+        live,
+        tuple(dead),
+        tuple(sorted(requests)),
+        skew=skew,
+        jump=jump,
+        resolution=resolution,
     )
 
 
@@ -165,14 +181,16 @@ def simulate(scenario: Scenario, limit: timedelta) -> list[Judged]:
     moment = [at(8 * scenario.start)]
     rules = Rules((), Rule("default", limit, StepStatus.FAILED, "Z", "{idle}"))
     # What the daemon knows of the platform's clock: nothing until its first answer,
-    # then what each answer's Date showed (to a unit: the Date's second, scaled).
-    known = [0]
+    # then what each answer's Date showed, truncated to the Date's resolution (scaled
+    # with the limit), as the real ClockCheck learns it. No drift here (drift rates are
+    # not exact in microseconds at every scale; tests/test_outage_clocks.py has them).
+    resolution = 8 * scenario.resolution
+    check = ClockCheck(2 * limit, lambda: moment[0], resolution=tick * resolution, drift=0)
     log = OutageLog(
         lambda: moment[0],
         gap=watch_gap(limit),
         keep=2 * limit,
-        platform=lambda: moment[0] + tick * 8 * known[0],
-        resolution=tick * 8,
+        platform=lambda: moment[0] + check.offset,
     )
     workers = {f"live-{i}": b for i, b in enumerate(scenario.live)}
     workers |= {f"dead-{i}": b for i, b in enumerate(scenario.dead)}
@@ -191,13 +209,14 @@ def simulate(scenario: Scenario, limit: timedelta) -> list[Judged]:
         if t > 8 * scenario.end:
             return judged
         moment[0] = at(t)
-        if not failed:
-            known[0] = scenario.offset(t / 8)  # the Date is checked before the sample
+        if not failed:  # the Date is checked before the sample
+            date = (t + 8 * scenario.offset(t / 8)) // resolution * resolution
+            check.learn_offset(tick * (date - t))
         log.observe("GET", "503" if failed else "200")
         if failed:
             continue
         windows = log.windows()
-        platform_now = moment[0] + tick * 8 * known[0]
+        platform_now = moment[0] + check.offset
         for name, beats in workers.items():
             seen = bisect_right(beats, t / 8)
             if not seen:
@@ -232,6 +251,9 @@ def test_live_workers_are_never_marked_at_any_scale(scenario: Scenario) -> None:
             continue
         last = max(beats[-1], scenario.start)
         forgiven = sum(max(0, min(b, END) - max(a, last)) for a, b in scenario.outages)
+        # Every forward move of the known offset is forgiven: a forward step of the
+        # platform's clock, and our estimate tightening (up to the resolution).
+        forgiven += max(0, scenario.jump[1]) + scenario.resolution
         assert scenario.end - last <= UNITS + forgiven + UNITS // 4 + 1
 
 
@@ -274,3 +296,37 @@ def test_a_daemon_started_during_an_outage_forgives_the_time_before_it() -> None
     marks = [j.at for j in runs[0] if j.worker == "dead-0" and j.marked]
     first = 8 * 135 * UNITS
     assert marks and first + 4 * UNITS <= marks[0] <= first + 5 * UNITS
+
+
+@pytest.mark.parametrize("phase", [37, 111, 666, 999])
+@pytest.mark.parametrize("step", [300, 700, 1000, 1300, 1700])
+def test_a_forward_step_within_the_dates_resolution_marks_no_live_worker(
+    step: int, phase: int
+) -> None:
+    """adv15b finding 1: the Date shows the platform's clock to a whole limit (its second
+    at a limit of 1 s), and the platform's clock steps forward by 0.3 to 1.7 limits. Such
+    a step cannot be told from our estimate getting tighter: every forward move of the
+    estimate is forgiven, so no live worker is marked, at any scale; the dead one is
+    marked, at most a resolution later than with an exact clock."""
+    outages = ((12 * UNITS, 14 * UNITS),)
+    live = tuple(edge_beats(list(outages), 5 * UNITS + phase, k * 20) for k in range(6))
+    live += tuple(edge_beats(list(outages), 12 * UNITS, k * 25) for k in range(6))
+    death = 15 * UNITS
+    dead = (tuple(b for b in live_beats(random.Random(step + phase), []) if b <= death),)
+    scenario = Scenario(
+        start=0,
+        outages=outages,
+        live=live,
+        dead=dead,
+        requests=tuple(range(UNITS // 16, END, 61)),
+        jump=(5 * UNITS + phase, step),
+        resolution=UNITS,
+    )
+    runs = [simulate(scenario, limit) for limit in SCALES]
+    assert all(r == runs[0] for r in runs)
+    assert not [j for j in runs[0] if j.marked and j.worker.startswith("live")]
+    marks = [j.at for j in runs[0] if j.worker == "dead-0" and j.marked]
+    # Marked once silent a limit, plus at most the resolution our estimate may have been
+    # low by when it last beat, plus the probe cadence.
+    assert marks
+    assert marks[0] <= 8 * (dead[0][-1] + UNITS + scenario.resolution + UNITS // 16)

@@ -362,25 +362,29 @@ def test_a_platform_clock_stepping_forward_forgives_the_time_it_skipped(
     clock: FakeClock,
 ) -> None:
     """The platform's clock jumps 30 s ahead: heartbeats stamped before look 30 s older,
-    and that time passed for no worker. A rise within the Date's resolution is not a
-    step (the offset is only known to a second)."""
+    and that time passed for no worker. A rise within the Date's resolution is forgiven
+    too: it may be a step as well as our estimate getting tighter (adv15b, finding 1)."""
     platform = Platform(clock)
     log = OutageLog(clock, gap=M, platform=platform)
     log.observe("GET", "200")
     beat = platform()
     clock.advance(S)
-    platform.offset = S  # within the resolution: our estimate got tighter
+    platform.offset = S / 2  # within the resolution: a step, or a tighter estimate
     log.observe("GET", "200")
-    assert not pairs(log.windows())
+    tightened = platform()
+    assert pairs(log.windows()) == [(tightened - S / 2, tightened)]
     clock.advance(S)
-    platform.offset = 31 * S  # a step forward of 30 s
+    platform.offset = 30 * S + S / 2  # a step forward of 30 s
     log.observe("GET", "200")
     stepped = platform()
-    assert pairs(log.windows()) == [(stepped - 30 * S, stepped)]
+    assert pairs(log.windows()) == [
+        (tightened - S / 2, tightened),
+        (stepped - 30 * S, stepped),
+    ]
     clock.advance(S)
-    assert log.windows().overlap(beat, platform()) == 30 * S
+    assert log.windows().overlap(beat, platform()) == 30 * S + S / 2
     # Then back by as much: the beat from before looks more recent, never older.
-    platform.offset = S
+    platform.offset = S / 2
     log.observe("GET", "200")
     idle = platform() - beat - log.windows().overlap(beat, platform())
     assert timedelta(0) <= idle <= clock() - NOW
@@ -400,6 +404,20 @@ def test_forward_steps_are_forgotten_with_the_windows(clock: FakeClock) -> None:
     clock.advance(timedelta(hours=2))
     outage(log, clock, S)
     assert len(pairs(log.windows())) == 1  # the outage just closed, the steps forgotten
+
+
+def test_forward_steps_beyond_max_windows_are_merged_never_dropped(clock: FakeClock) -> None:
+    """Every forward move is a step now, so there can be many: beyond max_windows the two
+    oldest become one, and a beat from before them all is still forgiven every one."""
+    platform = Platform(clock)
+    log = OutageLog(clock, keep=timedelta(hours=1), max_windows=3, platform=platform)
+    log.observe("GET", "200")
+    beat = platform()
+    for _ in range(5):
+        clock.advance(S)
+        platform.offset += 10 * S
+        log.observe("GET", "200")
+    assert log.windows().overlap(beat, platform()) == 50 * S
 
 
 # -- requests as samples from when they are sent (G) -------------------------------------
