@@ -87,8 +87,7 @@ class ClockCheck:
         self.drift = drift
         self.warned_missing = False
         #: The best bound of the offset and when (our clock) it was seen; None: none yet.
-        self._bound = timedelta(0)
-        self._seen_at: datetime | None = None
+        self._best: tuple[timedelta, datetime] | None = None
 
     def begin_sweep(self) -> None:
         """Each sweep warns afresh about a missing Date header."""
@@ -126,13 +125,14 @@ class ClockCheck:
         The best bound seen, less `drift` times its age: the platform's clock may run
         slower than ours, and an old bound would then run ahead of it (NTP widens an
         old sample's error the same way)."""
-        if self._seen_at is None:
+        if self._best is None:
             return timedelta(0)
-        return self._bound - max(self.clock() - self._seen_at, timedelta(0)) * self.drift
+        bound, seen_at = self._best
+        return bound - max(self.clock() - seen_at, timedelta(0)) * self.drift
 
     def carry(self, other: ClockCheck) -> None:
         """Know what `other` knows of the platform's clock (the same platform, reloaded)."""
-        self._bound, self._seen_at = other._bound, other._seen_at
+        self._best = other._best
 
     def learn_offset(self, bound: timedelta) -> None:
         """Keep the tightest lower bound of the offset: each answer gives one (its Date
@@ -140,8 +140,8 @@ class ClockCheck:
         clock moves on with ours instead of standing still within a Date's second; one
         lower by more than the Date's resolution means the platform's clock went back."""
         offset = self.offset
-        if self._seen_at is None or bound > offset or bound < offset - self.resolution:
-            self._bound, self._seen_at = bound, self.clock()
+        if self._best is None or bound > offset or bound < offset - self.resolution:
+            self._best = (bound, self.clock())
 
     def observe(self, date_header: str | None) -> None:
         """Raise what `check` finds."""

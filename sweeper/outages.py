@@ -262,10 +262,7 @@ class OutageLog:
         if self._offset is not None and offset > self._offset:
             self._jumps.append((now, offset - self._offset))
             if len(self._jumps) > self._max_windows:
-                # The two oldest become one, at the later moment: the steps between them
-                # are forgiven to heartbeats a little older too (more, never less).
-                (_, first), (moment, second) = self._jumps[:2]
-                self._jumps[:2] = [(moment, first + second)]
+                self._jumps = _merge_smallest(self._jumps)
             self._version += 1
         self._offset = offset
 
@@ -399,3 +396,12 @@ def _merge_closest(windows: OutageWindows) -> OutageWindows:
     pairs = list(zip(windows.starts, windows.ends, strict=True))
     pairs[i : i + 2] = [(pairs[i][0], pairs[i + 1][1])]
     return OutageWindows.of(pairs)
+
+
+def _merge_smallest(jumps: list[tuple[datetime, timedelta]]) -> list[tuple[datetime, timedelta]]:
+    """One step fewer: the smallest (but the last) joins the next one, at its moment. A
+    heartbeat between the two is forgiven that much more, never less; the smallest keeps
+    that error small however many there were."""
+    i = min(range(len(jumps) - 1), key=lambda k: jumps[k][1])
+    moment, step = jumps[i + 1]
+    return [*jumps[:i], (moment, jumps[i][1] + step), *jumps[i + 2 :]]

@@ -168,3 +168,39 @@ def test_a_drifting_platform_clock_never_puts_the_estimate_ahead(limit_s: int, r
         behind = max(behind, truth - estimate)
     assert ahead <= timedelta(0)
     assert behind <= timedelta(seconds=1) + every * DRIFT * 2
+
+
+def test_a_bound_lower_by_exactly_the_resolution_is_not_a_step_back() -> None:
+    """Only a bound lower by MORE than the Date's resolution is the platform's clock
+    going back: one exactly a second lower is a looser bound, and the better one stays."""
+    from datetime import UTC, datetime, timedelta
+
+    from sweeper.guards import ClockCheck
+
+    now = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+    check = ClockCheck(timedelta(minutes=2), lambda: now)
+    check.learn_offset(timedelta(seconds=5))
+    check.learn_offset(timedelta(seconds=4))  # exactly a second lower: kept the better
+    assert check.offset == timedelta(seconds=5)
+    check.learn_offset(timedelta(seconds=3.9))  # more than a second lower: it went back
+    assert check.offset == timedelta(seconds=3.9)
+
+
+def test_a_reload_carries_what_was_known_of_the_platform_clock() -> None:
+    """The same platform after a reload: the new check knows the old one's best bound,
+    aged from when it was seen, not from the reload."""
+    from datetime import UTC, datetime, timedelta
+
+    from sweeper.guards import DRIFT, ClockCheck
+
+    now = [datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)]
+    old = ClockCheck(timedelta(minutes=2), lambda: now[0])
+    old.learn_offset(timedelta(seconds=-100))
+    now[0] += timedelta(seconds=10)
+    new = ClockCheck(timedelta(minutes=2), lambda: now[0])
+    assert new.offset == timedelta(0)
+    new.carry(old)
+    assert new.offset == old.offset == timedelta(seconds=-100) - timedelta(seconds=10) * DRIFT
+    empty = ClockCheck(timedelta(minutes=2), lambda: now[0])
+    new.carry(empty)  # nothing known there: nothing known here
+    assert new.offset == timedelta(0)

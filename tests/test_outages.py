@@ -200,6 +200,19 @@ def test_overlap_by_prefix_sums_equals_the_plain_sum(
     assert merged.overlap(NOW - timedelta(days=1), NOW + timedelta(days=1)) >= longest
 
 
+@settings(deadline=None)
+@given(windows_strategy, st.integers(-100, 11_000), st.integers(-10, 600))
+def test_extending_equals_building_again(
+    windows: list[tuple[datetime, datetime]], start_s: int, length: int
+) -> None:
+    """`extended` (its shortcuts for the usual case: a window after, or touching, the
+    last one) gives exactly what building all the windows again gives, empty or
+    backwards windows included."""
+    window = (NOW + timedelta(seconds=start_s), NOW + timedelta(seconds=start_s + length))
+    built = OutageWindows.of(windows)
+    assert built.extended(window) == OutageWindows.of([*windows, window])
+
+
 T = NOW + timedelta(hours=1)
 
 
@@ -418,6 +431,28 @@ def test_forward_steps_beyond_max_windows_are_merged_never_dropped(clock: FakeCl
         platform.offset += 10 * S
         log.observe("GET", "200")
     assert log.windows().overlap(beat, platform()) == 50 * S
+
+
+def test_the_smallest_forward_step_is_merged_into_the_next(clock: FakeClock) -> None:
+    """Beyond max_windows, the smallest step (never the last) joins the next one at its
+    moment: a beat between them is forgiven it as well (more, never less), and a beat
+    after every step is forgiven none."""
+    platform = Platform(clock)
+    log = OutageLog(clock, keep=timedelta(hours=1), max_windows=3, platform=platform)
+    log.observe("GET", "200")
+    beats = []
+    for step in (10 * S, S, 20 * S, 5 * S):
+        beats.append(platform())
+        clock.advance(M)
+        platform.offset += step
+        log.observe("GET", "200")
+    clock.advance(M)
+    now = platform()
+    windows = log.windows()
+    # The 1 s step (the second) joined the 20 s one: the beat between the 1 s and the
+    # 20 s steps is forgiven 21 s + 5 s; every other beat exactly what followed it.
+    assert [windows.overlap(b, now) for b in beats] == [36 * S, 26 * S, 26 * S, 5 * S]
+    assert windows.overlap(platform() - S, now) == timedelta(0)
 
 
 # -- requests as samples from when they are sent (G) -------------------------------------
