@@ -77,6 +77,10 @@ class OutageWindows:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def pairs(self) -> list[Window]:
+        """The windows, as (start, end) pairs."""
+        return list(zip(self.starts, self.ends, strict=True))
+
     def covered(self, moment: datetime) -> timedelta:
         """Total outage time before `moment`."""
         i = bisect_right(self.starts, moment)
@@ -97,7 +101,7 @@ class OutageWindows:
         if end <= start:
             return self
         if self.starts and start < self.starts[-1]:
-            return OutageWindows.of([*zip(self.starts, self.ends, strict=True), window])
+            return OutageWindows.of([*self.pairs(), window])
         if self.starts and start <= self.ends[-1]:
             if end <= self.ends[-1]:
                 return self
@@ -157,9 +161,9 @@ class OutageLog:
         self._last_sample = EARLIEST
         self._first_success: datetime | None = None  # nothing is known before it
         self._last_success = EARLIEST
-        self._failing_since: datetime | None = None
-        self._last_failure: datetime | None = None
-        self._failures = 0
+        #: The run of failures going on: since when it is forgiven, its last failure,
+        #: how many (None: the platform answered last).
+        self._run: tuple[datetime, datetime, int] | None = None
         #: Requests sent and not answered: watching until half a gap after their
         #: sending, then late (a failure then, and no longer watching).
         self._waiting: list[datetime] = []
@@ -238,17 +242,18 @@ class OutageLog:
         if self._silent(sent_at):
             self._close((self._last_sample, sent_at))  # nobody watched: it may have been away
         if not reachable:
-            if self._failing_since is None:
+            if self._run is None:
                 # Away from when it was asked, but never before it last answered.
-                self._failing_since = max(sent_at, self._last_success)
-                self._failures = 0
-            self._failures += 1
-            self._last_failure = now
+                since, count = max(sent_at, self._last_success), 0
+            else:
+                since, _, count = self._run
+            self._run = (since, now, count + 1)
         else:
-            if self._failing_since is not None and self._last_failure is not None:
-                if self._failures > 1:  # a single failure between answers forgives nothing
-                    self._close((self._failing_since, self._last_failure))
-                self._failing_since = self._last_failure = None
+            if self._run is not None:
+                since, last, count = self._run
+                if count > 1:  # a single failure between answers forgives nothing
+                    self._close((since, last))
+                self._run = None
             self._last_success = max(self._last_success, now)
         self._last_sample = max(self._last_sample, now)
 
@@ -292,16 +297,17 @@ class OutageLog:
             # clock alone: a long outage after a short up-time must not erase the one
             # before it, which a worker silent since then still needs.
             latest, kept = window[1], snapshot
-            pairs = zip(snapshot.starts, snapshot.ends, strict=True)
             snapshot = OutageWindows.of(
-                w for w in pairs if latest - w[1] - kept.overlap(w[1], latest) <= self.keep
+                w
+                for w in snapshot.pairs()
+                if latest - w[1] - kept.overlap(w[1], latest) <= self.keep
             )
             # A clock step is kept while it may still move a window kept, or is recent.
-            first = snapshot.starts[0] if snapshot else horizon
+            first = snapshot.starts[0]  # never empty: the window just closed stays
             self._jumps = [j for j in self._jumps if j[0] >= min(horizon, first)]
         while len(snapshot) > self._max_windows:
             snapshot = _merge_closest(snapshot)
-        self._closed = list(zip(snapshot.starts, snapshot.ends, strict=True))
+        self._closed = snapshot.pairs()
         self._snapshot = snapshot
         self._version += 1
 
@@ -322,8 +328,8 @@ class OutageLog:
         if self._first_success is None:
             snapshot = snapshot.extended((EARLIEST, now))
         else:
-            if self._failing_since is not None:
-                snapshot = snapshot.extended((self._failing_since, now))
+            if self._run is not None:
+                snapshot = snapshot.extended((self._run[0], now))
             if self._silent(now):
                 snapshot = snapshot.extended((self._last_sample, now))
         if not self._jumps and not offset:
@@ -359,7 +365,7 @@ class OutageLog:
         def lay(moment: datetime) -> datetime:
             return _shift(moment, offset - after[bisect_right(moments, moment)])
 
-        laid = [(lay(s), lay(e)) for s, e in zip(steady.starts, steady.ends, strict=True)]
+        laid = [(lay(s), lay(e)) for s, e in steady.pairs()]
         for i, (moment, step) in enumerate(jumps):
             end = _shift(moment, offset - after[i + 1])
             laid.append((end - step, end))
@@ -380,20 +386,21 @@ class OutageLog:
 
 
 def _shift(moment: datetime, by: timedelta) -> datetime:
-    """`moment + by`, the beginning of time staying where it is."""
+    """`moment + by`, the beginning of time staying where it is. Only a shift back can
+    leave the calendar: nothing is laid after the platform's clock now."""
     if moment == EARLIEST:
         return moment
     try:
         return moment + by
     except OverflowError:
-        return EARLIEST if by < timedelta(0) else datetime.max.replace(tzinfo=UTC)
+        return EARLIEST
 
 
 def _merge_closest(windows: OutageWindows) -> OutageWindows:
     """One window fewer: the two separated by the shortest gap become one (discounts more)."""
     gaps = [windows.starts[i + 1] - windows.ends[i] for i in range(len(windows) - 1)]
     i = gaps.index(min(gaps))
-    pairs = list(zip(windows.starts, windows.ends, strict=True))
+    pairs = windows.pairs()
     pairs[i : i + 2] = [(pairs[i][0], pairs[i + 1][1])]
     return OutageWindows.of(pairs)
 

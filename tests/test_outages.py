@@ -6,7 +6,7 @@ import random
 from datetime import datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sweeper.outages import EARLIEST, MAX_WINDOWS, OutageLog, OutageWindows, watch_gap
@@ -202,6 +202,9 @@ def test_overlap_by_prefix_sums_equals_the_plain_sum(
 
 @settings(deadline=None)
 @given(windows_strategy, st.integers(-100, 11_000), st.integers(-10, 600))
+@example([(NOW, NOW + 10 * S)], 10, 10)  # touching the last one
+@example([(NOW, NOW + 10 * S)], 5, 5)  # ending where the last one ends
+@example([(NOW, NOW + 10 * S)], 0, 20)  # starting where the last one starts
 def test_extending_equals_building_again(
     windows: list[tuple[datetime, datetime]], start_s: int, length: int
 ) -> None:
@@ -566,3 +569,199 @@ def test_an_answer_to_a_request_sent_before_forget_is_no_sample(clock: FakeClock
     assert log.windows().overlap(clock() - M, clock()) == M
     log.answered(new, reachable=True)
     assert log.windows().overlap(clock() - M, clock()) == M / 2  # the head start
+
+
+# -- edges that mutation testing found untested (bench/MUTATION.md) ----------------------
+
+
+def test_a_silence_before_a_request_is_forgiven_when_it_is_sent(clock: FakeClock) -> None:
+    """Nobody watched for longer than a gap, then a request goes out: the silence is
+    unwatched time from its sending on, whatever its answer says later."""
+    log = OutageLog(clock, gap=S)
+    log.observe("GET", "200")
+    quiet = clock()
+    clock.advance(3 * S)
+    sent = log.sent()
+    clock.advance(S / 4)
+    log.answered(sent, reachable=True)
+    assert pairs(log.windows()) == [(quiet, sent)]
+
+
+def test_a_request_still_in_flight_before_half_a_gap_is_watching(clock: FakeClock) -> None:
+    """Just before half a gap a request in flight still watches (no failure yet); at half
+    a gap it is late, and `probe_due` counts it so (the next probe half a gap on)."""
+    log = OutageLog(clock, gap=S)
+    log.observe("GET", "200")
+    sent = log.sent()
+    clock.advance(S * 2 / 5)
+    assert not pairs(log.windows())
+    clock.advance(S / 10)
+    assert log.probe_due() == sent + S  # late at S/2: a sample then, the probe S/2 on
+    assert pairs(log.windows()) == [(sent, clock())]
+
+
+def test_forward_steps_are_learnt_from_requests_sent_and_answered(clock: FakeClock) -> None:
+    """The platform's clock is learnt from every answer, also of a request counted from
+    its sending, and of a late one that is answered after all."""
+    platform = Platform(clock)
+    log = OutageLog(clock, gap=S, platform=platform)
+    log.observe("GET", "200")
+    beat = platform()
+    sent = log.sent()
+    platform.offset = 10 * S
+    log.answered(sent, reachable=True)
+    assert log.windows().overlap(beat, platform()) == 10 * S
+    late = log.sent()
+    clock.advance(S)
+    platform.offset = 30 * S
+    log.answered(late, reachable=True)
+    assert log.windows().overlap(beat, platform()) == 30 * S
+
+
+def test_a_forward_step_is_kept_when_the_offset_comes_back(clock: FakeClock) -> None:
+    """A step forward and then back to where it was: laid on the platform's clock as it is
+    now, the beat from before is judged on the 2 s that passed (laying with no offset
+    left is not 'the same clock': the step is still there, less the way back)."""
+    platform = Platform(clock)
+    log = OutageLog(clock, gap=M, platform=platform)
+    log.observe("GET", "200")
+    beat = platform()
+    clock.advance(S)
+    platform.offset = 10 * S
+    log.observe("GET", "200")
+    clock.advance(S)
+    platform.offset = timedelta(0)
+    log.observe("GET", "200")
+    assert platform() - beat - log.windows().overlap(beat, platform()) == S
+
+
+def test_windows_laid_before_and_after_every_change_are_fresh(clock: FakeClock) -> None:
+    """The laid windows are cached per change: each outage closed and each step learnt
+    shows at once, in any order, however often they are asked for."""
+    platform = Platform(clock, offset=-5 * S)
+    log = OutageLog(clock, platform=platform)
+    beat = platform()
+    log.observe("GET", "200")
+    seen = [log.windows().overlap(beat, platform())]
+    outage(log, clock, S)
+    seen.append(log.windows().overlap(beat, platform()))
+    outage(log, clock, S)
+    seen.append(log.windows().overlap(beat, platform()))
+    platform.offset += 10 * S
+    log.observe("GET", "200")
+    seen.append(log.windows().overlap(beat, platform()))
+    outage(log, clock, S)
+    seen.append(log.windows().overlap(beat, platform()))
+    outage(log, clock, S)  # a window closed, then a step learnt, before anyone asks
+    platform.offset += 10 * S
+    log.observe("GET", "200")
+    seen.append(log.windows().overlap(beat, platform()))
+    platform.offset += 10 * S  # and the other way round
+    log.observe("GET", "200")
+    outage(log, clock, S)
+    seen.append(log.windows().overlap(beat, platform()))
+    assert seen == [timedelta(0), S, 2 * S, 12 * S, 13 * S, 24 * S, 35 * S]
+
+
+def test_a_step_is_kept_while_keep_runs_though_no_window_is_older(clock: FakeClock) -> None:
+    """A forward step, then within `keep` an outage that makes memory forget every window
+    from before the step: the step is still forgiven to a beat from before it."""
+    platform = Platform(clock)
+    log = OutageLog(clock, keep=timedelta(hours=1), platform=platform)
+    log.observe("GET", "200")
+    clock.advance(timedelta(hours=2))  # the window before the first answer: old by now
+    beat = platform()
+    platform.offset = 10 * S
+    log.observe("GET", "200")
+    clock.advance(M)
+    outage(log, clock, S)  # forgets the window before the first answer
+    assert log.windows().overlap(beat, platform()) == 10 * S + S
+
+
+def test_a_step_at_the_start_of_the_first_kept_window_is_kept(clock: FakeClock) -> None:
+    """A failed answer (a gateway's) showing the platform's clock stepped forward starts a
+    run at that very moment; when memory is pruned back to that run, the step stays."""
+    platform = Platform(clock)
+    log = OutageLog(clock, keep=S, platform=platform)
+    log.observe("GET", "200")
+    beat = platform()
+    clock.advance(M)
+    platform.offset = 10 * S
+    log.answered(log.sent(), reachable=False)  # the step and the run's start, at once
+    clock.advance(M)
+    log.observe("GET", "503")
+    log.observe("GET", "200")
+    assert log.windows().overlap(beat, platform()) == 10 * S + M
+
+
+def test_a_keep_longer_than_the_calendar_is_kept_for_ever(clock: FakeClock) -> None:
+    """A `keep` reaching before year 1 (any limit, however absurd): nothing is forgotten
+    and nothing fails."""
+    platform = Platform(clock)
+    log = OutageLog(clock, keep=timedelta.max, platform=platform)
+    log.observe("GET", "200")
+    beat = platform()
+    clock.advance(M)
+    platform.offset = 10 * S  # and a step forward, kept as well
+    outage(log, clock, S)
+    clock.advance(timedelta(days=3650))
+    outage(log, clock, S)
+    assert log.windows().overlap(beat, platform()) == 10 * S + 2 * S
+
+
+def test_windows_laid_before_the_start_of_the_calendar_stop_there() -> None:
+    """A platform clock behind ours near year 1: a window laid before the first moment a
+    datetime holds starts there."""
+    clock = FakeClock(EARLIEST + timedelta(hours=1))
+    platform = Platform(clock)
+    log = OutageLog(clock, platform=platform)
+    log.observe("GET", "200")
+    clock.advance(timedelta(hours=1))
+    log.observe("GET", "503")
+    clock.advance(timedelta(hours=2))
+    log.observe("GET", "503")
+    log.observe("GET", "200")
+    platform.offset = -timedelta(hours=3)
+    windows = log.windows()
+    assert windows.pairs() == [(EARLIEST, EARLIEST + timedelta(hours=1))]
+
+
+def test_memory_merges_the_closest_windows_among_many(clock: FakeClock) -> None:
+    """Six windows, room for five: the two with the shortest gap between them (the first
+    two) merge, and every other window stays as it was."""
+    log = OutageLog(clock, max_windows=6)  # the one before the first answer, and five
+    log.observe("GET", "200")
+    clock.advance(timedelta(days=1))
+    start = clock()
+    for gap in (0, 1, 7, 8, 9, 10):
+        clock.advance(gap * M)
+        outage(log, clock, M)
+    got = [((a - start) // M, (b - start) // M) for a, b in pairs(log.windows())]
+    assert got == [(0, 3), (10, 11), (19, 20), (29, 30), (40, 41)]
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        ((S, 10 * S, 20 * S, 5 * S), [36 * S, 36 * S, 25 * S, 5 * S]),
+        ((10 * S, 20 * S, S, 5 * S), [36 * S, 26 * S, 6 * S, 6 * S]),
+    ],
+    ids=["smallest-first", "smallest-before-the-last"],
+)
+def test_the_smallest_step_merges_wherever_it_is(
+    clock: FakeClock, steps: tuple[timedelta, ...], expected: list[timedelta]
+) -> None:
+    """The smallest step joins the next one wherever it is (never the last one), and every
+    other step stays where it was."""
+    platform = Platform(clock)
+    log = OutageLog(clock, keep=timedelta(hours=1), max_windows=3, platform=platform)
+    log.observe("GET", "200")
+    beats = []
+    for step in steps:
+        beats.append(platform())
+        clock.advance(M)
+        platform.offset += step
+        log.observe("GET", "200")
+    clock.advance(M)
+    windows = log.windows()
+    assert [windows.overlap(b, platform()) for b in beats] == expected
