@@ -202,10 +202,6 @@ class TimerHeap:
         self._drop_stale_top()
         return self._heap[0][0] if self._heap else None
 
-    def timers(self) -> list[Timer]:
-        """The live timers, earliest first (for reports and tests)."""
-        return sorted(self._live.values(), key=lambda t: t.due)
-
     def clear(self) -> None:
         """Forget everything: each listing rebuilds the timers from scratch."""
         self._heap.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -283,22 +284,29 @@ def test_zombies_confirmed_by_timers_are_capped_by_max_steps(
 def test_a_backdated_sign_of_life_is_judged_at_once_not_read_again_and_again(
     platform: FakePlatform, clock: FakeClock
 ) -> None:
-    """Every re-read shows a new but old updatedAt: judged on that read, written, one read."""
-    platform.add(record("s", started=2 * H - 30 * S))
+    """The re-read (10 s late on a slow platform) shows a sign of life newer than the
+    listed one yet already past its own due moment: judged on that read as the new
+    baseline, written at once with it, one read."""
+    platform.add(record("s", started=2 * H - 30 * S))  # due at +30 s
     sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
     reads = {"n": 0}
+    moved = NOW - 2 * H + 31 * S  # newer than startedAt, stale again by +31 s
 
     def backdate(request: httpx.Request) -> None:
         if request.method == "GET" and request.url.path != STEPS_PATH:
             reads["n"] += 1
-            old = NOW - 3 * H + reads["n"] * S  # moved, and still long stale
-            platform.state.update("s", updatedAt=format_timestamp(old))
+            clock.advance(10 * S)
+            platform.state.update("s", updatedAt=format_timestamp(moved))
 
     platform.before.append(backdate)
     report = asyncio.run(sweeper.run(interval=interval))
     assert reads["n"] == 1
-    assert report.counts["marked"] == 1
+    assert report.counts["marked"] == 1, report.counts
+    (patch,) = platform.patches
+    details = json.loads(patch.content)["errorDetails"]
+    assert details["lastSignOfLifeField"] == "updatedAt"
+    assert details["lastSignOfLifeAt"] == format_timestamp(moved)
 
 
 def test_a_timer_firing_at_the_end_of_the_interval_starts_no_write_after_it(

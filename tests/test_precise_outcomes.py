@@ -13,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from sweeper.api import STEPS_PATH
+from sweeper.errors import SkipReason
 from sweeper.model import format_timestamp
 from sweeper.report import Result
 from tests.builders import H, M, S, build_sweeper, patient_sweeper, precise, rules_with, run
@@ -223,3 +224,136 @@ def test_healthy_steps_are_not_counted_as_zombies(
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     skipped = [e for e in logs if e["event"] == "step.skipped"]
     assert (report.counts["zombies"], len(skipped)) == (0, 0), report.counts
+
+
+# -- what each timer's end says (the mutation run of precise.py asked for these) ----
+
+
+def test_each_unchecked_timer_is_counted_and_logged_with_its_step(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """Two timers whose re-reads fail: two `unchecked`, each logged with its step and why."""
+    platform.add(record("a", started=2 * H - 60 * S), record("b", started=2 * H - 90 * S))
+    platform.answer_rereads(httpx.Response(503))
+    sweeper = build_sweeper(platform, clock)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    assert report.counts["unchecked"] == 2
+    unchecked = [e for e in logs if e["event"] == "timer.unchecked"]
+    assert sorted((e["step_id"], e["organization_id"]) for e in unchecked) == [
+        ("a", "org-a"),
+        ("b", "org-a"),
+    ]
+    assert all("503" in e["error"] for e in unchecked), unchecked
+
+
+def test_a_dropped_timer_is_logged_with_its_step_and_reason(
+    platform: FakePlatform, clock: FakeClock, logs: list[dict[str, Any]]
+) -> None:
+    """A step that finished before its moment: `timer.dropped` names it and why."""
+    platform.add(record("done", started=2 * H - 60 * S))
+
+    def finish(request: httpx.Request) -> None:
+        if request.method == "GET" and request.url.path != STEPS_PATH:
+            platform.state.update("done", status="SUCCEEDED")
+
+    platform.before.append(finish)
+    sweeper = build_sweeper(platform, clock)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    assert report.entries == []
+    (dropped,) = [e for e in logs if e["event"] == "timer.dropped"]
+    assert (dropped["step_id"], dropped["organization_id"]) == ("done", "org-a")
+    assert dropped["reason"] == "finished"
+
+
+def test_only_a_timer_write_is_watched(platform: FakePlatform, clock: FakeClock) -> None:
+    """The detection-lag histogram means precise marking's lag: a zombie a timer watched
+    cross its limit is `watched`; one the listing found already stale is not."""
+    platform.add(record("old", started=5 * H), record("soon", started=2 * H - 60 * S))
+    sweeper = build_sweeper(platform, clock)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    watched = {e.stepId: e.watched for e in report.entries}
+    assert watched == {"old": None, "soon": True}
+
+
+def test_a_lost_lease_drops_the_timers_and_says_so(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """[leader] the lease is lost before the timer fires: nothing is read or written after."""
+    platform.add(record("soon", started=2 * H - 60 * S))
+    sweeper = build_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+    interval.holding = lambda: False
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert report.result is Result.INTERRUPTED, report.result
+    assert "the lease was lost" in (report.error or "")
+    assert [r.method for r in platform.requests] == ["GET"]  # the listing only
+    assert platform.patches == []
+
+
+def test_the_interval_refusal_says_where(platform: FakePlatform, clock: FakeClock) -> None:
+    """The refusal of one zombie too many says it was counted in the listing interval."""
+    platform.add(*(record(f"d{i}", started=5 * H, heartbeat=50 * M + i * S) for i in range(6)))
+    sweeper = build_sweeper(platform, clock, max_steps=3)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=90 * M)))
+    assert report.error == "4 zombies in this listing interval, more than sweep.max_steps"
+
+
+@pytest.mark.parametrize(("alive", "outcome"), [(False, "marked"), (True, "skipped")])
+def test_a_timer_write_answered_503_is_judged_again_from_the_listed_step(
+    platform: FakePlatform, clock: FakeClock, alive: bool, outcome: str
+) -> None:
+    """The timer's first write is answered 503 (not applied); the next attempt reads the
+    step again and judges it against the listing's baseline: still silent, written; a
+    heartbeat since, left alone."""
+    platform.add(record("soon", started=2 * H - 60 * S))
+    patches: list[int] = []
+
+    def first_patch_fails(request: httpx.Request) -> httpx.Response | None:
+        if request.method != "PATCH":
+            return None
+        patches.append(1)
+        if len(patches) > 1:
+            return None
+        if alive:
+            platform.state.update("soon", lastHeartbeatAt=format_timestamp(clock()))
+        return httpx.Response(503)
+
+    platform.before.append(first_patch_fails)
+    sweeper = patient_sweeper(platform, clock)
+    report = run(sweeper, precise(sweeper, clock))
+    (entry,) = report.entries
+    assert entry.outcome.value == outcome, (entry, report.counts)
+    assert entry.reason is (SkipReason.ALIVE if alive else None)
+    assert len(patches) == (1 if alive else 2)
+    assert platform.state.steps["soon"]["status"] == ("RUNNING" if alive else "FAILED")
+
+
+def test_an_unforeseen_error_in_a_timer_crashes_the_sweep(
+    platform: FakePlatform, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail closed: a bug while a timer is judged ends the sweep `crashed`, with its cause."""
+    import sweeper.precise
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in rearm")
+
+    monkeypatch.setattr(sweeper.precise, "rearm", broken)
+    platform.add(record("soon", started=2 * H - 60 * S))
+    sweeper_ = build_sweeper(platform, clock)
+    report = asyncio.run(sweeper_.run(interval=precise(sweeper_, clock)))
+    assert report.result is Result.CRASHED
+    assert "a bug in rearm" in (report.error or "")
+    assert platform.patches == []
+
+
+@pytest.mark.parametrize(("after_due", "armed"), [(timedelta(microseconds=1), 1), (0 * S, 0)])
+def test_a_step_due_at_the_intervals_end_is_left_to_the_next_listing(
+    platform: FakePlatform, clock: FakeClock, after_due: timedelta, armed: int
+) -> None:
+    """Due 1 µs before the interval ends: armed. Due exactly at its end: the next listing's."""
+    platform.add(record("edge", started=2 * H - 5 * M))  # due at +5 min + 1 µs
+    due = 5 * M + timedelta(microseconds=1)
+    sweeper = build_sweeper(platform, clock)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=due + after_due)))
+    assert report.counts["armed"] == armed, report.counts
+    assert len(platform.patches) == armed

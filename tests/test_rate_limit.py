@@ -4,6 +4,7 @@ without sweep.recheck, with retries, by hand and in precise marking."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from datetime import timedelta
 from typing import Any
@@ -181,6 +182,11 @@ def test_precise_timers_are_paced(platform: FakePlatform, clock: FakeClock) -> N
     assert report.counts["marked"] == 10, report.counts
     assert sum(1 for method, _ in seen if method == "PATCH") == 10
     assert_paced(seen)
+    # The re-read holds its write's slot: each write follows its re-read at once, with
+    # no second wait between them (a live worker's window to beat unseen).
+    for (method, at), (then, then_at) in itertools.pairwise(seen):
+        if then == "PATCH":
+            assert (method, at) == ("GET", then_at), seen
 
 
 def test_a_low_max_rate_ends_the_sweep_by_the_deadline(

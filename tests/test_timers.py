@@ -16,6 +16,7 @@ from sweeper.timers import (
     Next,
     TimerHeap,
     due_at,
+    half_silent,
     listing_horizon,
     rearm,
 )
@@ -125,6 +126,36 @@ def test_edge_of_calendar_never_raises(last_seen: datetime) -> None:
     if last_seen.year == 9999:
         slow = Step("s", "org", "RUNNING", started_at=last_seen, step_type="load")
         assert due_at(slow, RULES) is None
+
+
+# -- half_silent: the precise-mode guard counts steps silent past half their limit --
+
+
+@pytest.mark.parametrize(
+    ("silent", "expected"),
+    [(3 * S - timedelta(microseconds=1), False), (3 * S, False), (3 * S + MS, True)],
+)
+def test_half_silent_is_strictly_past_half_the_limit(silent: timedelta, expected: bool) -> None:
+    """Limit 6 s: silent exactly 3 s is not counted, a millisecond more is."""
+    s = step(started=10 * S, heartbeat=silent)
+    assert half_silent(s, NOW, RULES) is expected
+
+
+def test_half_silent_does_not_count_outage_time() -> None:
+    """Silent 5 s of which 3 s were an outage: 2 s of idle time, under half of 6 s."""
+    s = step(started=10 * S, heartbeat=5 * S)
+    outage = OutageWindows.of([(NOW - 4 * S, NOW - 1 * S)])
+    assert half_silent(s, NOW, RULES)
+    assert not half_silent(s, NOW, RULES, outage)
+
+
+@pytest.mark.parametrize(
+    "s",
+    [step(status="SUCCEEDED", started=10 * S), step(step_type="notify", started=10 * S)],
+    ids=["finished", "exempt rule"],
+)
+def test_half_silent_never_counts_finished_or_exempt_steps(s: Step) -> None:
+    assert not half_silent(s, NOW, RULES)
 
 
 # -- listing_horizon ---------------------------------------------------------------
