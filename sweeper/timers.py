@@ -117,7 +117,9 @@ def listing_horizon(
     """
     smallest = rules.smallest_limit  # a runaway is due no earlier than startedAt + max_runtime
     try:
-        horizon = now + interval + jitter - smallest
+        # One sum of durations, then one step on the calendar: `now + interval` alone
+        # may pass datetime.max where the horizon does not.
+        horizon = now + (interval + jitter - smallest)
     except OverflowError:
         horizon = LATEST if interval + jitter > smallest else EARLIEST
     extra = horizon.microsecond % 1000

@@ -167,10 +167,38 @@ def test_horizon_reaches_steps_due_before_the_next_listing() -> None:
     assert listing_horizon(NOW, 5 * S, RULES, jitter=2 * S) == NOW + 1 * S
 
 
-def test_horizon_rounds_up_to_the_millisecond() -> None:
+@pytest.mark.parametrize("micros", [1, 999, 1001, 1500])
+def test_horizon_rounds_up_to_the_millisecond(micros: int) -> None:
     """The wire carries milliseconds and the filter is strict: never round a step out."""
-    now = NOW + timedelta(microseconds=1)
-    assert listing_horizon(now, 5 * S, RULES) == NOW - 1 * S + MS
+    now = NOW + timedelta(microseconds=micros)
+    assert listing_horizon(now, 5 * S, RULES) == NOW - 1 * S + MS * -(-micros // 1000)
+
+
+LAST_MS = LATEST.replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    ("now", "interval", "jitter", "expected"),
+    [
+        (LAST_MS - timedelta(hours=1), 6 * S, 0 * S, LAST_MS - timedelta(hours=1)),
+        # Past the end of the calendar, or before its start: clamped.
+        (LAST_MS - timedelta(hours=1), 1 * S, timedelta(days=1), LATEST),
+        (datetime.min.replace(tzinfo=UTC) + 1 * S, 1 * S, 0 * S, datetime.min.replace(tzinfo=UTC)),
+    ],
+    ids=["at the end", "past the end", "before year 1"],
+)
+def test_horizon_near_the_edges_of_the_calendar(
+    now: datetime, interval: timedelta, jitter: timedelta, expected: datetime
+) -> None:
+    assert listing_horizon(now, interval, RULES, jitter) == expected
+
+
+def test_horizon_is_taken_as_a_whole_near_the_end_of_the_calendar() -> None:
+    """now + interval is past datetime.max, yet now + interval - limit is not: that is
+    the horizon (it was year 1, listing nothing)."""
+    rules = Rules((), rule("default", timedelta(days=1)))
+    now = LAST_MS - timedelta(hours=1)
+    assert listing_horizon(now, 2 * timedelta(hours=1), rules) == now - timedelta(hours=22)
 
 
 @pytest.mark.parametrize(
@@ -255,7 +283,7 @@ def test_capacity_refuses_new_keys_but_not_rearming() -> None:
 
 def test_negative_capacity_is_refused_and_get_finds_live_timers() -> None:
     """A heap cannot hold fewer than zero timers; get returns the live one only."""
-    with pytest.raises(ValueError, match="max_steps"):
+    with pytest.raises(ValueError, match=r"^max_steps must be 0 or more$"):
         TimerHeap(-1)
     heap = TimerHeap(1)
     heap.arm(step("a"), NOW, "sw")
@@ -271,6 +299,21 @@ def test_clear_forgets_everything() -> None:
     heap.clear()
     assert len(heap) == 0
     assert heap.pop_due(LATEST) == []
+
+
+def test_compaction_keeps_every_live_timer() -> None:
+    """Compacting drops the stale entries only: every live timer still fires, in order."""
+    heap = TimerHeap(3)
+    for i in range(200):
+        for n, name in enumerate("abc"):
+            heap.arm(step(name), NOW + (i * 3 + n) * MS, "sw")
+    assert len(heap._heap) < 200
+    fired = heap.pop_due(LATEST)
+    assert [(t.step.step_id, t.due) for t in fired] == [
+        ("a", NOW + 597 * MS),
+        ("b", NOW + 598 * MS),
+        ("c", NOW + 599 * MS),
+    ]
 
 
 def test_heavy_rearming_keeps_the_heap_small() -> None:
@@ -414,6 +457,25 @@ def test_a_moved_heartbeat_due_before_the_next_listing_is_rearmed() -> None:
     assert r.next is Next.REARM
     assert r.step == current
     assert r.due == NOW + 3 * S + timedelta(microseconds=1)
+
+
+def test_a_step_due_at_the_next_listing_is_left_to_it() -> None:
+    """Moved, and due exactly when the next listing comes: that listing judges it."""
+    listed = step(started=10 * S)
+    current = step(started=10 * S, heartbeat=3 * S)
+    due = NOW + 3 * S + timedelta(microseconds=1)
+    assert rearm(listed, current, NOW, due, RULES).next is Next.DROP
+    assert rearm(listed, current, NOW, due + timedelta(microseconds=1), RULES).next is Next.REARM
+
+
+def test_a_step_that_started_again_and_is_due_now_is_left_alone() -> None:
+    """It started again and its new moment is exactly now: a sweep's re-read leaves such
+    a step alone, and so does a timer."""
+    listed = step(started=10 * S)
+    current = step(started=6 * S)  # due at NOW + 1 µs
+    now = NOW + timedelta(microseconds=1)
+    assert rearm(listed, current, now, NOW + 5 * S, RULES).next is Next.DROP
+    assert rearm(listed, current, NOW, NOW + 5 * S, RULES).next is Next.REARM
 
 
 def test_an_outage_since_arming_rearms_later() -> None:
