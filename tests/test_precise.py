@@ -174,6 +174,9 @@ def test_an_outage_since_arming_moves_the_timer(platform: FakePlatform, clock: F
     asyncio.run(sweeper.run(interval=interval))
     ((_, at),) = writes(platform)
     assert NOW + 100 * S <= at <= NOW + 101 * S
+    # Not read at its old moment: the outage was known before the timer fired.
+    reads = [r.extensions["at"] for r in platform.requests if r.url.path.endswith("/s")]
+    assert [t for t in reads if t < NOW + 100 * S] == [], reads
 
 
 def test_timer_writes_keep_the_listings_sweep_id_and_the_counts_add_up(

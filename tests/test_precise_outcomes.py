@@ -357,3 +357,19 @@ def test_a_step_due_at_the_intervals_end_is_left_to_the_next_listing(
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=due + after_due)))
     assert report.counts["armed"] == armed, report.counts
     assert len(platform.patches) == armed
+
+
+def test_a_timers_reread_waits_no_retry_past_the_intervals_end(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Due at +90 s, the interval ends at +2 min; the re-read is answered 503 with
+    Retry-After 50 s: it gives up rather than wait past the interval's end (the next
+    listing takes the step over), so it is read once and the run ends in its interval."""
+    platform.add(record("soon", started=2 * H - 90 * S))
+    platform.answer_rereads(httpx.Response(503, headers={"Retry-After": "50"}))
+    sweeper = patient_sweeper(platform, clock)
+    interval = precise(sweeper, clock, until=2 * M)
+    report = run(sweeper, interval)
+    assert report.counts["unchecked"] == 1, report.counts
+    assert [r.method for r in platform.requests if r.url.path.endswith("/soon")] == ["GET"]
+    assert report.finished_at is not None and report.finished_at <= interval.until
