@@ -462,3 +462,29 @@ def test_precise_mode_keeps_max_concurrency_writes_in_flight(
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     assert report.counts["marked"] == 4, report.counts
     assert peak[0] <= 1, peak[0]
+
+
+def test_an_outage_learned_during_the_reread_still_delays_the_write(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Due at +30 s; while its re-read is under way the sweep learns of a 10 s outage
+    before that moment: the step is judged with it, re-armed and written at +40 s,
+    not at once (at +31 s)."""
+    from sweeper.outages import OutageWindows
+
+    platform.add(record("s", started=2 * H - 30 * S))
+    timestamped(platform, clock)
+    sweeper = build_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+    windows = {"now": OutageWindows()}
+    sweeper.outages = lambda: windows["now"]
+
+    def outage_known(request: httpx.Request) -> None:
+        if request.method == "GET" and request.url.path.endswith("/s"):
+            clock.advance(S)
+            windows["now"] = OutageWindows.of([(NOW + 20 * S, NOW + 30 * S)])
+
+    platform.before.append(outage_known)
+    asyncio.run(sweeper.run(interval=interval))
+    ((_, at),) = writes(platform)
+    assert NOW + 40 * S < at <= NOW + 42 * S, at - NOW  # its second re-read takes 1 s
