@@ -488,3 +488,46 @@ def test_an_outage_learned_during_the_reread_still_delays_the_write(
     asyncio.run(sweeper.run(interval=interval))
     ((_, at),) = writes(platform)
     assert NOW + 40 * S < at <= NOW + 42 * S, at - NOW  # its second re-read takes 1 s
+
+
+def test_a_backdated_step_is_rearmed_when_an_outage_grows_while_it_is_judged(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """The re-read shows a sign of life newer than the listed one and past its own moment;
+    by the time that read is judged as the new baseline, an outage still open has grown
+    over it (each look at the outages can find it longer): the step is re-armed at its
+    delayed moment (+45 s) and written only then, after a second read."""
+    from sweeper.outages import OutageWindows
+
+    platform.add(record("s", started=2 * H - 30 * S))  # due at +30 s
+    timestamped(platform, clock)
+    sweeper = build_sweeper(platform, clock)
+    interval = precise(sweeper, clock)
+    moved = NOW - 2 * H + 31 * S
+    looks = {"after_read": -1}
+
+    def outages() -> OutageWindows:
+        if looks["after_read"] < 0:
+            return OutageWindows()
+        looks["after_read"] += 1
+        if looks["after_read"] == 1:  # the first judgement, right after the read
+            return OutageWindows()
+        return OutageWindows.of([(NOW + 31 * S, NOW + 45 * S)])
+
+    sweeper.outages = outages
+    reads: list[object] = []
+
+    def backdate(request: httpx.Request) -> None:
+        if request.method == "GET" and request.url.path.endswith("/s"):
+            reads.append(clock())
+            clock.advance(10 * S if len(reads) == 1 else S)  # slow once, then quick
+            platform.state.update("s", updatedAt=format_timestamp(moved))
+            looks["after_read"] = max(looks["after_read"], 0)
+
+    platform.before.append(backdate)
+    report = asyncio.run(sweeper.run(interval=interval))
+    assert report.counts["marked"] == 1, report.counts
+    assert len(reads) == 2, reads
+    assert reads[1] > NOW + 45 * S, reads  # read again at its delayed moment, not before
+    ((_, at),) = writes(platform)
+    assert at >= NOW + 45 * S, at - NOW
