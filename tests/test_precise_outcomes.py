@@ -162,6 +162,9 @@ def test_a_real_zombie_waits_for_a_timer_place_when_healthy_steps_fill_the_heap(
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     marked = [e.stepId for e in report.entries if e.outcome.value == "marked"]
     assert marked == ["dead"], (marked, report.counts)
+    (full,) = [e for e in logs if e["event"] == "timers.full"]
+    assert (full["armed"], full["waiting"], full["max_steps"]) == (3, 1, 3)
+    assert full["detail"] == "steps due later wait for a timer's place (at most sweep.max_steps)"
 
 
 def test_timers_armed_gauge_drops_when_the_run_ends(
@@ -186,6 +189,7 @@ def test_timers_armed_gauge_drops_when_the_run_ends(
     assert report.result is Result.TOKEN_REFUSED
     assert report.counts["armed"] == 3
     assert gauge[-1] == 0, gauge
+    assert all(isinstance(n, int) for n in gauge), gauge
 
 
 def test_a_halt_ends_the_nap(platform: FakePlatform, clock: FakeClock) -> None:
@@ -373,3 +377,30 @@ def test_a_timers_reread_waits_no_retry_past_the_intervals_end(
     assert report.counts["unchecked"] == 1, report.counts
     assert [r.method for r in platform.requests if r.url.path.endswith("/soon")] == ["GET"]
     assert report.finished_at is not None and report.finished_at <= interval.until
+
+
+def test_as_many_zombies_as_max_steps_are_all_marked(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """max_steps 2, two zombies at the listing and nothing else: not refused, both marked."""
+    platform.add(record("z1", started=5 * H), record("z2", started=5 * H))
+    sweeper = build_sweeper(platform, clock, max_steps=2)
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    assert report.result is Result.COMPLETED, report.error
+    assert report.counts["marked"] == 2
+
+
+def test_a_known_outage_keeps_a_step_from_the_timers_and_the_guard(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """Limit 2 h, interval 5 min: a step silent 2 h - 1 min would be due in the interval
+    and is past half its limit, but the platform was away the last 70 min: its idle time
+    is 49 min, it is due after the interval and not counted by the guard (max_steps 0)."""
+    from sweeper.outages import OutageWindows
+
+    platform.add(record("s", started=2 * H - M))
+    sweeper = build_sweeper(platform, clock, max_steps=0)
+    sweeper.outages = lambda: OutageWindows.of([(NOW - 70 * M, NOW)])
+    report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
+    assert report.result is Result.COMPLETED, report.error
+    assert report.counts["armed"] == 0, report.counts

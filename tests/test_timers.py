@@ -302,17 +302,20 @@ def test_clear_forgets_everything() -> None:
 
 
 def test_compaction_keeps_every_live_timer() -> None:
-    """Compacting drops the stale entries only: every live timer still fires, in order."""
-    heap = TimerHeap(3)
+    """Compacting drops the stale entries only: timers armed before many compactions
+    (another step re-armed 200 times) all still fire, in order."""
+    heap = TimerHeap(4)
+    for n, name in enumerate("abc"):
+        heap.arm(step(name), NOW + n * MS, "sw")
     for i in range(200):
-        for n, name in enumerate("abc"):
-            heap.arm(step(name), NOW + (i * 3 + n) * MS, "sw")
+        heap.arm(step("d"), NOW + S + i * MS, "sw")
     assert len(heap._heap) < 200
     fired = heap.pop_due(LATEST)
     assert [(t.step.step_id, t.due) for t in fired] == [
-        ("a", NOW + 597 * MS),
-        ("b", NOW + 598 * MS),
-        ("c", NOW + 599 * MS),
+        ("a", NOW),
+        ("b", NOW + MS),
+        ("c", NOW + 2 * MS),
+        ("d", NOW + S + 199 * MS),
     ]
 
 
