@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from sweeper.api import STEPS_PATH
 from sweeper.daemon import LISTING_MARGIN
@@ -284,22 +285,23 @@ def test_zombies_confirmed_by_timers_are_capped_by_max_steps(
     assert refused["guard"] == "max_steps"
 
 
+@pytest.mark.parametrize("due_again", [31 * S, 40 * S], ids=["past", "exactly now"])
 def test_a_backdated_sign_of_life_is_judged_at_once_not_read_again_and_again(
-    platform: FakePlatform, clock: FakeClock
+    platform: FakePlatform, clock: FakeClock, due_again: timedelta
 ) -> None:
-    """The re-read (10 s late on a slow platform) shows a sign of life newer than the
-    listed one yet already past its own due moment: judged on that read as the new
-    baseline, written at once with it, one read."""
-    platform.add(record("s", started=2 * H - 30 * S))  # due at +30 s
+    """The re-read (ending at +40 s + 1 µs on a slow platform) shows a sign of life newer
+    than the listed one yet due again already (at +31 s, or exactly now): judged on that
+    read as the new baseline, written at once with it, one read."""
+    platform.add(record("s", started=2 * H - 30 * S))  # due at +30 s + 1 µs
     sweeper = build_sweeper(platform, clock)
     interval = precise(sweeper, clock)
     reads = {"n": 0}
-    moved = NOW - 2 * H + 31 * S  # newer than startedAt, stale again by +31 s
+    moved = NOW - 2 * H + due_again  # newer than startedAt, due at due_again + 1 µs
 
     def backdate(request: httpx.Request) -> None:
         if request.method == "GET" and request.url.path != STEPS_PATH:
             reads["n"] += 1
-            clock.advance(10 * S)
+            clock.advance(NOW + 40 * S + timedelta(microseconds=1) - clock())
             platform.state.update("s", updatedAt=format_timestamp(moved))
 
     platform.before.append(backdate)

@@ -289,7 +289,7 @@ def test_a_lost_lease_drops_the_timers_and_says_so(
     interval.holding = lambda: False
     report = asyncio.run(sweeper.run(interval=interval))
     assert report.result is Result.INTERRUPTED, report.result
-    assert "the lease was lost" in (report.error or "")
+    assert report.error == "the lease was lost: the timers are dropped"
     assert [r.method for r in platform.requests] == ["GET"]  # the listing only
     assert platform.patches == []
 
@@ -404,3 +404,31 @@ def test_a_known_outage_keeps_a_step_from_the_timers_and_the_guard(
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock)))
     assert report.result is Result.COMPLETED, report.error
     assert report.counts["armed"] == 0, report.counts
+
+
+def test_a_timer_writes_second_attempt_counts_an_outage_learned_meanwhile(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """The timer's write is answered 503 (not applied); before its next attempt the sweep
+    learns the platform was away 15 s just before the step's moment: judged with that
+    outage it is not stale yet, and is left alone (one PATCH)."""
+    from sweeper.outages import OutageWindows
+
+    platform.add(record("soon", started=2 * H - 60 * S))
+    sweeper = patient_sweeper(platform, clock)
+    windows = {"now": OutageWindows()}
+    sweeper.outages = lambda: windows["now"]
+    patches: list[int] = []
+
+    def first_patch_fails(request: httpx.Request) -> httpx.Response | None:
+        if request.method != "PATCH":
+            return None
+        patches.append(1)
+        windows["now"] = OutageWindows.of([(NOW + 45 * S, NOW + 60 * S)])
+        return httpx.Response(503)
+
+    platform.before.append(first_patch_fails)
+    report = run(sweeper, precise(sweeper, clock))
+    (entry,) = report.entries
+    assert (entry.outcome.value, entry.reason) == ("skipped", SkipReason.ALIVE), entry
+    assert patches == [1]
