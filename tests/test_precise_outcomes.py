@@ -360,7 +360,6 @@ def test_a_step_due_at_the_intervals_end_is_left_to_the_next_listing(
     sweeper = build_sweeper(platform, clock)
     report = asyncio.run(sweeper.run(interval=precise(sweeper, clock, until=due + after_due)))
     assert report.counts["armed"] == armed, report.counts
-    assert len(platform.patches) == armed
 
 
 def test_a_timers_reread_waits_no_retry_past_the_intervals_end(
