@@ -350,6 +350,47 @@ def test_an_unforeseen_error_in_a_timer_crashes_the_sweep(
     assert platform.patches == []
 
 
+@pytest.mark.parametrize("how", ["the interval ends", "the lease is lost"])
+def test_a_timer_that_fails_while_the_timers_stop_still_crashes_the_sweep(
+    platform: FakePlatform, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Fail closed when the timers stop too: a timer still firing when the interval runs
+    out (or the lease is lost) is waited for, and an unforeseen error in it ends the
+    sweep `crashed`, with its cause."""
+    import sweeper.precise
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in rearm")
+
+    monkeypatch.setattr(sweeper.precise, "rearm", broken)
+    platform.add(record("soon", started=2 * H - 60 * S))
+    lost = [False]
+    stopped: list[bool] = []
+
+    async def slow_reread(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and not request.url.path.endswith(STEPS_PATH):
+            # The timers stop while this re-read is on its way: the timer loop sees it
+            # (and fires no more) before the answer comes back.
+            if how == "the interval ends":
+                clock.advance(10 * M)
+            else:
+                lost[0] = True
+            interval.wake.set()
+            for _ in range(50):
+                await asyncio.sleep(0)  # a loop turn, not time: the timer loop runs
+            stopped.append(clock() >= interval.until or lost[0])
+        return platform.handle(request)
+
+    sweeper_ = build_sweeper(slow_reread, clock)
+    interval = precise(sweeper_, clock)
+    interval.holding = lambda: not lost[0]
+    report = asyncio.run(sweeper_.run(interval=interval))
+    assert stopped == [True]
+    assert report.result is Result.CRASHED, report.result
+    assert "a bug in rearm" in (report.error or "")
+    assert platform.patches == []
+
+
 @pytest.mark.parametrize(("after_due", "armed"), [(timedelta(microseconds=1), 1), (0 * S, 0)])
 def test_a_step_due_at_the_intervals_end_is_left_to_the_next_listing(
     platform: FakePlatform, clock: FakeClock, after_due: timedelta, armed: int
