@@ -198,7 +198,7 @@ def platform_refusal(status: int, content: bytes) -> bool:
     of its answers (a JSON object whose `success` is false)? A gateway's page (HTML, an
     empty body, another JSON shape) is not: outage memory counts it as the platform
     being away."""
-    if not 400 <= status < 500 or status in TRANSIENT_STATUSES:
+    if status // 100 != 4 or status in TRANSIENT_STATUSES:  # not a 4xx, or one worth a retry
         return False
     try:
         answer = json.loads(content)

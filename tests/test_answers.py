@@ -295,6 +295,10 @@ def test_a_deep_page_that_is_also_malformed_is_not_json(body: str) -> None:
         (404, b'{"success": false, "error": {"code": "NOT_FOUND"}}', True),
         (409, b'{"success": false}', True),
         (401, b'{"success": false, "error": {"message": "bad token"}}', True),
+        (400, b'{"success": false}', True),  # the first 4xx is one
+        (499, b'{"success": false}', True),
+        (399, b'{"success": false}', False),  # not a refusal at all
+        (501, b'{"success": false}', False),
         (404, b"default backend - 404", False),
         (404, b'{"message": "no Route matched with those values"}', False),
         (404, b"", False),
@@ -326,3 +330,5 @@ def test_a_401_or_403_not_in_the_platforms_envelope_is_transient(status: int, bo
         answer(status, body)
     assert type(caught.value) is Transient
     assert (caught.value.http_status, caught.value.retry_after) == (status, None)
+    # What request.retried logs: the operator sees why a 401/403 was tried again.
+    assert str(caught.value) == f"HTTP {status} not in the platform's words (a gateway's?)"
