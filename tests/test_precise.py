@@ -13,7 +13,7 @@ import pytest
 
 from sweeper.api import STEPS_PATH
 from sweeper.daemon import LISTING_MARGIN
-from sweeper.guards import DRIFT
+from sweeper.guards import DRIFT, ClockCheck
 from sweeper.model import format_timestamp
 from sweeper.report import Outcome, Result
 from tests.builders import H, M, S, build_sweeper, precise, rules_with
@@ -293,7 +293,10 @@ def test_a_backdated_sign_of_life_is_judged_at_once_not_read_again_and_again(
     than the listed one yet due again already (at +31 s, or exactly now): judged on that
     read as the new baseline, written at once with it, one read."""
     platform.add(record("s", started=2 * H - 30 * S))  # due at +30 s + 1 µs
-    sweeper = build_sweeper(platform, clock)
+    # "Exactly now" on an exact estimate of the platform's clock: with the estimate's
+    # drift allowance (guards.DRIFT) it is a few µs behind, and the step is not due yet.
+    exact = ClockCheck(timedelta(minutes=2), clock, drift=0)
+    sweeper = build_sweeper(platform, clock, clock_check=exact)
     interval = precise(sweeper, clock)
     reads = {"n": 0}
     moved = NOW - 2 * H + due_again  # newer than startedAt, due at due_again + 1 µs
@@ -301,6 +304,9 @@ def test_a_backdated_sign_of_life_is_judged_at_once_not_read_again_and_again(
     def backdate(request: httpx.Request) -> None:
         if request.method == "GET" and request.url.path != STEPS_PATH:
             reads["n"] += 1
+            # The clock is pinned at each read: a second read would be a third, ... (a
+            # sweep that never ends); end it as a failure instead.
+            assert reads["n"] <= 2, "read again and again"
             clock.advance(NOW + 40 * S + timedelta(microseconds=1) - clock())
             platform.state.update("s", updatedAt=format_timestamp(moved))
 
