@@ -42,7 +42,9 @@ from tests.fakes import TOKEN, record
 
 #: The issue's test timing: lease 4 s, renew 1 s; api.timeout 1 s.
 LEASE, RENEW = 4.0, 1.0
-#: Failover after kill -9 or SIGSTOP: another copy lists within lease + renew + 2 s.
+#: Failover after kill -9 or SIGSTOP: another copy lists within lease + renew + 2 s. A
+#: target that bench/leader.py measures and prints; the tests wait for the failover as
+#: an event, bounded only generously (a loaded machine is slow, not wrong).
 FAILOVER_LIMIT = LEASE + RENEW + 2.0
 
 
@@ -135,7 +137,13 @@ class Copy:
     """One daemon (`sweeper run`) or one-shot run, with its log file."""
 
     def __init__(
-        self, name: str, tmp: Path, stand: Stand, engine_config: str, argv: tuple[str, ...] = ()
+        self,
+        name: str,
+        tmp: Path,
+        stand: Stand,
+        engine_config: str,
+        argv: tuple[str, ...] = (),
+        lease: float = LEASE,
     ) -> None:
         self.name = name
         folder = tmp / name
@@ -151,7 +159,7 @@ class Copy:
             'timeout = "1s"\nmax_rate = 0\nmax_attempts = 2\n'
             '[schedule]\ninterval = "60s"\n'
             '[sweep]\nstale_after = "30s"\n'
-            f'[leader]\nidentity = "{name}"\nlease = "{LEASE:g}s"\nrenew_every = "{RENEW:g}s"\n'
+            f'[leader]\nidentity = "{name}"\nlease = "{lease:g}s"\nrenew_every = "{RENEW:g}s"\n'
             f"{engine_config}"
         )
         self.config.chmod(0o600)
@@ -267,8 +275,9 @@ def leader_of(copies: list[Copy], after: float = 0.0) -> Copy:
     return holder[0]
 
 
-def first_listing_after(copies: list[Copy], at: float, but_not: str) -> float:
-    """Seconds from `at` (wall) to the first listing another copy SENT after it."""
+def first_listing_after(copies: list[Copy], at: float, but_not: str, timeout: float = 60) -> float:
+    """Seconds from `at` (wall) to the first listing another copy SENT after it, waiting
+    up to `timeout` for one."""
     found: list[float] = []
 
     def listed() -> bool:
@@ -277,7 +286,7 @@ def first_listing_after(copies: list[Copy], at: float, but_not: str) -> float:
         ]
         return bool(found)
 
-    wait_for(listed, timeout=60)
+    wait_for(listed, timeout=timeout)
     return min(found) - at
 
 
