@@ -43,14 +43,16 @@ async def wait_done(task: asyncio.Future[Any], seconds: float = 30) -> Any:
 def test_one_candidate_leads_the_other_follows_then_takes_over_on_release(
     etcd: Etcd,
 ) -> None:
-    """A is elected; B waits and sees A; A revokes; B is elected at once."""
+    """A is elected; B waits and sees A; A revokes; B is elected at once: on a 30 s lease,
+    within half of it (waiting the lease out would take all of it; no tighter time is
+    asserted, a loaded machine is slow, not wrong)."""
     followed: list[str | None] = []
 
     async def scenario() -> None:
-        a = engine([etcd.url], "a", "handover")
-        b = engine([etcd.url], "b", "handover")
+        a = engine([etcd.url], "a", "handover", lease=30.0)
+        b = engine([etcd.url], "b", "handover", lease=30.0)
         sent_at, ttl = await a.campaign(lambda holder: None)
-        assert ttl == 2.0 and sent_at <= time.monotonic()
+        assert ttl == 30.0 and sent_at <= time.monotonic()
         assert await a.holder() == "a"
         seen = asyncio.Event()
 
@@ -64,8 +66,8 @@ def test_one_candidate_leads_the_other_follows_then_takes_over_on_release(
         await a.renew()
         released = time.monotonic()
         await a.release()
-        await wait_done(b_wins)
-        assert time.monotonic() - released < 1.0
+        await wait_done(b_wins, seconds=15)
+        assert time.monotonic() - released < 15.0
         assert await b.holder() == "b"
         await b.renew()
         await b.release()
