@@ -64,7 +64,8 @@ class RetryPolicy:
         return retry_after if retry_after is not None else self.backoff(attempt)
 
     def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
+        # tenacity asks for a wait only after an outcome (`and` only satisfies mypy).
+        exc = state.outcome and state.outcome.exception()
         if isinstance(exc, Transient) and exc.retry_after is not None:
             return exc.retry_after
         return float(self._backoff(state))

@@ -71,3 +71,57 @@ def test_waits_end_early_on_a_stop() -> None:
         await asyncio.wait_for(pacing.wait(3600), timeout=30)
 
     asyncio.run(go())
+
+
+def test_a_stop_during_the_rate_limit_wait_names_the_request() -> None:
+    """The refusal after the slot's wait says which request was not sent."""
+    stop = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        stop.set()
+
+    pacing = Pacing(RateLimiter(1.0, monotonic=lambda: 0.0, sleep=sleep), stop, sleep)
+    asyncio.run(pacing.ready("GET /a", 1))
+    with pytest.raises(Interrupted, match=r"^GET /b: not sent, stopping$"):
+        asyncio.run(pacing.ready("GET /b", 1))
+
+
+def test_out_of_time_says_how_far_away_the_slot_is() -> None:
+    """The deadline refusal gives the distance to the slot, not a clock reading."""
+    clock = Clock()
+    clock.now = 100.0
+    limiter = RateLimiter(0.5, monotonic=clock, sleep=clock.sleep)
+    asyncio.run(limiter.acquire())
+    with pytest.raises(OutOfTime, match=r"next slot is 2\.0s away"):
+        asyncio.run(limiter.acquire(give_up_at=101.0))
+
+
+def test_no_limit_never_waits() -> None:
+    """rate 0: any number of requests at the same instant, no wait."""
+    clock = Clock()
+    limiter = RateLimiter(0, monotonic=clock, sleep=clock.sleep)
+    for _ in range(5):
+        asyncio.run(limiter.acquire(3, give_up_at=clock.now))
+    assert clock.slept == []
+
+
+def test_a_wait_without_a_stop_sleeps_what_it_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No stop event: the wait is a plain sleep of the asked length."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("sweeper.pacing.asyncio.sleep", sleep)
+    asyncio.run(Pacing().wait(2.5))
+    assert slept == [2.5]
+
+
+def test_a_wait_with_an_unset_stop_ends_when_its_time_is_up() -> None:
+    """A stop that never comes: the wait still ends (here a wait of 0 ends at once)."""
+    pacing = Pacing(stop=asyncio.Event())
+
+    async def go() -> None:
+        await asyncio.wait_for(pacing.wait(0.0), timeout=30)
+
+    asyncio.run(go())
