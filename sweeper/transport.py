@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from sweeper.addresses import is_loopback
 from sweeper.http11 import (
     ClosedBeforeAnswer,
     Connection,
@@ -30,7 +31,6 @@ from sweeper.http11 import (
     read_answer,
 )
 from sweeper.http11 import request_head as _request_head
-from sweeper.settings import is_loopback
 
 if TYPE_CHECKING:
     from sweeper.proxied import AiohttpTransport

@@ -216,3 +216,11 @@ def test_the_write_path_imports_downwards() -> None:
     assert "sweeper.sweep" not in graph["sweeper.writer"] | graph["sweeper.precise"]
     assert "sweeper.writer" not in graph["sweeper.ledger"]
     assert "sweeper.precise" not in graph["sweeper.writer"]
+
+
+def test_the_transport_imports_no_configuration() -> None:
+    """The HTTP transport sits below the settings: it shares `addresses` with them."""
+    graph = imports()
+    below = graph["sweeper.transport"] | graph["sweeper.http11"] | graph["sweeper.addresses"]
+    assert not {m for m in below if m.startswith("sweeper.settings")}
+    assert "sweeper.addresses" in graph["sweeper.transport"] & graph["sweeper.settings.models"]

@@ -10,7 +10,6 @@ flags, the checks across sections, the token), `problems` (rendering what is wro
 `hosts` (host and address checks). The names other modules use are here.
 """
 
-from sweeper.settings.hosts import is_loopback
 from sweeper.settings.load import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
@@ -48,6 +47,5 @@ __all__ = [
     "check_template",
     "check_watch_rate",
     "config_path_of",
-    "is_loopback",
     "load_settings",
 ]

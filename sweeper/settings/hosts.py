@@ -1,23 +1,11 @@
-"""Host checks of the configuration: loopback, host names, whether this machine can listen."""
+"""Host checks of the configuration: host names, whether this machine can listen
+(loopback: `sweeper.addresses`, which the transport shares)."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 import socket
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    # ::ffff:127.0.0.1 is this host's loopback too (Python 3.11 says it is not).
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return (mapped or address).is_loopback
-
 
 #: A DNS host name (RFC 1123 labels, an optional root dot) or an IPv4 address.
 HOST_NAME = re.compile(

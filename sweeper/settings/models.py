@@ -27,6 +27,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from sweeper.addresses import is_loopback
 from sweeper.durations import format_duration
 from sweeper.leader_settings import LeaderSettings
 from sweeper.model import MATCHABLE_FIELDS, StepStatus
@@ -39,7 +40,7 @@ from sweeper.policy import (
     RUNAWAY_MESSAGE_FIELDS,
     Rules,
 )
-from sweeper.settings.hosts import HOST_NAME, is_ipv6, is_loopback, unbindable
+from sweeper.settings.hosts import HOST_NAME, is_ipv6, unbindable
 from sweeper.settings.problems import KeyProblem
 from sweeper.settings.rules import build_rules, inherit
 from sweeper.settings.templates import check_template
