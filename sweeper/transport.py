@@ -100,9 +100,17 @@ def _entry_port(entry: str) -> tuple[str, int | None]:
             return inside, int(rest[1:])
         return inside + rest, None
     if entry.count(":") == 1:  # host:port (a bare IPv6 address has several)
-        name, _, port = entry.partition(":")
+        name, port = entry.split(":")
         return (name, int(port)) if port.isdigit() else (entry, None)
     return entry, None
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    """Where a direct request connects: (scheme, host, port), the scheme's default port
+    when the URL names none (httpx drops a default port it was given)."""
+    if url.scheme not in _DEFAULT_PORTS:
+        raise httpx.UnsupportedProtocol(f"no {url.scheme}:// transport")
+    return (url.scheme, url.host, url.port or _DEFAULT_PORTS[url.scheme])
 
 
 def proxy_for(scheme: str, host: str, port: int | None) -> str | httpx.ProxyError | None:
@@ -154,7 +162,7 @@ class _Answer(httpx.AsyncByteStream):
         self._read = read
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        assert self._connection is not None, "the answer was closed"
+        assert self._connection is not None  # never read after `aclose`
         async for piece in body_chunks(self._connection, self._framing, self._read):
             yield piece
 
@@ -210,16 +218,15 @@ class Transport(httpx.AsyncBaseTransport):
         proxy = self._proxy_for(url)
         if proxy is not None:
             return await self._through(proxy, request)
+        origin = origin_of(url)
+        # A request built without a client has no timeouts: it waits as long as it takes.
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        origin = (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 80))
-        if url.scheme not in _DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"no {url.scheme}:// transport")
         message = _request_head(request) + await request.aread()
         resend = request.method in _IDEMPOTENT
         while True:
             connection = await self._pool.acquire(origin, timeouts)
             if self._before_write is not None:
-                path = url.raw_path.split(b"?", 1)[0].decode("ascii")
+                path = url.raw_path.partition(b"?")[0].decode()  # httpx sends it ASCII
                 try:  # nothing waits between this and the write below
                     self._before_write(request.method, path)
                 except BaseException:
@@ -250,8 +257,7 @@ class Transport(httpx.AsyncBaseTransport):
             status_code=answer.status,
             headers=answer.headers,
             stream=stream,
-            request=request,
-            extensions={"http_version": answer.version},
+            extensions={"http_version": answer.version},  # the client sets `request`
         )
 
     async def _through(self, proxy: str, request: httpx.Request) -> httpx.Response:

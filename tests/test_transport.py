@@ -22,7 +22,9 @@ from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
 from sweeper.errors import PlatformRefused, PlatformUnavailable
 from sweeper.retries import RetryPolicy
+from sweeper.transport import Transport, origin_of
 from tests.fakes import TOKEN
+from tests.scripted_server import Scripted
 
 ONE_TRY = RetryPolicy(max_attempts=1)
 
@@ -282,3 +284,160 @@ def test_the_cause_of_a_connect_error_is_still_described() -> None:
     error = reraised(aiohttp.ClientConnectorError(key, OSError(111, "Connection refused")))
     assert isinstance(error, httpx.ConnectError)
     assert describe_transport_error(error).startswith("connection refused")
+
+
+# The direct path's own rules, on a scripted loopback server (tests/scripted_server.py).
+
+
+def ok(body: bytes = b"ok", version: bytes = b"HTTP/1.1") -> bytes:
+    return version + b" 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+async def hang_up(writer: asyncio.StreamWriter) -> None:
+    """A scripted answer: the request was read, the connection closes unanswered."""
+
+
+class Refused(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://h.example/x", ("http", "h.example", 80)),
+        ("https://h.example/x", ("https", "h.example", 443)),
+        ("http://h.example:8080/x", ("http", "h.example", 8080)),
+        ("https://h.example:443/x", ("https", "h.example", 443)),
+        ("https://h.example:80/x", ("https", "h.example", 80)),
+        ("http://[::1]:8080/x", ("http", "::1", 8080)),
+    ],
+)
+def test_a_direct_request_connects_to_its_url_s_port_or_the_scheme_s(
+    url: str, origin: tuple[str, str, int]
+) -> None:
+    """The port a connection is opened to: the URL's, else 80 for http, 443 for https."""
+    assert origin_of(httpx.URL(url)) == origin
+
+
+def test_a_scheme_without_a_transport_is_refused_naming_it() -> None:
+    with pytest.raises(httpx.UnsupportedProtocol) as refused:
+        origin_of(httpx.URL("ftp://h.example/x"))
+    assert str(refused.value) == "no ftp:// transport"
+
+    async def go() -> None:
+        transport = Transport(max_connections=1)
+        with pytest.raises(httpx.UnsupportedProtocol, match=r"^no ws:// transport$"):
+            await transport.handle_async_request(httpx.Request("GET", "ws://127.0.0.1:9/x"))
+        await transport.aclose()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
+def test_a_request_built_without_a_client_is_answered_with_its_http_version(
+    version: bytes,
+) -> None:
+    """No timeout extension (no httpx client set one): sent, and answered; the answer's
+    HTTP version is the one the server spoke."""
+
+    async def go() -> tuple[int, str, bytes]:
+        async with Scripted([ok(b"fine", version)]) as server:
+            transport = Transport(max_connections=1)
+            try:
+                response = await transport.handle_async_request(
+                    httpx.Request("GET", server.url + "/x")
+                )
+                body = await response.aread()
+            finally:
+                await transport.aclose()
+            return response.status_code, response.http_version, body
+
+    assert asyncio.run(go()) == (200, version.decode(), b"fine")
+
+
+def test_the_last_look_sees_the_path_without_the_query() -> None:
+    """The query is cut at its first `?` (a query may hold more); the request line
+    keeps it whole."""
+    looks: list[tuple[str, str]] = []
+
+    async def go() -> list[bytes]:
+        async with Scripted([ok()]) as server:
+            transport = Transport(max_connections=1, before_write=lambda m, p: looks.append((m, p)))
+            async with httpx.AsyncClient(base_url=server.url, transport=transport) as http:
+                assert (await http.get("/a/b?q=1?2&r=%3F")).content == b"ok"
+            return server.requests
+
+    requests = asyncio.run(go())
+    assert looks == [("GET", "/a/b")]
+    assert requests[0].startswith(b"GET /a/b?q=1?2&r=%3F HTTP/1.1\r\n")
+
+
+def test_a_refused_last_look_costs_no_connection() -> None:
+    """Nothing was written on the connection the refused request got: it goes back to
+    the pool and the next request goes out on it."""
+    looks: list[str] = []
+
+    def hook(method: str, path: str) -> None:
+        looks.append(path)
+        if len(looks) == 1:
+            raise Refused(path)
+
+    async def go() -> tuple[int, list[bytes]]:
+        async with Scripted([ok()]) as server:
+            transport = Transport(max_connections=1, before_write=hook)
+            async with httpx.AsyncClient(base_url=server.url, transport=transport) as http:
+                with pytest.raises(Refused):
+                    await http.patch("/s", content=b"{}")
+                assert (await http.get("/t")).content == b"ok"
+            return server.connections, server.requests
+
+    connections, requests = asyncio.run(go())
+    assert connections == 1
+    assert looks == ["/s", "/t"]
+    assert [r.split(b"\r\n")[0] for r in requests] == [b"GET /t HTTP/1.1"]
+
+
+def test_a_get_is_resent_once_only() -> None:
+    """A GET whose kept-alive connection closed under it goes out once more; when that
+    connection (another kept one) closes too, the error is the caller's: never a third
+    try."""
+
+    async def go() -> tuple[list[bytes], int]:
+        async with Scripted([ok(b"a"), ok(b"b"), hang_up, hang_up, ok(b"never")]) as server:
+            transport = Transport(max_connections=2)
+            async with httpx.AsyncClient(base_url=server.url, transport=transport) as http:
+                first = await asyncio.gather(http.get("/a"), http.get("/b"))
+                assert sorted(r.content for r in first) == [b"a", b"b"]
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await http.get("/c")
+            return server.requests, server.connections
+
+    requests, connections = asyncio.run(go())
+    assert sorted(r.split(b" ")[1] for r in requests[:2]) == [b"/a", b"/b"]
+    assert [r.split(b" ")[1] for r in requests[2:]] == [b"/c", b"/c"]
+    assert connections == 2
+
+
+def test_each_host_gets_its_own_proxy_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One transport, two hosts: loopback goes direct, the other through HTTPS_PROXY
+    (a proxy looked up once is never reused for another host)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+    async def go() -> list[bytes]:
+        async with Scripted([ok(b"direct"), refused]) as server:
+            monkeypatch.setenv("HTTPS_PROXY", server.url)
+            transport = Transport(max_connections=1)
+            async with httpx.AsyncClient(transport=transport) as http:
+                assert (await http.get(server.url + "/x")).content == b"direct"
+                with pytest.raises(httpx.HTTPError):
+                    await http.get("https://platform.invalid:8443/y")
+            return server.requests
+
+    requests = asyncio.run(go())
+    assert [r.split(b"\r\n")[0] for r in requests] == [
+        b"GET /x HTTP/1.1",
+        b"CONNECT platform.invalid:8443 HTTP/1.1",
+    ]
