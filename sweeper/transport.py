@@ -128,7 +128,8 @@ def proxy_for(scheme: str, host: str, port: int | None) -> str | httpx.ProxyErro
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme) or proxies.get("all")
     effective_port = port if port is not None else (443 if scheme == "https" else 80)
-    if not proxy or no_proxy_names(proxies.get("no", ""), host, effective_port):
+    no_proxy = proxies.get("no")
+    if not proxy or (no_proxy and no_proxy_names(no_proxy, host, effective_port)):
         return None
     kind = urllib.parse.urlsplit(proxy).scheme.lower()
     if kind not in ("http", "https"):

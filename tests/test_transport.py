@@ -22,7 +22,7 @@ from sweeper.devserver.server import serve_in_thread
 from sweeper.devserver.state import PlatformState
 from sweeper.errors import PlatformRefused, PlatformUnavailable
 from sweeper.retries import RetryPolicy
-from sweeper.transport import Transport, origin_of
+from sweeper.transport import Transport, origin_of, proxy_for
 from tests.fakes import TOKEN
 from tests.scripted_server import Scripted
 
@@ -301,6 +301,12 @@ class Refused(Exception):
     pass
 
 
+def no_proxies_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 @pytest.mark.parametrize(
     ("url", "origin"),
     [
@@ -421,9 +427,7 @@ def test_a_get_is_resent_once_only() -> None:
 def test_each_host_gets_its_own_proxy_decision(monkeypatch: pytest.MonkeyPatch) -> None:
     """One transport, two hosts: loopback goes direct, the other through HTTPS_PROXY
     (a proxy looked up once is never reused for another host)."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
+    no_proxies_from_outside(monkeypatch)
     refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
     async def go() -> list[bytes]:
@@ -441,3 +445,70 @@ def test_each_host_gets_its_own_proxy_decision(monkeypatch: pytest.MonkeyPatch) 
         b"GET /x HTTP/1.1",
         b"CONNECT platform.invalid:8443 HTTP/1.1",
     ]
+
+
+@pytest.mark.parametrize(
+    ("environment", "scheme", "port", "expected"),
+    [
+        # NO_PROXY with a port: a URL without one has its scheme's default port.
+        ({"HTTP_PROXY": "http://p:3128", "NO_PROXY": "platform.example:80"}, "http", None, None),
+        ({"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "platform.example:443"}, "https", None, None),
+        (
+            {"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "platform.example:80"},
+            "https",
+            None,
+            "http://p:3128",
+        ),
+        ({"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "platform.example:80"}, "https", 80, None),
+        # An https:// proxy (in any case) is one aiohttp speaks too.
+        ({"HTTPS_PROXY": "https://p:3128"}, "https", None, "https://p:3128"),
+        ({"HTTPS_PROXY": "HTTPS://p:3128"}, "https", None, "HTTPS://p:3128"),
+    ],
+)
+def test_a_proxy_is_chosen_on_the_port_the_request_goes_to(
+    monkeypatch: pytest.MonkeyPatch,
+    environment: dict[str, str],
+    scheme: str,
+    port: int | None,
+    expected: str | None,
+) -> None:
+    no_proxies_from_outside(monkeypatch)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert proxy_for(scheme, "platform.example", port) == expected
+
+
+@pytest.mark.parametrize(
+    ("environment", "scheme", "message"),
+    [
+        (
+            {"HTTPS_PROXY": "127.0.0.1:3128"},
+            "https",
+            "not sent: the proxy for https:// is a schemeless proxy; only http(s) proxies "
+            "are supported (or name the host in NO_PROXY)",
+        ),
+        (
+            {"ALL_PROXY": "socks5h://p:1080"},
+            "https",
+            "not sent: the proxy for https:// is a socks5h proxy; only http(s) proxies "
+            "are supported (or name the host in NO_PROXY)",
+        ),
+        (
+            {"HTTP_PROXY": "http://p:3128"},
+            "http",
+            "not sent: plain http:// to platform.example through a proxy would hand it the "
+            "token; use https:// or name the host in NO_PROXY",
+        ),
+    ],
+)
+def test_a_refused_proxy_says_why_and_the_way_out(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], scheme: str, message: str
+) -> None:
+    """The operator reads what to change: the proxy's kind, or the token it would see,
+    and NO_PROXY (its name as the operator writes it)."""
+    no_proxies_from_outside(monkeypatch)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    refused = proxy_for(scheme, "platform.example", None)
+    assert isinstance(refused, httpx.ProxyError)
+    assert str(refused) == message
