@@ -26,6 +26,7 @@ from sweeper.exchange import (
     Exchange,
     Observers,
     describe_transport_error,
+    utc_now,
 )
 from sweeper.guards import ClockCheck
 
@@ -204,8 +205,14 @@ def test_an_answer_of_exactly_the_cap_is_read() -> None:
     body = b'{"success": true, "data": {}, "pad": "' + b"x" * pad + b'"}'
     assert len(body) == MAX_ANSWER_BYTES
     assert send(exchange(answer(200, body)))["data"] == {}
-    with pytest.raises(InvalidAnswer, match="refused unread"):
+    too_large = f"GET http://platform.test/x: answer of {MAX_ANSWER_BYTES + 1} bytes refused unread"
+    with pytest.raises(InvalidAnswer, match=f"^{too_large}$"):
         send(exchange(answer(200, body + b" ")))
+
+
+def test_the_clock_is_utc() -> None:
+    """Aware, in UTC: compared with the platform's Date and step times."""
+    assert utc_now().utcoffset() == timedelta(0)
 
 
 class Broken(httpx.AsyncByteStream):
