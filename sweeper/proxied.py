@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 import httpx
+from aiohttp import hdrs
 from yarl import URL
 
 _CHUNK = 64 * 1024
@@ -66,14 +67,16 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
-def _write_tracer(before_write: BeforeWrite) -> aiohttp.TraceConfig:
-    """aiohttp's trace hooks, placed where the request is written.
+def write_tracer(before_write: BeforeWrite) -> aiohttp.TraceConfig:
+    """aiohttp's trace hooks, placed where the request is written; each request's
+    `trace_request_ctx` is `{"body": <whether it has one>}`.
 
     A request without a body is written right after its headers are serialized
     (`on_request_headers_sent`), one with a body with its first chunk
-    (`on_request_chunk_sent`, run just before that write, headers and body in one).
-    Neither hook is followed by a wait before the write: what runs in them runs when
-    the bytes leave, and nothing is written when they raise.
+    (`on_request_chunk_sent`, run just before that write, headers and body in one),
+    once however many chunks follow. Neither hook is followed by a wait before the
+    write: what runs in them runs when the bytes leave, and nothing is written when
+    they raise.
     """
     tracer = aiohttp.TraceConfig()
 
@@ -110,24 +113,25 @@ class AiohttpTransport:
         self,
         *,
         max_connections: int,
-        tls: ssl.SSLContext | None,
+        tls: ssl.SSLContext,
         before_write: BeforeWrite | None = None,
     ) -> None:
         self._max_connections = max_connections
-        self._ssl: bool | ssl.SSLContext = tls if tls is not None else False
+        self._tls = tls
         self._before_write = before_write
         self._session: aiohttp.ClientSession | None = None
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl)
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._tls)
+            # trust_env stays off (its default): the proxy is chosen by
+            # sweeper.transport.proxy_for, and no ~/.netrc adds credentials.
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                trust_env=False,  # the proxy is chosen by sweeper.transport.proxy_for
                 auto_decompress=False,  # httpx decodes Content-Encoding itself
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING),
                 trace_configs=(
-                    None if self._before_write is None else [_write_tracer(self._before_write)]
+                    None if self._before_write is None else [write_tracer(self._before_write)]
                 ),
             )
         return self._session
@@ -135,9 +139,7 @@ class AiohttpTransport:
     async def send(self, request: httpx.Request, proxy: str) -> httpx.Response:
         timeout: dict[str, Any] = request.extensions.get("timeout", {})
         body = request.content or None
-        traced: dict[str, Any] | None = (
-            None if self._before_write is None else {"body": body is not None}
-        )
+        traced: dict[str, Any] = {"body": body is not None}  # for the trace hooks, if any
         try:
             response = await self._session_now().request(
                 request.method,
@@ -147,24 +149,22 @@ class AiohttpTransport:
                 allow_redirects=False,
                 proxy=proxy,
                 trace_request_ctx=traced,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),
+                timeout=aiohttp.ClientTimeout(  # no total: each phase has its own
+                    connect=timeout.get("pool"),  # aiohttp's includes the wait for the pool
                     sock_connect=timeout.get("connect"),
                     sock_read=timeout.get("read"),
                 ),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            refused: BaseException | None = (traced or {}).get("refused")
+            refused: BaseException | None = traced.get("refused")
             if refused is not None:
                 raise refused from None  # nothing written: as before_write raised it
             reraise(exc)
+        # The client sets the response's request; its http_version is HTTP/1.1 by default.
         return httpx.Response(
             status_code=response.status,
             headers=list(response.raw_headers),
             stream=_Body(response),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1"},
         )
 
     async def aclose(self) -> None:

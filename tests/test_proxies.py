@@ -11,10 +11,11 @@ import contextlib
 import gzip
 import ssl
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 from starlette.requests import Request
@@ -676,3 +677,125 @@ def test_an_encoded_step_id_goes_through_a_proxy_as_encoded(
     outcome, seen = through_tunnel(monkeypatch, tmp_path, None, patch)
     assert outcome == 200
     assert seen[0].startswith(b"PATCH /api/data-platform/workflow-run-steps/%2E%2E HTTP/1.1\r\n")
+
+
+def test_the_last_look_runs_once_however_many_chunks_the_body_is_written_in() -> None:
+    """The trace hooks call `before_write` at the first chunk of a body only: sweeper's
+    bodies leave in one chunk today, a body streamed in several gets one look too."""
+    from sweeper.proxied import write_tracer
+
+    looks: list[tuple[str, str]] = []
+    received: list[bytes] = []
+
+    async def go() -> int:
+        servers = Servers()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            servers.track(writer)
+            head = await reader.readuntil(b"\r\n\r\n")
+            received.append(head + await reader.readuntil(b"\r\n0\r\n\r\n"))
+            writer.write(OK_CLOSE)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for piece in (b'{"a":', b"1", b"}"):
+                yield piece
+
+        tracer = write_tracer(lambda method, path: looks.append((method, path)))
+        try:
+            async with (
+                aiohttp.ClientSession(trace_configs=[tracer]) as session,
+                session.post(
+                    f"http://127.0.0.1:{port}/x", data=chunks(), trace_request_ctx={"body": True}
+                ) as response,
+            ):
+                return response.status
+        finally:
+            await servers.close()
+
+    assert asyncio.run(go()) == 200
+    assert looks == [("POST", "/x")]
+    assert len(received) == 1 and received[0].endswith(b"\r\n1\r\n}\r\n0\r\n\r\n")
+
+
+def test_through_a_proxy_max_connections_holds_and_the_pool_wait_is_bounded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Through a proxy as directly, at most `max_connections` requests are in flight:
+    with one held by a platform that does not answer, the next waits for the pool (no
+    second tunnel) and gives up after its pool timeout."""
+    cert, key = make_certificate(tmp_path)
+    seen: list[bytes] = []
+    connects: list[bytes] = []
+
+    async def go() -> object:
+        servers = Servers()
+        try:
+            port = await tls_platform(servers, cert, key, seen, answer=b"", hold=60)
+            monkeypatch.setenv("HTTPS_PROXY", await tunnelling_proxy(servers, port, connects))
+            async with build_http_client(
+                "https://platform.invalid:8443", TOKEN, timeout=timedelta(seconds=60),
+                max_connections=1, verify=ssl.create_default_context(cafile=str(cert)),
+            ) as http:  # fmt: skip
+                held = asyncio.create_task(http.get(STEP))
+                for _ in range(1000):  # until the platform holds the first request
+                    if seen or held.done():
+                        break
+                    await asyncio.sleep(0.01)
+                assert len(seen) == 1, held
+                try:
+                    second = http.get(STEP, timeout=httpx.Timeout(60, pool=0.2, read=0.2))
+                    return await asyncio.wait_for(second, 10)
+                except Exception as exc:  # what the caller sees, as raised
+                    return exc
+                finally:
+                    held.cancel()
+                    await asyncio.gather(held, return_exceptions=True)
+        finally:
+            await servers.close()
+
+    outcome = asyncio.run(go())
+    assert isinstance(outcome, httpx.ConnectTimeout), repr(outcome)
+    assert connects == [b"CONNECT platform.invalid:8443 HTTP/1.1"]
+    assert len(seen) == 1
+
+
+def test_through_a_proxy_a_stalled_tls_handshake_is_a_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request's connect timeout bounds the TLS handshake with the platform inside
+    the tunnel: a far end that accepts and never answers is a ConnectTimeout, not a wait
+    for the (longer) pool or read timeouts."""
+
+    async def go() -> object:
+        servers = Servers()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            servers.track(writer)
+            while await reader.read(65536):
+                pass
+
+        try:
+            server = await asyncio.start_server(silent, "127.0.0.1", 0)
+            servers.servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+            monkeypatch.setenv("HTTPS_PROXY", await tunnelling_proxy(servers, port, []))
+            async with build_http_client(
+                "https://platform.invalid:8443", TOKEN, timeout=timedelta(seconds=60),
+                max_connections=1,
+            ) as http:  # fmt: skip
+                try:
+                    request = http.get(STEP, timeout=httpx.Timeout(60, connect=0.2))
+                    return await asyncio.wait_for(request, 10)
+                except Exception as exc:  # what the caller sees, as raised
+                    return exc
+        finally:
+            await servers.close()
+
+    outcome = asyncio.run(go())
+    assert isinstance(outcome, httpx.ConnectTimeout), repr(outcome)
