@@ -8,6 +8,7 @@ repeating. No I/O and no clock of its own: `now` is passed in for Retry-After.
 from __future__ import annotations
 
 import email.utils
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -49,8 +50,9 @@ class _Deep:
 #: A record too deep to parse: the listing reports it as invalid and sweeps the rest.
 DEEP = _Deep()
 
-# Strings (escapes included) and the punctuation that shapes a JSON document.
-_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
+# Strings (escapes included), the brackets and commas that shape a JSON document, and
+# a `"data": [` (a key and its array's opening) as one token.
+_TOKENS = re.compile(rb'(?P<data>"data"\s*:\s*)?\[|"(?:[^"\\]|\\.)*"|[\]{},]', re.DOTALL)
 
 
 def decode_json(content: bytes) -> Any:
@@ -64,49 +66,36 @@ def decode_json(content: bytes) -> Any:
 
 def _decode_deep(content: bytes) -> Any:
     depth = 0
-    key: bytes | None = None
-    array: tuple[int, int] | None = None  # the data array's '[' and ']' offsets
-    elements: list[tuple[int, int]] = []
-    start = -1
-    in_data = False
+    cuts: list[int] = []  # the data array's '[', the commas between its records, its ']'
     for match in _TOKENS.finditer(content):
-        token = match.group()
+        token = match.group()[-1:]  # a string's ends in '"', a `"data": [` in '['
         if token in (b"[", b"{"):
-            if depth == 1 and token == b"[" and key == b'"data"' and array is None:
-                in_data, start = True, match.end()
-                array = (match.start(), -1)
             depth += 1
+            if depth == 2 and match["data"]:
+                cuts.append(match.end() - 1)
         elif token in (b"]", b"}"):
             depth -= 1
-            if in_data and depth == 1:
-                elements.append((start, match.start()))
-                array, in_data = (array[0] if array else 0, match.start()), False
-        elif token == b"," and in_data and depth == 2:
-            elements.append((start, match.start()))
-            start = match.end()
-        elif depth == 1 and token.startswith(b'"'):
-            key = token
-        elif depth == 1 and token == b",":
-            key = None
-    if array is None or array[1] < 0:
+            if depth == 1 and cuts:
+                cuts.append(match.start())
+                break
+        elif token == b"," and depth == 2 and cuts:
+            cuts.append(match.start())
+    else:  # no top-level data array, or one never closed
         raise ValueError("nesting too deep to parse")
     try:
-        top = json.loads(content[: array[0]] + b"[]" + content[array[1] + 1 :])
+        top = json.loads(content[: cuts[0]] + b"[]" + content[cuts[-1] + 1 :])
     except RecursionError:
         raise ValueError("nesting too deep to parse, outside the records") from None
+    # `top` is an object: a `"data": [` inside a top-level array is malformed JSON,
+    # refused just above. Nor can `"data": []` get here: with no record too deep, the
+    # rest is as deep as the whole and failed above too, so an empty element
+    # (`[1, , 2]`, `[1,]`, `[ ]`) is always malformed, refused by json.loads below.
     records: list[Any] = []
-    for first, last in elements:
-        piece = content[first:last]
-        if not piece.strip():
-            if len(elements) == 1:
-                continue  # "data": [] is empty, not malformed
-            raise ValueError("not JSON: an empty element in the data array")
+    for first, last in itertools.pairwise(cuts):
         try:
-            records.append(json.loads(piece))
+            records.append(json.loads(content[first + 1 : last]))
         except RecursionError:
             records.append(DEEP)
-    if not isinstance(top, dict):  # pragma: no cover - a '[' after a top-level key
-        raise ValueError("not an object")
     top["data"] = records
     return top
 
