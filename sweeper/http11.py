@@ -37,8 +37,10 @@ class _Reader(asyncio.StreamReader):
     "tail"): a connection holding any is never reused, or its next answer could be
     one the peer sent ahead of the request."""
 
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
+    def __init__(self) -> None:
+        # The limit bounds `readuntil`: a head or a chunk line (asyncio's default is
+        # the same 64 KiB; named here so that the cap is one constant).
+        super().__init__(limit=MAX_HEAD_BYTES)
         self.unread = 0
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
@@ -78,8 +80,7 @@ class Connection:
         return not (self.writer.is_closing() or self.reader.at_eof() or self.reader.unread)
 
     def close(self) -> None:
-        self.reusable = False
-        self.writer.close()
+        self.writer.close()  # never reused after: `alive()` is false from now
 
 
 def _protocol_error(text: str) -> httpx.RemoteProtocolError:
@@ -147,41 +148,39 @@ class Framing:
 
     def __init__(self, status: int, version: bytes, headers: Headers, method: str) -> None:
         lengths: set[bytes] = set()
-        encodings: list[bytes] = []
+        coding: bytes | None = None  # the last transfer coding: the only one that frames
         connection: set[bytes] = set()
         for name, value in headers:
             key = name.lower()
             if key == b"content-length":
                 lengths.update(v.strip() for v in value.split(b","))
             elif key == b"transfer-encoding":
-                encodings += [v.strip().lower() for v in value.split(b",")]
+                coding = value.rpartition(b",")[2].strip().lower()
             elif key == b"connection":
                 connection.update(v.strip() for v in value.lower().split(b","))
-        self.keep_alive = (b"close" not in connection) and (
+        keep_alive = b"close" not in connection and (
             version == b"HTTP/1.1" or b"keep-alive" in connection
         )
-        self.chunked = False
-        self.length: int | None = None  # None: up to the close
         if status == 101:  # nobody asked for an upgrade: what follows is not HTTP/1.1
             raise _protocol_error("101 Switching Protocols, not asked for")
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        bodiless = method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        # Transfer-Encoding wins over Content-Length; anything but chunked last runs
+        # up to the close (RFC 9112 6.3).
+        self.chunked = not bodiless and coding == b"chunked"
+        self.length: int | None = None  # None: up to the close
+        if bodiless:
             self.length = 0
-        elif encodings:
-            # Transfer-Encoding wins over Content-Length; anything but chunked last
-            # runs up to the close (RFC 9112 6.3).
-            self.chunked = encodings[-1] == b"chunked"
+        elif coding is not None:
             # With a Content-Length, or in an HTTP/1.0 answer (6.1), the framing is
             # faulty: read as said, then the connection closed.
-            self.keep_alive = (
-                self.keep_alive and self.chunked and not lengths and version == b"HTTP/1.1"
-            )
+            keep_alive = keep_alive and self.chunked and not lengths and version == b"HTTP/1.1"
         elif lengths:
             value = lengths.pop()
             if lengths or not (value.isdigit() and value.isascii()):
                 raise _protocol_error("Content-Length is not one number")
             self.length = int(value)
-        if self.length is None and not self.chunked:
-            self.keep_alive = False
+        # A body up to the close ends the connection with it.
+        self.keep_alive = keep_alive and (self.chunked or self.length is not None)
 
 
 class Answer:
@@ -328,7 +327,7 @@ class Pool:
             async with asyncio.timeout(seconds):
                 # asyncio.open_connection, with a reader that counts what is unread.
                 loop = asyncio.get_running_loop()
-                reader = _Reader(MAX_HEAD_BYTES, loop)
+                reader = _Reader()
                 protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
                 transport, _ = await loop.create_connection(
                     lambda: protocol,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import struct
+import weakref
 
 import httpx
 import pytest
@@ -303,8 +305,9 @@ def test_a_line_break_in_a_header_is_never_sent() -> None:
     async def go() -> None:
         async with Scripted([ok(b"")]) as server, client(server.url) as http:
             request = http.build_request("GET", "/x", headers={"X-Evil": "a\r\nInjected: 1"})
-            with pytest.raises(httpx.LocalProtocolError):
+            with pytest.raises(httpx.LocalProtocolError) as error:
                 await http.send(request)
+            assert str(error.value) == "a line break inside the request line or a header"
             assert server.requests == []
 
     asyncio.run(go())
@@ -333,8 +336,9 @@ def test_a_full_pool_waits_then_times_out() -> None:
             client(server.url, 1, pool=0.05) as http,
             http.stream("GET", "/x"),
         ):
-            with pytest.raises(httpx.PoolTimeout):
+            with pytest.raises(httpx.PoolTimeout) as error:
                 await get(http)
+            assert str(error.value) == "no free connection within the pool timeout"
 
     asyncio.run(go())
 
@@ -381,7 +385,7 @@ def test_list_forms_of_the_framing_headers() -> None:
     transfer codings are a comma list, spaces optional, chunked last wins (RFC 9112 6.3)."""
     repeated = Framing(200, b"HTTP/1.1", [(b"Content-Length", b"5, 5,5")], "GET")
     assert repeated.length == 5 and repeated.keep_alive
-    for value in (b"gzip,chunked", b"gzip, chunked", b"gzip ,  Chunked"):
+    for value in (b"gzip,chunked", b"gzip, chunked", b"gzip ,  Chunked", b"br, gzip, chunked"):
         coded = Framing(200, b"HTTP/1.1", [(b"Transfer-Encoding", value)], "GET")
         assert coded.chunked and coded.keep_alive, value
     last = Framing(200, b"HTTP/1.1", [(b"Transfer-Encoding", b"chunked,gzip")], "GET")
@@ -553,8 +557,8 @@ def test_step_set_is_exact_per_organization() -> None:
 def test_header_values_lose_spaces_and_tabs_around_them_only() -> None:
     """Optional whitespace is a space or a tab (RFC 9110 5.6.3); other bytes are the
     value's. A CR, LF or NUL inside it is refused, naming the line."""
-    head = b"HTTP/1.1 200 OK\r\nA: \t\x0bXbX\x0c \t\r\n\r\n"
-    assert parse_head(head)[2] == [(b"A", b"\x0bXbX\x0c")]
+    head = b"HTTP/1.1 200 OK\r\nA: \t\x0bXbX\x0c \t\r\nB: XbX\r\n\r\n"
+    assert parse_head(head)[2] == [(b"A", b"\x0bXbX\x0c"), (b"B", b"XbX")]
     with pytest.raises(httpx.RemoteProtocolError) as error:
         parse_head(b"HTTP/1.1 200 OK\r\nA: b\x00c\r\n\r\n")
     assert str(error.value) == "malformed answer: header line 1: CR, LF or NUL in its value"
@@ -594,3 +598,147 @@ def test_read_failures_say_what_happened() -> None:
         "timed out reading the answer",
         "the kept-alive connection closed before any answer",
     ]
+
+
+def test_a_head_over_the_cap_says_so() -> None:
+    """A head (or a chunk line) longer than MAX_HEAD_BYTES is refused, naming the cap."""
+
+    async def go() -> None:
+        big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n"
+        async with Scripted([big]) as server, client(server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError) as error:
+                await get(http)
+            assert str(error.value) == (
+                f"malformed answer: a head or line longer than {MAX_HEAD_BYTES} bytes"
+            )
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (
+            ConnectionResetError(104, "Connection reset by peer"),
+            "[Errno 104] Connection reset by peer",
+        ),
+        (OSError("no route"), "no route"),
+        (ConnectionResetError(), "ConnectionResetError"),
+        (BrokenPipeError(), "BrokenPipeError"),
+    ],
+    ids=["errno", "message", "reset-without-message", "pipe-without-message"],
+)
+def test_a_connection_failing_under_a_read_is_a_read_error_saying_what(
+    failure: OSError, said: str
+) -> None:
+    """The socket fails while the answer is awaited: ReadError with the system's words,
+    or the error's kind when it has none (an empty message helps nobody)."""
+
+    async def go() -> None:
+        async with Scripted([hang_up]) as server:
+            origin = ("http", "127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+            pool = Pool(1, lambda: None)
+            connection = await pool.acquire(origin, {"connect": 5, "pool": 5})
+            connection.reader.set_exception(failure)
+            with pytest.raises(httpx.ReadError) as error:
+                await read_answer(connection, "GET", 5)
+            assert str(error.value) == said
+            connection.close()
+            pool.release(origin, connection)
+            await pool.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_body_of_exactly_eager_bytes_comes_with_its_head() -> None:
+    """Content-Length up to EAGER_BYTES: the body is read with the head and the
+    connection is free at once; one byte more is left to stream."""
+
+    async def go() -> None:
+        whole, longer = b"e" * EAGER_BYTES, b"l" * (EAGER_BYTES + 1)
+        async with Scripted([ok(whole), ok(longer)]) as server:
+            origin = ("http", "127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+            pool = Pool(1, lambda: None)
+            connection = await pool.acquire(origin, {"connect": 5, "pool": 5})
+            connection.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await read_answer(connection, "GET", 5)
+            assert answer.body == whole
+            assert connection.reusable
+            connection.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await read_answer(connection, "GET", 5)
+            assert answer.body is None
+            assert answer.framing.length == EAGER_BYTES + 1
+            connection.close()
+            pool.release(origin, connection)
+            await pool.aclose()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["fresh", "kept-alive"])
+def test_a_body_left_unread_before_any_of_it_came_does_not_keep_its_connection(
+    kept: bool,
+) -> None:
+    """A long answer closed unread while none of its body has arrived: nothing unread
+    shows, yet the connection is not reused (its body would come as the next answer),
+    whether it was new or already kept from an earlier answer."""
+
+    async def go() -> None:
+        head_only = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (EAGER_BYTES + 1)
+        earlier: list[Answer] = [ok(b"earlier")] if kept else []
+        answers = [*earlier, head_only, ok(b"next")]
+        async with Scripted(answers) as server, client(server.url) as http:
+            if kept:
+                assert (await get(http)).content == b"earlier"
+            async with http.stream("GET", "/x") as response:
+                assert response.status_code == 200
+            assert server.connections == 1
+            assert (await get(http)).content == b"next"
+            assert server.connections == 2
+
+    asyncio.run(go())
+
+
+def test_a_connection_closed_is_forgotten_by_the_pool() -> None:
+    """Connections that are not kept are dropped whole: a daemon opening one per sweep
+    for months holds none of them."""
+
+    async def go() -> None:
+        answers: list[Answer] = [ok(b"a", b"Connection: close\r\n")] * 3
+        async with Scripted(answers) as server:
+            origin = ("http", "127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+            pool = Pool(1, lambda: None)
+            gone = []
+            for _ in range(3):
+                connection = await pool.acquire(origin, {"connect": 5, "pool": 5})
+                connection.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await read_answer(connection, "GET", 5)).body == b"a"
+                assert not connection.reusable
+                pool.release(origin, connection)
+                gone.append(weakref.ref(connection.writer))  # held by its Connection only
+                del connection
+            await asyncio.sleep(0)  # the transports' closing callbacks run
+            gc.collect()
+            assert [ref() for ref in gone] == [None, None, None]
+            await pool.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_connection_not_made_within_the_connect_timeout() -> None:
+    """A listener whose backlog is full never completes the handshake: ConnectTimeout
+    after the connect timeout, naming where, not a wait for the kernel to give up."""
+
+    async def go() -> None:
+        with socket.socket() as listener, socket.socket() as queued:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            port = listener.getsockname()[1]
+            queued.connect(("127.0.0.1", port))  # fills the backlog; never accepted
+            async with client(f"http://127.0.0.1:{port}", connect=0.05) as http:
+                async with asyncio.timeout(10):  # an upper bound, not a measure
+                    with pytest.raises(httpx.ConnectTimeout) as error:
+                        await get(http)
+            assert str(error.value) == f"no connection to 127.0.0.1:{port} in time"
+
+    asyncio.run(go())
