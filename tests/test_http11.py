@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
+import ssl
 import struct
+import subprocess
 import weakref
+from pathlib import Path
 
 import httpx
 import pytest
@@ -740,5 +744,39 @@ def test_a_connection_not_made_within_the_connect_timeout() -> None:
                     with pytest.raises(httpx.ConnectTimeout) as error:
                         await get(http)
             assert str(error.value) == f"no connection to 127.0.0.1:{port} in time"
+
+    asyncio.run(go())
+
+
+def test_an_https_origin_is_spoken_to_over_verified_tls(tmp_path: Path) -> None:
+    """https: the connection is TLS, the platform's certificate checked against the
+    trusted authority for the host asked for; the answer read as over plain TCP."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", "key.pem", "-out", "cert.pem"],
+        cwd=tmp_path, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    trusted = ssl.create_default_context(cafile=tmp_path / "cert.pem")
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(ok(b"secret kept"))
+            await writer.drain()
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+        port = server.sockets[0].getsockname()[1]
+        transport = Transport(max_connections=1, verify=trusted)
+        async with httpx.AsyncClient(transport=transport, timeout=5) as http:
+            response = await http.get(f"https://127.0.0.1:{port}/x")
+        server.close()
+        assert response.content == b"secret kept"
+        assert seen and seen[0].startswith(b"GET /x HTTP/1.1\r\n")
 
     asyncio.run(go())
