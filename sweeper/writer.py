@@ -9,7 +9,6 @@ lease gate sits in the client's request path, checked as late as possible.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -63,8 +62,8 @@ class Clocks:
     """Our wall clock, our monotonic clock, and how far the platform's is ahead of ours."""
 
     wall: Clock
-    monotonic: Callable[[], float] = time.monotonic
-    offset: Callable[[], timedelta] = lambda: timedelta(0)
+    monotonic: Callable[[], float]
+    offset: Callable[[], timedelta]
 
     def on_platform(self, moment: datetime) -> datetime:
         """A moment of our clock on the platform's, as far as its Date answers show: never
@@ -128,7 +127,7 @@ class Writer:
         entry: StepEntry,
         verdict: Decision | SkipReason | None,
         deadline_at: float | None,
-        reserved: bool = False,
+        reserved: bool,
     ) -> None:
         """Re-read, judge, write; after an unanswered write, wait and do it all again."""
         client, ledger, sweep_id = self.client, self.ledger, self.ledger.sweep_id
