@@ -167,7 +167,7 @@ class Writer:
             decision, verdict = verdict, None
             fill(entry, decision)
             if self.cfg.dry_run:
-                ledger.marked(entry, decision, Outcome.WOULD_MARK, self.clocks.platform_now())
+                self._marked(entry, decision, outcome=Outcome.WOULD_MARK)
                 return
             # Nothing awaits between the re-read above and the write below but these checks.
             if self.halted:
@@ -229,9 +229,14 @@ class Writer:
             return
 
     def _marked(
-        self, entry: StepEntry, decision: Decision, reason: MarkReason | None = None
+        self,
+        entry: StepEntry,
+        decision: Decision,
+        reason: MarkReason | None = None,
+        outcome: Outcome = Outcome.MARKED,
     ) -> None:
-        self.ledger.marked(entry, decision, Outcome.MARKED, self.clocks.platform_now(), reason)
+        """Marked (or would be, in a dry run), at this moment on the platform's clock."""
+        self.ledger.marked(entry, decision, outcome, self.clocks.platform_now(), reason)
 
     async def settled_by_reread(self, entry: StepEntry, decision: Decision) -> bool:
         """The last attempt's answer did not confirm the write (lost, transient, broken):

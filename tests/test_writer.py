@@ -18,7 +18,17 @@ from sweeper.errors import LeaseLost
 from sweeper.model import StepStatus
 from sweeper.policy import manual_rule
 from sweeper.report import Outcome
-from tests.builders import H, S, build_sweeper, events, patient_sweeper, rules_with, run
+from tests.builders import (
+    H,
+    M,
+    S,
+    build_sweeper,
+    events,
+    patient_sweeper,
+    precise,
+    rules_with,
+    run,
+)
 from tests.fakes import NOW, FakeClock, FakePlatform, is_reread, record, refusal
 
 
@@ -73,23 +83,30 @@ def test_a_stop_during_the_reread_sends_no_write(platform: FakePlatform, clock: 
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
-def test_a_mark_by_hand_whose_read_ends_past_the_deadline_writes_nothing(
-    platform: FakePlatform, clock: FakeClock, dry_run: bool
+@pytest.mark.parametrize("cause", ["deadline", "shutdown"])
+def test_a_mark_by_hand_whose_read_ends_past_a_stop_or_the_deadline_writes_nothing(
+    platform: FakePlatform, clock: FakeClock, dry_run: bool, cause: str
 ) -> None:
-    """`mark` (dry run or not) whose read of the step ends past the deadline: skipped
-    (deadline), never `would_mark`, no PATCH."""
+    """`mark` (dry run or not) whose read of the step ends past the deadline, or after a
+    stop was requested: skipped (deadline, shutdown), never `would_mark`, no PATCH."""
     platform.add(record("z1"))
+    stop = asyncio.Event()
 
     def slow_reread(request: httpx.Request) -> None:
         if is_reread(request):
-            clock.advance(timedelta(minutes=10))
+            if cause == "deadline":
+                clock.advance(timedelta(minutes=10))
+            else:
+                stop.set()
 
     platform.before.append(slow_reread)
-    sweeper = build_sweeper(platform, clock, dry_run=dry_run, deadline=timedelta(minutes=1))
+    sweeper = build_sweeper(
+        platform, clock, stop=stop, dry_run=dry_run, deadline=timedelta(minutes=1)
+    )
     rule = manual_rule(StepStatus.FAILED, "BY_HAND", "stuck: {idle}")
     report = asyncio.run(sweeper.mark("z1", "org-a", rule, force=True))
     (entry,) = report.entries
-    assert outcome(entry) == (Outcome.SKIPPED, "deadline")
+    assert outcome(entry) == (Outcome.SKIPPED, cause)
     assert platform.patches == []
 
 
@@ -171,6 +188,24 @@ def test_a_retry_wait_that_crosses_the_deadline_is_settled_by_one_reread(
         assert platform.state.steps["z1"]["status"] == "RUNNING"
     assert len(platform.patches) == 1
     assert rereads(platform) == 2  # the re-read before the write, the settling one
+
+
+def test_a_timers_write_is_not_retried_past_the_interval(
+    platform: FakePlatform, clock: FakeClock
+) -> None:
+    """A precise-marking timer fires 30 s before the interval ends (the sweep's deadline
+    is 4 min away); its write is answered 503 with Retry-After 40 s: the timer's own
+    deadline (the interval's end) refuses the wait, one attempt, failed."""
+    platform.add(record("soon", started=2 * H - 90 * S))
+    platform.schedule(
+        lambda: httpx.Response(503, headers={"Retry-After": "40"}),
+        when=lambda r: r.method == "PATCH",
+    )
+    sweeper = build_sweeper(platform, clock, max_attempts=5)
+    report = run(sweeper, precise(sweeper, clock, until=2 * M))
+    (entry,) = report.entries
+    assert outcome(entry) == (Outcome.FAILED, "unavailable")
+    assert len(platform.patches) == 1
 
 
 # -- the re-read of a retry --------------------------------------------------------------
