@@ -263,10 +263,11 @@ class PlatformClient:
         """A read, tried again after each transient failure as the retry policy says."""
 
         def before_sleep(state: RetryCallState) -> None:
-            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            wait = state.upcoming_sleep  # tenacity's wait, decided before this call
             if give_up_at is not None and self._monotonic() + wait >= give_up_at:
                 raise OutOfTime(f"the next try would wait past the deadline ({wait:.1f}s)")
-            exc = state.outcome.exception() if state.outcome is not None else None
+            # tenacity sleeps only after an outcome (`and` only satisfies mypy).
+            exc = state.outcome and state.outcome.exception()
             status = exc.http_status if isinstance(exc, Transient) else None
             self._retried(method, path, status, str(exc), state.attempt_number, wait)
 
