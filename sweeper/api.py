@@ -290,7 +290,7 @@ class PlatformClient:
                 f"{method} {self._base}{path}: given up, {exc} (after {attempt} tries)",
                 attempts=attempt,
             ) from None
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+        raise AssertionError  # pragma: no cover  (unreachable: tenacity returns or raises)
 
     def _retried(
         self,
@@ -378,9 +378,7 @@ def build_http_client(
         headers={"Authorization": f"Bearer {token}", "User-Agent": f"sweeper/{__version__}"},
         timeout=timeout.total_seconds(),
         follow_redirects=False,
-        verify=verify,
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
+        # TLS and the pool's limits are the transport's: httpx applies its own only to
+        # a transport it builds (and env proxies only then), never to one passed in.
         transport=transport,
     )

@@ -22,6 +22,7 @@ from sweeper.errors import (
     InvalidAnswer,
     ListingNotFound,
     PlatformUnavailable,
+    StepConflict,
     TokenRefused,
     WriteAppliedUnderSkew,
     WriteUnanswered,
@@ -426,3 +427,16 @@ def test_the_pool_sends_the_token_and_our_name_and_follows_no_redirect() -> None
     assert http.headers["User-Agent"] == f"sweeper/{__version__}"
     assert http.timeout.read == 7.0
     assert http.follow_redirects is False
+
+
+@pytest.mark.parametrize("call", ["write", "settle"])
+def test_a_one_try_call_reports_one_attempt(call: str) -> None:
+    """A write and a settling read are one try each: their refusals say attempt 1."""
+    handler = answers(httpx.Response(409, json={"success": False}))
+    client, _ = client_for(handler)
+    one_try: Any = (
+        client.patch_step("s1", UPDATE) if call == "write" else client.settle_read("s1", "org-a")
+    )
+    with pytest.raises(StepConflict) as caught:
+        run(one_try)
+    assert caught.value.attempts == 1
