@@ -256,7 +256,7 @@ def test_each_call_takes_its_rate_limit_slots(call: str, slots: int) -> None:
 
 
 def test_a_listing_answered_404_names_the_base_url() -> None:
-    handler = answers(httpx.Response(404, json={"success": False}))
+    handler = answers(httpx.Response(503), httpx.Response(404, json={"success": False}))
     client, _ = client_for(handler)
 
     async def listing() -> None:
@@ -270,7 +270,7 @@ def test_a_listing_answered_404_names_the_base_url() -> None:
         " (or at another version of it)"
     )
     assert caught.value.http_status == 404
-    assert caught.value.attempts == 1
+    assert caught.value.attempts == 2  # the 404 came on the second try
 
 
 def test_a_failed_settling_read_names_itself_and_keeps_the_status() -> None:
@@ -357,7 +357,9 @@ def test_query_values_are_percent_encoded_never_plus() -> None:
     assert request.url.raw_path == f"{S1}?organizationId=org%20a%2Fb".encode()
 
 
-@pytest.mark.parametrize("base", [BASE, BASE + "/", BASE + "/v2", BASE + "/v2/"])
+@pytest.mark.parametrize(
+    "base", [BASE, BASE + "/", BASE + "/v2", BASE + "/v2/", BASE + "/v2X", BASE + "/v2X/"]
+)
 def test_the_request_url_is_the_base_url_then_the_path(base: str) -> None:
     handler = answers(read_ok())
     http = build_http_client(
@@ -366,7 +368,7 @@ def test_the_request_url_is_the_base_url_then_the_path(base: str) -> None:
     )  # fmt: skip
     run(client_of(http).get_step("s1", "org-a"))
     (request,) = handler.seen  # type: ignore[attr-defined]
-    prefix = "/v2" if "v2" in base else ""
+    prefix = base.removeprefix(BASE).rstrip("/")
     assert str(request.url) == f"{BASE}{prefix}{S1}?organizationId=org-a"
 
 
@@ -440,3 +442,23 @@ def test_a_one_try_call_reports_one_attempt(call: str) -> None:
     with pytest.raises(StepConflict) as caught:
         run(one_try)
     assert caught.value.attempts == 1
+
+
+def test_a_read_given_up_at_its_deadline_says_how_many_tries_it_made(clock: FakeClock) -> None:
+    handler = answers(
+        httpx.Response(503, headers={"Retry-After": "1"}),
+        httpx.Response(503, headers={"Retry-After": "10"}),
+    )
+    client, sleep = client_for(handler, clock, monotonic=clock.monotonic)
+    with pytest.raises(DeadlineReached) as caught:
+        run(client.get_step("s1", "org-a", give_up_at=clock.monotonic() + 5))
+    assert str(caught.value).endswith(" (after 2 tries)")
+    assert caught.value.attempts == 2
+    assert sleep.waits == [1.0]
+
+
+def test_a_settling_reads_refusal_names_the_request() -> None:
+    handler = answers(httpx.Response(409, json={"success": False}))
+    client, _ = client_for(handler)
+    with pytest.raises(StepConflict, match=rf"^GET {S1}: HTTP 409"):
+        run(client.settle_read("s1", "org-a"))
