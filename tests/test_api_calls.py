@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +34,7 @@ from sweeper.refusals import TokenRefusals
 from tests.builders import client_of
 from tests.fakes import NOW, TOKEN, FakeClock, refusal
 from tests.test_api import UPDATE, Recorder, answers, client_for, read_ok, run
+from tests.test_proxies import Servers, make_certificate, tls_platform
 
 BASE = "https://platform.test"
 S1 = f"{STEPS_PATH}/s1"
@@ -462,3 +464,28 @@ def test_a_settling_reads_refusal_names_the_request() -> None:
     client, _ = client_for(handler)
     with pytest.raises(StepConflict, match=rf"^GET {S1}: HTTP 409"):
         run(client.settle_read("s1", "org-a"))
+
+
+def test_a_pool_given_no_ca_checks_tls_against_the_systems(tmp_path: Path) -> None:
+    """`verify`'s default: the platform's certificate is checked (the system's
+    authorities), so a self-signed one is refused and nothing, the token included,
+    reaches that server."""
+    cert, key = make_certificate(tmp_path)
+    seen: list[bytes] = []
+
+    async def go() -> None:
+        servers = Servers()
+        try:
+            port = await tls_platform(servers, cert, key, seen)
+            http = build_http_client(
+                f"https://127.0.0.1:{port}", TOKEN, timeout=timedelta(seconds=30),
+                max_connections=1,
+            )  # fmt: skip
+            async with http:
+                await client_of(http, max_attempts=1).get_step("s1", "org-a")
+        finally:
+            await servers.close()
+
+    with pytest.raises(PlatformUnavailable, match=r"(?i)certificate"):
+        run(go())
+    assert seen == []
