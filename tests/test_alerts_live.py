@@ -1,6 +1,9 @@
 """The daemon's alerts in a real Prometheus (Debian's, on loopback) scraping the real daemon.
 
-Nothing is pending while daemon and platform are healthy; a platform the daemon
+In both schedule modes (precise marking, and periodic sweeps with `precise = false`),
+with zombies marked: nothing is pending while daemon and platform are healthy (the
+detection-lag alert included: precise marking observes its timers' small lag, periodic
+sweeps observe none); a platform the daemon
 cannot reach puts SweeperNoSuccessfulSweep in pending state within a minute (its
 `for:` holds the page back); a daemon that is down puts SweeperDown in pending state
 within a minute. Time is scaled down (an interval of seconds, a scrape and an
@@ -13,7 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import httpx
 import pytest
 
 from tests.e2e import Platform, environment, free_port, start_sweeper, wait_for, write_config
+from tests.fakes import record
 from tests.tools import ROOT, load_render, prometheus_tool
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
@@ -59,14 +63,35 @@ class Prometheus:
         return datetime.fromisoformat(last[:26].rstrip("Z") + "+00:00").timestamp() > start
 
 
+#: The zombies each mode marks. Precise marking: six steps that beat once at the start
+#: and then fall silent, due 0.5 s apart over one whole interval from 15.5 s on, long
+#: after the first listing; timers mark most of them (a step due close to an interval's
+#: end can be left to the next listing, which marks it unwatched: seen once in 14 runs
+#: with a single step). Periodic sweeps: two steps silent for hours (a listing marks them, hours
+#: past their limit: the lag the alert once fired on for ever).
+ZOMBIES = {"precise": 6, "periodic": 2}
+
+
+@pytest.fixture(name="mode", params=sorted(ZOMBIES))
+def _mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(name="watched")
 def _watched(
-    stand_in: Platform, tmp_path: Path
+    stand_in: Platform, tmp_path: Path, mode: str
 ) -> Iterator[tuple[Prometheus, subprocess.Popen[str]]]:
-    """The real daemon (interval 3 s) and a real Prometheus scraping it every second."""
+    """The real daemon (interval 3 s, limit 18 s) and a real Prometheus scraping it
+    every second."""
     daemon_port, web_port = free_port(), free_port()
+    now = datetime.now(UTC)
+    for i in range(ZOMBIES[mode]):
+        beat = timedelta(seconds=0.5 * i) if mode == "precise" else timedelta(hours=5)
+        stand_in.state.add(record(f"z{i}", now=now, started=beat, heartbeat=beat))
+    schedule = "" if mode == "precise" else "precise = false\n"
     extra = (
-        'timeout = "1s"\n[schedule]\ninterval = "3s"\n[sweep]\ndeadline = "2s"\n'
+        f'timeout = "1s"\n[schedule]\ninterval = "3s"\n{schedule}'
+        '[sweep]\ndeadline = "2s"\nstale_after = "18s"\n'
         f'[server]\nlisten = "127.0.0.1:{daemon_port}"\n'
     )
     # Found before the daemon starts: a missing Prometheus then leaves no daemon running
@@ -115,16 +140,21 @@ def _watched(
 
 
 def test_the_daemons_alerts_in_a_real_prometheus(
-    watched: tuple[Prometheus, subprocess.Popen[str]], stand_in: Platform
+    watched: tuple[Prometheus, subprocess.Popen[str]], stand_in: Platform, mode: str
 ) -> None:
-    """Healthy: nothing pending. Platform unreachable: pending within a minute. Daemon
-    down: SweeperDown pending within a minute."""
+    """Healthy, zombies marked: nothing pending. Platform unreachable: pending within a
+    minute. Daemon down: SweeperDown pending within a minute."""
     prometheus, daemon = watched
-    # Healthy: three sweeps scraped, and the rules evaluated after that.
+    # Healthy: the zombies marked and three sweeps scraped, the rules evaluated after that.
+    marked = 'sweeper_steps_total{outcome="marked",status="FAILED"}'
+    wait_for(lambda: (prometheus.value(marked) or 0) >= ZOMBIES[mode], 90)
     wait_for(lambda: (prometheus.value('sweeper_sweeps_total{result="completed"}') or 0) >= 3, 60)
     seen = time.time()
     wait_for(lambda: prometheus.evaluations_since(seen + 2), 60)
     assert prometheus.alerts() == []
+    # What the detection-lag alert was judged on: the timers' marks, or nothing at all.
+    observed = prometheus.value("sweeper_detection_lag_seconds_count") or 0
+    assert (observed >= 1) if mode == "precise" else (observed == 0), observed
 
     # The platform stops answering: every request fails.
     stand_in.faults.error_rate = 1.0
