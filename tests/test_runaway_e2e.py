@@ -82,31 +82,37 @@ def test_a_max_runtime_shorter_than_stale_after_exits_78(
     assert stand_in.counters.requests == 0
 
 
-def test_the_precise_daemon_marks_a_runaway_within_a_second_of_its_moment(
+def test_the_precise_daemon_marks_a_runaway_at_its_moment_by_its_timer(
     stand_in: Platform, tmp_path: Path
 ) -> None:
-    """A step that beats on is marked at startedAt + max_runtime (lag < 1 s), re-read first."""
+    """A step that beats on is marked by its timer at startedAt + max_runtime, never
+    before, re-read first. The one listing comes long before that moment and the next
+    an hour later, so a mark seen at all came from the timer; how soon after the moment
+    (under a second) is a figure bench/runaway.py prints, not asserted on a loaded
+    machine (a stressed run once took 14 s to start the daemon)."""
     started = datetime.now(UTC)
     stand_in.state.add(record("wedged", now=started, started=timedelta(0)))
     stand_in.state.beating.add("wedged")
-    extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "3s"\nmax_runtime = "4s"\n'
+    extra = '[schedule]\ninterval = "1h"\n[sweep]\nstale_after = "3s"\nmax_runtime = "30s"\n'
     proc = start_sweeper("--config", str(write_config(tmp_path, stand_in.base_url, extra)), "run")
     try:
-        wait_for(lambda: bool(stand_in.state.patches))
+        wait_for(lambda: bool(stand_in.state.patches), timeout=120)
     finally:
         result = signal_and_collect(proc, signal.SIGTERM)
     assert result.code == 0, result.stderr
     (patch,) = stand_in.state.patches
-    due = _parse_time(stand_in.state.steps["wedged"]["startedAt"]) + timedelta(seconds=4)
-    assert timedelta(0) <= patch.at - due < timedelta(seconds=1)
+    due = _parse_time(stand_in.state.steps["wedged"]["startedAt"]) + timedelta(seconds=30)
+    assert patch.at >= due
+    (listing,) = result.named("sweep.started")
+    assert _parse_time(str(listing["timestamp"])) < due, "listed after the moment: no timer"
     assert patch.body["errorDetails"]["trigger"] == "max_runtime"
-    # its heartbeat was fresh on the re-read right before the write
+    # Its heartbeat on the re-read right before the write: fresh, after the moment (the
+    # listing's was older than the moment).
     beat = _parse_time(patch.body["errorDetails"]["lastSignOfLifeAt"])
-    assert patch.at - beat < timedelta(seconds=1)
+    assert beat >= due
     (marked,) = result.named("step.marked")
     assert marked["trigger"] == "max_runtime"
-    armed = result.named("sweep.started")[0]
-    assert armed["max_runtime"] == {"default": "4s"}
+    assert listing["max_runtime"] == {"default": "30s"}
 
 
 def test_the_precise_daemon_leaves_a_runaway_that_started_again(
